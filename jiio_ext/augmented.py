@@ -1,0 +1,245 @@
+"""The augmented map ``F(z, x, μ)`` of JIIO: one ``f`` evaluation and one VJP per application.
+
+With ``z_out = f(z, x)`` and per-sample losses ``L = objective(z, x)``, a single
+vector-Jacobian product of ``[L, z_out]`` with ``[1, μ]`` gives both
+``g_z = ∂L/∂z + (∂f/∂z)ᵀ μ`` and ``g_x = ∂L/∂x + (∂f/∂x)ᵀ μ``; then (Jacobi order)
+
+    z⁺ = z + α_z (z_out − z),   μ⁺ = μ + α_μ (g_z − μ),   x⁺ = Π_C(x − α_x · step(g_x)).
+
+Example:
+    >>> import torch
+    >>> from jiio_ext.augmented import AugmentedMap
+    >>> f = lambda z, x: 0.5 * z + x
+    >>> objective = lambda z, x: (z - 1.0).pow(2).sum(dim=1)
+    >>> aug = AugmentedMap(f, objective, torch.zeros(2, 3), torch.zeros(2, 3))
+    >>> new_state, aux = aug(aug.join(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3)),
+    ...                      torch.arange(2), 0)
+    >>> new_state.shape, aux["objective"].tolist()
+    (torch.Size([2, 9]), [3.0, 3.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from jiio_ext.constraints import Constraint
+from jiio_ext.layout import Layout, State, as_tuple
+from jiio_ext.schedules import Constant, Schedule
+from jiio_ext.steps import StepRule, raw_step
+
+__all__ = ["AugmentedMap", "Objective", "call_objective", "check_f_output"]
+
+Objective = Callable[..., torch.Tensor]
+Targets = torch.Tensor | tuple[torch.Tensor, ...] | None
+
+
+def _select_rows(targets: Targets, index: torch.Tensor | None) -> Targets:
+    if targets is None or index is None:
+        return targets
+    if isinstance(targets, torch.Tensor):
+        return targets.index_select(0, index)
+    return tuple(t.index_select(0, index) for t in targets)
+
+
+def call_objective(
+    objective: Objective, z: State, x: torch.Tensor, targets: Targets, index: torch.Tensor | None
+) -> torch.Tensor:
+    """Evaluate the per-sample objective and check that it returned shape ``(b,)``.
+
+    Args:
+        objective: ``objective(z, x)`` or, with ``targets``, ``objective(z, x, targets)``.
+        z: state of the active samples.
+        x: inputs of the active samples.
+        targets: per-sample data sliced along with the active samples, or ``None``.
+        index: batch positions of the active samples (``None``: the whole batch).
+
+    Returns:
+        The per-sample losses.
+
+    Raises:
+        ValueError: when the output is not a ``(b,)`` tensor.
+
+    Example:
+        >>> import torch
+        >>> call_objective(lambda z, x: z.sum(1), torch.ones(2, 3), torch.ones(2, 1), None, None)
+        tensor([3., 3.])
+    """
+    if targets is None:
+        loss = objective(z, x)
+    else:
+        loss = objective(z, x, _select_rows(targets, index))
+    batch = x.shape[0]
+    if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (batch,):
+        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        hint = ""
+        if index is not None and isinstance(loss, torch.Tensor) and loss.dim() == 1:
+            hint = (
+                " (the solver evaluates only the still-active samples: pass per-sample data "
+                "through targets=... instead of closing over it, or use subset=False)"
+            )
+        raise ValueError(
+            f"objective: expected per-sample losses of shape ({batch},), got {got}{hint}"
+        )
+    return loss
+
+
+def check_f_output(z_out: State, layout: Layout, batch: int) -> None:
+    """Raise a ValueError when ``f`` returned a state of another structure or shape.
+
+    Args:
+        z_out: what ``f`` returned.
+        layout: layout of ``z0``.
+        batch: expected batch size.
+
+    Example:
+        >>> import torch
+        >>> check_f_output(torch.zeros(2, 3), Layout.of(torch.zeros(2, 3)), 2)
+    """
+    parts = as_tuple(z_out) if isinstance(z_out, (torch.Tensor, tuple, list)) else None
+    shapes = None if parts is None else tuple(tuple(p.shape) for p in parts)
+    expected = tuple((batch, *s) for s in layout.shapes)
+    if shapes != expected:
+        raise ValueError(f"f: expected a state of shapes {expected} (like z0), got {shapes}")
+
+
+class AugmentedMap:
+    """The damped augmented map over flat per-sample states ``[z; x; μ]``.
+
+    Args:
+        f: ``f(z, x) -> z`` (tensor or tuple state, batch first).
+        objective: per-sample losses ``objective(z, x[, targets]) -> (B,)``.
+        z_like: a state with the structure of ``z`` (for the layout).
+        x_like: a tensor with the shape of ``x``.
+        constraint: set for ``x`` or ``None``.
+        step_rule: gradient → direction.
+        step_size: schedule of ``α_x``.
+        max_iter: budget, passed to the schedule.
+        alpha_z: damping of the forward block.
+        alpha_mu: damping of the adjoint block.
+        targets: per-sample data passed to the objective (sliced with the active samples).
+    """
+
+    def __init__(
+        self,
+        f: Callable[[State, torch.Tensor], State],
+        objective: Objective,
+        z_like: State,
+        x_like: torch.Tensor,
+        *,
+        constraint: Constraint | None = None,
+        step_rule: StepRule = raw_step,
+        step_size: Schedule | None = None,
+        max_iter: int = 100,
+        alpha_z: float = 0.8,
+        alpha_mu: float = 0.6,
+        targets: Targets = None,
+    ) -> None:
+        self.f = f
+        self.objective = objective
+        self.z_layout = Layout.of(z_like)
+        self.x_layout = Layout.of(x_like)
+        self.constraint = constraint
+        self.step_rule = step_rule
+        self.step_size = step_size if step_size is not None else Constant(0.01)
+        self.max_iter = max_iter
+        self.alpha_z = alpha_z
+        self.alpha_mu = alpha_mu
+        self.targets = targets
+        self.f_evals = 0
+        self.vjps = 0
+
+    @property
+    def blocks(self) -> tuple[int, int, int]:
+        """Sizes of the z, x and μ blocks of the flat state."""
+        nz = self.z_layout.numel
+        return (nz, self.x_layout.numel, nz)
+
+    def join(self, z: State, x: torch.Tensor, mu: State) -> torch.Tensor:
+        """Flat ``(B, n)`` state from its three parts."""
+        return torch.cat(
+            [self.z_layout.flatten(z), self.x_layout.flatten(x), self.z_layout.flatten(mu)], dim=1
+        )
+
+    def split(self, flat: torch.Tensor) -> tuple[State, torch.Tensor, State]:
+        """The three parts ``(z, x, μ)`` of a flat state."""
+        z, x, mu = torch.split(flat, list(self.blocks), dim=1)
+        return self.z_layout.unflatten(z), self.x_layout.unflatten(x), self.z_layout.unflatten(mu)
+
+    def evaluate(
+        self,
+        z: State,
+        x: torch.Tensor,
+        mu: State,
+        index: torch.Tensor | None,
+        *,
+        create_graph: bool = False,
+    ) -> tuple[State, torch.Tensor, State, torch.Tensor]:
+        """One ``f`` evaluation and one VJP: ``(z_out, L, g_z, g_x)``.
+
+        Args:
+            z: states (leaves requiring grad are created from them unless ``create_graph``).
+            x: inputs.
+            mu: adjoint states.
+            index: batch positions of these samples (for ``targets`` and the constraint).
+            create_graph: keep the graph of ``g_z``, ``g_x`` (for differentiating ``F``).
+
+        Returns:
+            ``f(z, x)``, the per-sample losses, ``g_z`` and ``g_x``.
+        """
+        if not create_graph:
+            z = tuple(t.detach().requires_grad_() for t in as_tuple(z))
+            z = z if self.z_layout.is_tuple else z[0]
+            x = x.detach().requires_grad_()
+        z_parts = as_tuple(z)
+        with torch.enable_grad():
+            z_out = self.f(z, x)
+            check_f_output(z_out, self.z_layout, x.shape[0])
+            loss = call_objective(self.objective, z, x, self.targets, index)
+            out_parts = as_tuple(z_out)
+            outputs = [loss, *out_parts]
+            grads_out = [torch.ones_like(loss), *as_tuple(mu)]
+            keep = [i for i, o in enumerate(outputs) if o.requires_grad]
+            grads = torch.autograd.grad(
+                [outputs[i] for i in keep],
+                [*z_parts, x],
+                [grads_out[i] for i in keep],
+                allow_unused=True,
+                create_graph=create_graph,
+            ) if keep else [None] * (len(z_parts) + 1)
+        self.f_evals += 1
+        self.vjps += 1
+        inputs = [*z_parts, x]
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+        g_z = tuple(grads[:-1])
+        g_z = g_z if self.z_layout.is_tuple else g_z[0]
+        if not create_graph:
+            z_out = tuple(t.detach() for t in out_parts)
+            z_out = z_out if self.z_layout.is_tuple else z_out[0]
+            loss = loss.detach()
+        return z_out, loss, g_z, grads[-1]
+
+    def project(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Projection of ``x`` onto the constraint (identity without one)."""
+        return x if self.constraint is None else self.constraint.project(x, index)
+
+    def apply(
+        self, flat: torch.Tensor, index: torch.Tensor | None, k: int, *, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``F`` on flat states: the next flat state and the per-sample objective."""
+        z, x, mu = self.split(flat)
+        z_out, loss, g_z, g_x = self.evaluate(z, x, mu, index, create_graph=create_graph)
+        zf, xf, muf = torch.split(flat, list(self.blocks), dim=1)
+        z_new = zf + self.alpha_z * (self.z_layout.flatten(z_out) - zf)
+        mu_new = muf + self.alpha_mu * (self.z_layout.flatten(g_z) - muf)
+        step = self.step_size(k, self.max_iter)
+        x_new = self.project(x - step * self.step_rule(g_x), index)
+        return torch.cat([z_new, self.x_layout.flatten(x_new), mu_new], dim=1), loss
+
+    def __call__(
+        self, flat: torch.Tensor, index: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The engine's map interface: ``(F(s), {"objective": L})``."""
+        new_flat, loss = self.apply(flat, index, k)
+        return new_flat, {"objective": loss}

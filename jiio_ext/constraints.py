@@ -1,0 +1,338 @@
+"""Constraint sets for the optimised input and their Euclidean projections.
+
+Every set acts per sample on a batch ``x`` of shape ``(B, ...)``. Centres and bounds may be
+scalars or tensors broadcastable to ``x`` (batch first), so one constraint object can describe
+a different ball around every sample, as adversarial attacks need. ``a & b`` intersects sets.
+
+Example:
+    >>> import torch
+    >>> from jiio_ext import Box, LinfBall
+    >>> images = torch.rand(4, 3, 8, 8)
+    >>> threat = LinfBall(images, 8 / 255) & Box(0.0, 1.0)
+    >>> adv = threat.project(images + 0.1 * torch.randn_like(images))
+    >>> bool(threat.contains(adv).all())
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["Box", "Constraint", "Intersection", "L2Ball", "LinfBall"]
+
+Bound = float | torch.Tensor
+
+
+def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
+    """L2 norm over all non-batch dimensions, shaped ``(B, 1, ..., 1)`` for broadcasting."""
+    norms = v.flatten(1).norm(dim=1)
+    return norms.view(-1, *([1] * (v.dim() - 1)))
+
+
+def _select(value: Bound | None, index: torch.Tensor | None) -> Bound | None:
+    """Rows ``index`` of a batch-first tensor bound; scalars and broadcast rows pass through."""
+    if index is None or not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    if value.shape[0] == 1:
+        return value
+    return value.index_select(0, index.to(value.device))
+
+
+def _as_radius(radius: Bound, name: str) -> Bound:
+    if isinstance(radius, torch.Tensor):
+        if not torch.is_floating_point(radius):
+            raise TypeError(f"{name}: expected a float tensor, got dtype {radius.dtype}")
+        if bool((radius <= 0).any()) or not bool(torch.isfinite(radius).all()):
+            raise ValueError(f"{name}: every radius must be finite and > 0")
+        return radius
+    if not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {radius!r}")
+    return float(radius)
+
+
+def _radius_like(radius: Bound, x: torch.Tensor) -> Bound:
+    """A per-sample radius tensor of shape (B,) becomes (B, 1, ..., 1)."""
+    if isinstance(radius, torch.Tensor) and radius.dim() == 1:
+        return radius.to(x).view(-1, *([1] * (x.dim() - 1)))
+    if isinstance(radius, torch.Tensor):
+        return radius.to(x)
+    return radius
+
+
+class Constraint:
+    """A closed convex set acting per sample; subclasses implement :meth:`project`.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import L2Ball
+        >>> ball = L2Ball(radius=1.0)
+        >>> ball.project(torch.full((2, 4), 3.0)).norm(dim=1)
+        tensor([1., 1.])
+    """
+
+    def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Nearest point of the set to each sample of ``x``.
+
+        Args:
+            x: batch ``(B, ...)`` to project.
+            index: rows of the batch the per-sample centres and bounds refer to, when ``x``
+                holds only a subset of the samples (the solvers pass the active samples).
+
+        Returns:
+            The projection, same shape and dtype as ``x``.
+        """
+        raise NotImplementedError
+
+    def contains(self, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+        """Per-sample membership test with an absolute tolerance ``tol``.
+
+        Args:
+            x: batch ``(B, ...)``.
+            tol: allowed violation.
+
+        Returns:
+            Boolean tensor of shape ``(B,)``.
+
+        Example:
+            >>> import torch
+            >>> from jiio_ext import Box
+            >>> Box(0.0, 1.0).contains(torch.tensor([[0.5], [2.0]]))
+            tensor([ True, False])
+        """
+        gap = (self.project(x) - x).flatten(1).abs().amax(dim=1)
+        return gap <= tol
+
+    def check_against(self, x: torch.Tensor, name: str = "constraint") -> None:
+        """Raise a ValueError when per-sample tensors do not fit the batch ``x``.
+
+        Args:
+            x: the batch the constraint will act on.
+            name: argument name used in the error message.
+
+        Example:
+            >>> import torch
+            >>> from jiio_ext import Box
+            >>> Box(0.0, 1.0).check_against(torch.zeros(3, 2))
+        """
+        for value in self._tensors():
+            if value.dim() == 0:
+                continue
+            if value.device != x.device:
+                raise ValueError(f"{name}: tensor on {value.device}, but x0 is on {x.device}")
+            if value.shape[0] not in (1, x.shape[0]):
+                raise ValueError(
+                    f"{name}: per-sample tensor has batch size {value.shape[0]}, "
+                    f"expected 1 or {x.shape[0]} (the batch size of x0)"
+                )
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return []
+
+    def __and__(self, other: Constraint) -> Intersection:
+        if not isinstance(other, Constraint):
+            return NotImplemented
+        return Intersection([self, other])
+
+
+class Box(Constraint):
+    """Element-wise bounds ``lower <= x <= upper`` (either may be ``None`` for unbounded).
+
+    Args:
+        lower: scalar or tensor broadcastable to ``x``.
+        upper: scalar or tensor broadcastable to ``x``.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import Box
+        >>> Box(0.0, 1.0).project(torch.tensor([[-1.0, 0.5, 2.0]]))
+        tensor([[0.0000, 0.5000, 1.0000]])
+    """
+
+    def __init__(self, lower: Bound | None = None, upper: Bound | None = None) -> None:
+        if lower is None and upper is None:
+            raise ValueError("Box: give at least one of lower and upper")
+        if (
+            lower is not None
+            and upper is not None
+            and bool(torch.as_tensor(lower < upper).logical_not().any())
+        ):
+            raise ValueError("Box: lower must be < upper everywhere")
+        self.lower = lower
+        self.upper = upper
+
+    def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Clamp ``x`` into the box (see :meth:`Constraint.project`)."""
+        lower, upper = _select(self.lower, index), _select(self.upper, index)
+        if isinstance(lower, torch.Tensor):
+            lower = lower.to(x)
+        if isinstance(upper, torch.Tensor):
+            upper = upper.to(x)
+        if isinstance(lower, torch.Tensor) or isinstance(upper, torch.Tensor):
+            return torch.clamp(x, min=lower, max=upper)
+        return x.clamp(min=lower, max=upper)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [v for v in (self.lower, self.upper) if isinstance(v, torch.Tensor)]
+
+
+class LinfBall(Constraint):
+    """The L∞ ball ``||x - center||_∞ <= radius`` per sample.
+
+    Args:
+        center: ``None`` (origin), scalar or batch-first tensor.
+        radius: scalar > 0 or a ``(B,)`` tensor of per-sample radii.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import LinfBall
+        >>> LinfBall(torch.zeros(1, 2), 0.5).project(torch.tensor([[1.0, -0.2]]))
+        tensor([[ 0.5000, -0.2000]])
+    """
+
+    def __init__(self, center: Bound | None = None, radius: Bound = 1.0) -> None:
+        self.center = center
+        self.radius = _as_radius(radius, "LinfBall radius")
+
+    def as_box(self) -> Box:
+        """The same set written as a :class:`Box` (used to merge intersections exactly).
+
+        Example:
+            >>> from jiio_ext import LinfBall
+            >>> LinfBall(0.0, 1.0).as_box().upper
+            1.0
+        """
+        center = 0.0 if self.center is None else self.center
+        radius = self.radius
+        if isinstance(radius, torch.Tensor) and radius.dim() == 1 and isinstance(center, torch.Tensor):
+            radius = radius.view(-1, *([1] * (center.dim() - 1)))
+        return Box(center - radius, center + radius)
+
+    def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Clamp ``x`` into the ball (see :meth:`Constraint.project`)."""
+        center = _select(self.center, index)
+        center = 0.0 if center is None else center
+        if isinstance(center, torch.Tensor):
+            center = center.to(x)
+        radius = _radius_like(_select(self.radius, index), x)
+        return center + torch.clamp(x - center, min=-radius, max=radius)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [v for v in (self.center, self.radius) if isinstance(v, torch.Tensor)]
+
+
+class L2Ball(Constraint):
+    """The Euclidean ball ``||x - center||_2 <= radius`` per sample (norm over all non-batch dims).
+
+    Args:
+        center: ``None`` (origin), scalar or batch-first tensor.
+        radius: scalar > 0 or a ``(B,)`` tensor of per-sample radii.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import L2Ball
+        >>> L2Ball(radius=2.0).project(torch.tensor([[3.0, 4.0]]))
+        tensor([[1.2000, 1.6000]])
+    """
+
+    def __init__(self, center: Bound | None = None, radius: Bound = 1.0) -> None:
+        self.center = center
+        self.radius = _as_radius(radius, "L2Ball radius")
+
+    def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Scale ``x - center`` back onto the ball (see :meth:`Constraint.project`)."""
+        center = _select(self.center, index)
+        center = 0.0 if center is None else center
+        if isinstance(center, torch.Tensor):
+            center = center.to(x)
+        radius = _radius_like(_select(self.radius, index), x)
+        offset = x - center
+        norm = _per_sample_norm(offset)
+        scale = torch.clamp(radius / norm.clamp_min(torch.finfo(x.dtype).tiny), max=1.0)
+        return center + offset * scale
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [v for v in (self.center, self.radius) if isinstance(v, torch.Tensor)]
+
+
+class Intersection(Constraint):
+    """Intersection of boxes and at most one ball, projected exactly.
+
+    Boxes and an L∞ ball merge into one box, whose projection is a clamp. For an L2 ball of
+    centre ``c`` and radius ``r`` with a box, the KKT conditions give the projection of ``y`` as
+    ``clamp(c + t (y - c))`` for the largest ``t`` in ``[0, 1]`` whose point lies in the ball;
+    ``t`` is found per sample by bisection on the feasible side, so the answer is always inside
+    both sets. This needs the centre to lie in the box (true for an attack around a valid image).
+
+    Args:
+        parts: the sets to intersect.
+        bisection_steps: bisection steps for an L2 ball with a box (precision ``2**-steps``).
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import Box, L2Ball
+        >>> images = torch.rand(2, 1, 4, 4)
+        >>> threat = L2Ball(images, 0.5) & Box(0.0, 1.0)
+        >>> out = threat.project(images + torch.randn_like(images))
+        >>> bool(threat.contains(out).all())
+        True
+    """
+
+    def __init__(self, parts: Sequence[Constraint], bisection_steps: int = 60) -> None:
+        flat: list[Constraint] = []
+        for part in parts:
+            flat.extend(part.parts if isinstance(part, Intersection) else [part])
+        if any(not isinstance(p, (Box, LinfBall, L2Ball)) for p in flat):
+            raise TypeError("Intersection: parts must be Box, LinfBall or L2Ball")
+        balls = [p for p in flat if isinstance(p, L2Ball)]
+        if len(balls) > 1:
+            raise ValueError(
+                "Intersection: at most one L2Ball is supported (boxes and L∞ balls merge exactly)"
+            )
+        self.parts = flat
+        self.bisection_steps = bisection_steps
+        self._ball = balls[0] if balls else None
+        self._boxes = [
+            p.as_box() if isinstance(p, LinfBall) else p for p in flat if p is not self._ball
+        ]
+
+    def _box_project(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        for box in self._boxes:
+            if box.lower is not None:
+                x = torch.maximum(x, torch.as_tensor(_select(box.lower, index)).to(x))
+            if box.upper is not None:
+                x = torch.minimum(x, torch.as_tensor(_select(box.upper, index)).to(x))
+        return x
+
+    def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Project onto the intersection (see :meth:`Constraint.project`)."""
+        if self._ball is None:
+            return self._box_project(x, index)
+        center = _select(self._ball.center, index)
+        center = torch.zeros_like(x) if center is None else torch.as_tensor(center).to(x)
+        radius = _radius_like(_select(self._ball.radius, index), x)
+        offset = x - center
+        shape = (-1, *([1] * (x.dim() - 1)))
+
+        def point(t: torch.Tensor) -> torch.Tensor:
+            return self._box_project(center + t.view(shape) * offset, index)
+
+        def inside(t: torch.Tensor) -> torch.Tensor:
+            return _per_sample_norm(point(t) - center).view(-1) <= torch.as_tensor(radius).to(
+                x
+            ).flatten()
+
+        ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        low, high = torch.zeros_like(ones), ones
+        full_step_ok = inside(ones)
+        for _ in range(self.bisection_steps):
+            mid = 0.5 * (low + high)
+            ok = inside(mid)
+            low = torch.where(ok, mid, low)
+            high = torch.where(ok, high, mid)
+        return point(torch.where(full_step_ok, ones, low))
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for part in self.parts for t in part._tensors()]

@@ -1,0 +1,471 @@
+"""The two entry points: :func:`solve_joint` (JIIO) and :func:`solve_nested` (the naive baseline).
+
+Both minimise per-sample objectives ``objective(z*(x), x)`` over ``x`` in a constraint set,
+where ``z*(x) = f(z*(x), x)``, and both return a :class:`~jiio_ext.solution.JointSolution`.
+
+Example:
+    >>> import torch
+    >>> from jiio_ext import solve_joint
+    >>> W = 0.5 * torch.eye(3, dtype=torch.float64)
+    >>> f = lambda z, x: torch.tanh(z @ W + x)
+    >>> target = torch.full((2, 3), 0.3, dtype=torch.float64)
+    >>> objective = lambda z, x: (z - target).pow(2).sum(dim=1)
+    >>> x0 = torch.zeros(2, 3, dtype=torch.float64)
+    >>> sol = solve_joint(f, objective, x0, torch.zeros_like(x0), step_size=0.1, max_iter=300,
+    ...                   rtol=1e-8, atol=1e-10)
+    >>> sol.success, bool(sol.objective.max() < 1e-12)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from jiio_ext.augmented import AugmentedMap, Objective, Targets, call_objective
+from jiio_ext.constraints import Constraint
+from jiio_ext.grad import GradMode, get_grad_mode
+from jiio_ext.layout import Layout, State, as_tuple
+from jiio_ext.schedules import Schedule, as_schedule
+from jiio_ext.solution import JointSolution, Status
+from jiio_ext.solvers import Anderson, DampedIteration, fixed_point, get_solver
+from jiio_ext.steps import StepRule, get_step_rule
+from jiio_ext.validate import check_fraction, check_problem, check_state_like
+
+__all__ = ["solve_joint", "solve_nested"]
+
+Fn = Callable[[State, torch.Tensor], State]
+
+
+def _progress_bar(progress: object, total: int, desc: str):
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False)
+    if progress in (False, None):
+        return None
+    return progress
+
+
+def _zeros_like_state(state: State) -> State:
+    parts = tuple(torch.zeros_like(p) for p in as_tuple(state))
+    return parts if isinstance(state, tuple) else parts[0]
+
+
+def _detach(state: State) -> State:
+    parts = tuple(p.detach() for p in as_tuple(state))
+    return parts if isinstance(state, tuple) else parts[0]
+
+
+def _normalise_state(state: State) -> State:
+    return tuple(state) if isinstance(state, list) else state
+
+
+def solve_joint(
+    f: Fn,
+    objective: Objective,
+    x0: torch.Tensor,
+    z0: State,
+    *,
+    mu0: State | None = None,
+    warm_start: JointSolution | None = None,
+    targets: Targets = None,
+    constraint: Constraint | None = None,
+    step_size: float | Schedule = 0.01,
+    step_rule: str | StepRule = "raw",
+    alpha_z: float = 0.8,
+    alpha_mu: float = 0.6,
+    solver: str | Anderson | DampedIteration = "anderson",
+    max_iter: int = 100,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    subset: bool = True,
+    check_every: int = 1,
+    divergence: float = 1e4,
+    callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    progress: object = False,
+    trajectory: Sequence[int] = (),
+    grad: str | GradMode | None = None,
+    throw: bool = False,
+) -> JointSolution:
+    """Solve forward fixed point, adjoint fixed point and input optimisation as one fixed point.
+
+    Args:
+        f: the DEQ layer ``f(z, x) -> z`` (tensor or tuple state, batch first). Samples must
+            not interact (no batch statistics), so that each converges on its own.
+        objective: per-sample losses to minimise, ``objective(z, x) -> (B,)``, or
+            ``objective(z, x, targets)`` when ``targets`` is given.
+        x0: initial input ``(B, ...)``; projected onto ``constraint`` first.
+        z0: initial state (tensor or tuple of tensors).
+        mu0: initial adjoint (default zeros).
+        warm_start: a previous solution whose ``z`` and ``mu`` replace ``z0`` and ``mu0``.
+        targets: per-sample data (tensor or tuple, batch first) handed to the objective and
+            sliced with the active samples.
+        constraint: set for ``x`` (``L2Ball``, ``LinfBall``, ``Box``, intersections).
+        step_size: ``α_x``: a number or a schedule (``Constant``, ``StepSwitch``, ``Cosine``).
+        step_rule: ``"raw"``, ``"sign"`` (L∞ attacks) or ``"l2"`` (L2 attacks).
+        alpha_z: damping of the forward block, in (0, 1].
+        alpha_mu: damping of the adjoint block, in (0, 1].
+        solver: ``"anderson"`` (default), ``"damped"`` or a solver instance.
+        max_iter: iteration budget (each iteration is one ``f`` and one VJP).
+        rtol: relative tolerance per block.
+        atol: absolute tolerance per block (RMS units).
+        subset: evaluate only still-active samples (frozen ones cost nothing).
+        check_every: test convergence every this many iterations.
+        divergence: residual growth factor that marks a sample as diverged.
+        callback: ``callback(k, info)`` after every iteration.
+        progress: ``True`` for a tqdm bar with live residual and objective, or a bar.
+        trajectory: iterations at which to keep ``(z, x)`` for trajectory regularisation.
+        grad: ``None`` (detached result), ``"envelope"`` or ``"implicit"`` (see
+            :mod:`jiio_ext.grad`): make ``z`` (and for implicit also ``x``) differentiable
+            with respect to the parameters of ``f``, the objective and ``targets``.
+        throw: raise :class:`~jiio_ext.solution.JointSolveError` if a sample fails.
+
+    Returns:
+        A :class:`~jiio_ext.solution.JointSolution`; ``x`` always lies in the constraint set.
+
+    Raises:
+        TypeError, ValueError: for malformed arguments (the message names the argument).
+        JointSolveError: under ``throw=True`` when any sample did not converge.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import L2Ball, solve_joint
+        >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
+        >>> target = torch.ones(4, 2)
+        >>> sol = solve_joint(f, lambda z, x: (z - target).pow(2).sum(1), torch.zeros(4, 2),
+        ...                   torch.zeros(4, 2), constraint=L2Ball(radius=0.1), step_size=0.3)
+        >>> bool((sol.x.norm(dim=1) <= 0.1 + 1e-6).all())
+        True
+    """
+    z0 = _normalise_state(z0)
+    if warm_start is not None:
+        if not isinstance(warm_start, JointSolution):
+            raise TypeError(f"warm_start: expected a JointSolution, got {type(warm_start).__name__}")
+        z0, mu0 = _detach(warm_start.z), _detach(warm_start.mu)
+    check_problem(x0, z0, constraint)
+    check_state_like(mu0, z0, "mu0")
+    alpha_z = check_fraction(alpha_z, "alpha_z")
+    alpha_mu = check_fraction(alpha_mu, "alpha_mu")
+    schedule = as_schedule(step_size, "step_size")
+    rule = get_step_rule(step_rule)
+    engine = get_solver(solver)
+    grad_mode = get_grad_mode(grad)
+    if grad_mode is not None:
+        grad_mode.check_step_rule(step_rule)
+
+    aug = AugmentedMap(
+        f,
+        objective,
+        z0,
+        x0,
+        constraint=constraint,
+        step_rule=rule,
+        step_size=schedule,
+        max_iter=max_iter,
+        alpha_z=alpha_z,
+        alpha_mu=alpha_mu,
+        targets=targets,
+    )
+    x_start = aug.project(x0.detach(), None)
+    mu_start = _zeros_like_state(z0) if mu0 is None else mu0
+    state0 = aug.join(_detach(z0), x_start, _detach(mu_start))
+    bar = _progress_bar(progress, max_iter, "jiio")
+    started = time.perf_counter()
+    try:
+        with torch.no_grad():
+            result = fixed_point(
+                aug,
+                state0,
+                solver=engine,
+                max_iter=max_iter,
+                rtol=rtol,
+                atol=atol,
+                blocks=aug.blocks,
+                block_names=("z", "x", "mu"),
+                block_scale=(alpha_z, 1.0, alpha_mu),
+                subset=subset,
+                check_every=check_every,
+                divergence=divergence,
+                callback=callback,
+                progress=bar,
+                snapshot_at=trajectory,
+            )
+    finally:
+        if bar is not None and progress is True:
+            bar.close()
+    z, x, mu = aug.split(result.state)
+    x = aug.project(x, None)
+    trajectory_points = {}
+    for k, snap in result.snapshots.items():
+        zk, xk, _ = aug.split(snap)
+        trajectory_points[k] = (zk, xk)
+    solution = JointSolution(
+        z=z,
+        x=x,
+        mu=mu,
+        objective=result.aux.get("objective", torch.full_like(result.status, 0, dtype=x.dtype)),
+        status=result.status,
+        nstep=result.nstep,
+        residuals={name: result.residuals[:, i] for i, name in enumerate(("z", "x", "mu"))},
+        traces=result.traces,
+        f_evals=aug.f_evals,
+        vjps=aug.vjps,
+        trajectory=trajectory_points,
+        info={
+            "method": "joint",
+            "solver": engine.name,
+            "time_s": time.perf_counter() - started,
+            "fallbacks": result.fallbacks,
+            "final_step_size": schedule(max_iter - 1, max_iter),
+        },
+    )
+    if grad_mode is not None:
+        grad_mode.attach(aug, solution)
+    if throw:
+        solution.raise_if_failed()
+    return solution
+
+
+def _adjoint_and_input_grad(
+    f: Fn,
+    objective: Objective,
+    z: State,
+    x: torch.Tensor,
+    mu0: State,
+    targets: Targets,
+    engine: Anderson | DampedIteration,
+    max_iter: int,
+    rtol: float,
+    atol: float,
+    layout: Layout,
+) -> tuple[State, torch.Tensor, torch.Tensor, int, int]:
+    """Adjoint fixed point at ``(z, x)`` and the input gradient: ``(μ, g_x, L, f_evals, vjps)``."""
+    z_req = tuple(p.detach().requires_grad_() for p in as_tuple(z))
+    z_arg = z_req if layout.is_tuple else z_req[0]
+    x_req = x.detach().requires_grad_()
+    with torch.enable_grad():
+        z_out = f(z_arg, x_req)
+        loss = call_objective(objective, z_arg, x_req, targets, None)
+        out_flat = layout.flatten(z_out)
+        grads = torch.autograd.grad(loss.sum(), [*z_req, x_req], allow_unused=True, retain_graph=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [*z_req, x_req])]
+    dl_dz = layout.flatten(tuple(grads[:-1]) if layout.is_tuple else grads[0])
+    vjps = 1
+    z_flat_inputs = list(z_req)
+
+    def adjoint_map(mu_flat: torch.Tensor, index: torch.Tensor, k: int):
+        nonlocal vjps
+        with torch.enable_grad():
+            jt_mu = torch.autograd.grad(out_flat, z_flat_inputs, mu_flat, retain_graph=True)
+        vjps += 1
+        return layout.flatten(jt_mu if layout.is_tuple else jt_mu[0]) + dl_dz, {}
+
+    result = fixed_point(
+        adjoint_map,
+        layout.flatten(mu0).detach(),
+        solver=engine,
+        max_iter=max_iter,
+        rtol=rtol,
+        atol=atol,
+        subset=False,
+    )
+    mu_flat = result.state
+    with torch.enable_grad():
+        (fx_mu,) = torch.autograd.grad(out_flat, x_req, mu_flat, allow_unused=True)
+    vjps += 1
+    g_x = grads[-1] + (torch.zeros_like(x) if fx_mu is None else fx_mu)
+    return layout.unflatten(mu_flat), g_x, loss.detach(), 1, vjps
+
+
+def solve_nested(
+    f: Fn,
+    objective: Objective,
+    x0: torch.Tensor,
+    z0: State,
+    *,
+    mu0: State | None = None,
+    targets: Targets = None,
+    constraint: Constraint | None = None,
+    optimizer: str = "adam",
+    lr: float | Schedule = 0.1,
+    steps: int = 40,
+    step_rule: str | StepRule = "raw",
+    inner_solver: str | Anderson | DampedIteration = "anderson",
+    inner_max_iter: int = 50,
+    inner_rtol: float = 1e-3,
+    inner_atol: float = 1e-6,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    progress: object = False,
+    throw: bool = False,
+) -> JointSolution:
+    """Solve the same problem the naive way: an outer optimiser over full inner solves.
+
+    Every outer step solves the forward fixed point ``z = f(z, x)`` and then the adjoint fixed
+    point ``μ = (∂f/∂z)ᵀ μ + ∂L/∂z`` (both with the inner solver, warm-started from the
+    previous step), forms ``∇ℓ(x) = ∂L/∂x + (∂f/∂x)ᵀ μ`` and takes one optimiser step on ``x``,
+    projected onto the constraint. This is the baseline of the benchmarks and the oracle of
+    the tests. Its final status comes from the same three residuals as :func:`solve_joint`
+    (forward, adjoint, projected x-step with the last step size), measured at the end.
+
+    Args:
+        f: the DEQ layer ``f(z, x) -> z``.
+        objective: per-sample losses ``objective(z, x[, targets]) -> (B,)``.
+        x0: initial input.
+        z0: initial state.
+        mu0: initial adjoint (default zeros).
+        targets: per-sample data for the objective.
+        constraint: set for ``x``.
+        optimizer: ``"adam"`` or ``"sgd"`` (projected after every step).
+        lr: learning rate (number or schedule).
+        steps: number of outer steps.
+        step_rule: ``"raw"``, ``"sign"`` or ``"l2"``, applied to the gradient before ``"sgd"``.
+        inner_solver: solver of the forward and adjoint fixed points.
+        inner_max_iter: iteration budget of each inner solve.
+        inner_rtol: relative tolerance of the inner solves.
+        inner_atol: absolute tolerance of the inner solves.
+        rtol: tolerance of the final status test.
+        atol: absolute tolerance of the final status test.
+        callback: ``callback(step, info)`` after every outer step.
+        progress: ``True`` for a tqdm bar.
+        throw: raise when a sample fails the final test.
+
+    Returns:
+        A :class:`~jiio_ext.solution.JointSolution` (``nstep`` counts outer steps).
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import solve_nested
+        >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
+        >>> target = torch.ones(3, 2)
+        >>> sol = solve_nested(f, lambda z, x: (z - target).pow(2).sum(1), torch.zeros(3, 2),
+        ...                    torch.zeros(3, 2), optimizer="sgd", lr=0.5, steps=60)
+        >>> bool(sol.objective.max() < 1e-3)
+        True
+    """
+    z0 = _normalise_state(z0)
+    check_problem(x0, z0, constraint)
+    check_state_like(mu0, z0, "mu0")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    schedule = as_schedule(lr, "lr")
+    rule = get_step_rule(step_rule)
+    engine = get_solver(inner_solver)
+    layout = Layout.of(z0)
+    project = (lambda v: v) if constraint is None else (lambda v: constraint.project(v, None))
+
+    x = torch.nn.Parameter(project(x0.detach().clone()))
+    opt = (
+        torch.optim.Adam([x], lr=schedule(0, steps))
+        if optimizer == "adam"
+        else torch.optim.SGD([x], lr=schedule(0, steps))
+    )
+    z_flat = layout.flatten(_detach(z0)).clone()
+    mu = _zeros_like_state(z0) if mu0 is None else _detach(mu0)
+    f_evals = vjps = 0
+    traces: dict[str, list[torch.Tensor]] = {"objective": [], "inner_forward_iters": []}
+    bar = _progress_bar(progress, steps, "nested")
+    started = time.perf_counter()
+    x_data = x.detach()
+
+    def forward_map(flat: torch.Tensor, index: torch.Tensor, k: int):
+        rows_x = x_data.index_select(0, index)
+        return layout.flatten(f(layout.unflatten(flat), rows_x)), {}
+
+    try:
+        for step in range(steps):
+            x_data = x.detach()
+            with torch.no_grad():
+                fwd = fixed_point(
+                    forward_map,
+                    z_flat,
+                    solver=engine,
+                    max_iter=inner_max_iter,
+                    rtol=inner_rtol,
+                    atol=inner_atol,
+                )
+            f_evals += fwd.n_calls
+            z_flat = fwd.state
+            mu, g_x, loss, fe, vj = _adjoint_and_input_grad(
+                f, objective, layout.unflatten(z_flat), x_data, mu, targets, engine,
+                inner_max_iter, inner_rtol, inner_atol, layout,
+            )
+            f_evals += fe
+            vjps += vj
+            traces["objective"].append(loss)
+            traces["inner_forward_iters"].append(fwd.nstep.to(loss.dtype))
+            for group in opt.param_groups:
+                group["lr"] = schedule(step, steps)
+            x.grad = rule(g_x) if optimizer == "sgd" else g_x
+            opt.step()
+            with torch.no_grad():
+                x.copy_(project(x))
+            if callback is not None:
+                callback(step, {"objective": loss, "x": x.detach()})
+            if bar is not None:
+                bar.set_postfix(objective=f"{float(loss.mean()):.4g}")
+                bar.update(1)
+    finally:
+        if bar is not None and progress is True:
+            bar.close()
+
+    # Final report: one more forward solve at the final x and the three residuals.
+    x_final = x.detach().clone()
+    x_data = x_final
+    with torch.no_grad():
+        fwd = fixed_point(
+            forward_map, z_flat, solver=engine, max_iter=inner_max_iter, rtol=inner_rtol,
+            atol=inner_atol,
+        )
+    f_evals += fwd.n_calls
+    z_final = layout.unflatten(fwd.state)
+    mu, _, _, fe, vj = _adjoint_and_input_grad(
+        f, objective, z_final, x_final, mu, targets, engine, inner_max_iter, inner_rtol,
+        inner_atol, layout,
+    )
+    f_evals += fe
+    vjps += vj
+    aug = AugmentedMap(
+        f, objective, z0, x0, constraint=constraint, step_rule=rule,
+        step_size=schedule, max_iter=steps, alpha_z=1.0, alpha_mu=1.0, targets=targets,
+    )
+    flat = aug.join(z_final, x_final, mu)
+    with torch.no_grad():
+        mapped, loss = aug.apply(flat, None, steps - 1)
+    f_evals += aug.f_evals
+    vjps += aug.vjps
+    resid = mapped - flat
+    blocks = torch.split(resid, list(aug.blocks), dim=1)
+    states = torch.split(flat, list(aug.blocks), dim=1)
+    residuals = {
+        name: block.pow(2).mean(dim=1).sqrt() for name, block in zip(("z", "x", "mu"), blocks)
+    }
+    scales = [s.pow(2).mean(dim=1).sqrt() for s in states]
+    converged = torch.stack(
+        [residuals[name] <= atol + rtol * sc for name, sc in zip(("z", "x", "mu"), scales)]
+    ).all(dim=0)
+    finite = torch.isfinite(resid).all(dim=1) & torch.isfinite(loss)
+    status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
+    status = torch.where(finite, status, int(Status.NONFINITE)).long()
+    solution = JointSolution(
+        z=z_final,
+        x=x_final,
+        mu=mu,
+        objective=loss,
+        status=status,
+        nstep=torch.full_like(status, steps),
+        residuals=residuals,
+        traces={k: torch.stack(v) for k, v in traces.items()},
+        f_evals=f_evals,
+        vjps=vjps,
+        info={"method": "nested", "optimizer": optimizer, "time_s": time.perf_counter() - started},
+    )
+    if throw:
+        solution.raise_if_failed()
+    return solution

@@ -1,0 +1,282 @@
+"""The fixed-point engine shared by the joint solve, the nested baseline and the backward passes.
+
+It iterates a map ``F`` over a batch of flat per-sample states ``(B, n)`` split into blocks,
+measures the residual of each block separately, freezes every sample as soon as all its block
+residuals are below tolerance (or it diverges, or turns non-finite), and lets a solver (damped
+iteration or Anderson) propose the next iterate from the balanced (block-weighted) state.
+
+Example:
+    >>> import torch
+    >>> from jiio_ext.solvers import fixed_point
+    >>> result = fixed_point(lambda s, idx, k: (0.5 * s + 1, {}), torch.zeros(3, 2), max_iter=200,
+    ...                      rtol=1e-6, atol=1e-6)
+    >>> result.status.tolist()
+    [0, 0, 0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from jiio_ext.solution import Status
+from jiio_ext.solvers.anderson import Anderson, DampedIteration
+
+__all__ = ["FixedPointResult", "MapFn", "fixed_point"]
+
+MapFn = Callable[
+    [torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
+Solver = Anderson | DampedIteration
+
+
+@dataclass
+class FixedPointResult:
+    """Output of :func:`fixed_point` (full batch, in the original sample order).
+
+    Attributes:
+        state: ``F(s)`` at each sample's last evaluated iterate (the last finite one for
+            non-finite samples) ``(B, n)``.
+        residuals: per-block RMS residuals at that iterate ``(B, n_blocks)``.
+        status: :class:`~jiio_ext.solution.Status` codes ``(B,)``.
+        nstep: number of map evaluations of each sample ``(B,)``.
+        aux: the map's auxiliary outputs at the last evaluation, e.g. the objective.
+        traces: ``(T, B)`` trace of every residual block and auxiliary output.
+        n_calls: number of batched calls of the map.
+        snapshots: ``{k: state}`` at the requested iterations ``(B, n)``.
+        fallbacks: safeguard / singular-system fallbacks per sample ``(B,)``.
+    """
+
+    state: torch.Tensor
+    residuals: torch.Tensor
+    status: torch.Tensor
+    nstep: torch.Tensor
+    aux: dict[str, torch.Tensor]
+    traces: dict[str, torch.Tensor]
+    n_calls: int
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+    fallbacks: torch.Tensor | None = None
+
+
+def _block_rms(v: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """RMS of every column block, ``(b, n_blocks)``."""
+    if len(sizes) == 1:
+        return v.pow(2).mean(dim=1, keepdim=True).sqrt()
+    return torch.stack(
+        [part.pow(2).mean(dim=1).sqrt() for part in torch.split(v, list(sizes), dim=1)], dim=1
+    )
+
+
+def _balance_weights(
+    state: torch.Tensor, resid: torch.Tensor, sizes: Sequence[int]
+) -> torch.Tensor:
+    """Per-sample, per-block coordinate weights making each block's initial residual O(1)."""
+    scale = _block_rms(resid, sizes) + _block_rms(state, sizes)
+    finite_scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))
+    floor = 1e-3 * finite_scale.amax(dim=1, keepdim=True) + torch.finfo(state.dtype).tiny
+    scale = torch.maximum(finite_scale, floor)
+    per_block = 1.0 / (scale * torch.tensor([math.sqrt(s) for s in sizes]).to(scale))
+    return torch.repeat_interleave(per_block, torch.tensor(sizes, device=state.device), dim=1)
+
+
+def _check_settings(max_iter: int, rtol: float, atol: float, check_every: int) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every: expected an integer >= 1, got {check_every!r}")
+
+
+def fixed_point(
+    map_fn: MapFn,
+    state0: torch.Tensor,
+    *,
+    solver: Solver | None = None,
+    max_iter: int = 100,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    blocks: Sequence[int] | None = None,
+    block_names: Sequence[str] | None = None,
+    block_scale: Sequence[float] | None = None,
+    subset: bool = True,
+    check_every: int = 1,
+    divergence: float = 1e4,
+    balance: bool = True,
+    callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    progress: object | None = None,
+    snapshot_at: Collection[int] = (),
+) -> FixedPointResult:
+    """Solve ``s = F(s)`` for a batch of flat states with per-sample convergence and freezing.
+
+    Args:
+        map_fn: ``map_fn(s, index, k) -> (F(s), aux)`` where ``s`` holds the active samples,
+            ``index`` their positions in the batch and ``k`` the iteration; ``aux`` maps names to
+            per-sample ``(b,)`` tensors (e.g. ``"objective"``).
+        state0: initial states ``(B, n)``.
+        solver: :class:`Anderson` (default) or :class:`DampedIteration`.
+        max_iter: iteration budget.
+        rtol: relative tolerance per block (against the block's RMS).
+        atol: absolute tolerance per block (RMS units).
+        blocks: sizes of the column blocks (default: one block).
+        block_names: names of the blocks, used for traces.
+        block_scale: divide each block's residual by this before testing (undoes damping).
+        subset: call ``map_fn`` on the active samples only (frozen ones cost nothing); with
+            ``False`` it sees the whole batch every time and frozen rows are held fixed.
+        check_every: test convergence every this many iterations (each test syncs the host).
+        divergence: a sample whose weighted residual grows by this factor is ``DIVERGED``.
+        balance: weight blocks so each starts with an O(1) residual (Anderson's metric).
+        callback: called as ``callback(k, info)`` with the active ``index``, ``residuals`` and
+            aux tensors after every evaluation.
+        progress: a tqdm-like bar (``update``, ``set_postfix``) or ``None``.
+        snapshot_at: iterations at which to keep a copy of the full batch's state.
+
+    Returns:
+        A :class:`FixedPointResult`.
+
+    Example:
+        >>> import torch
+        >>> res = fixed_point(lambda s, i, k: (torch.cos(s), {}), torch.zeros(2, 1), rtol=0,
+        ...                   atol=1e-7, max_iter=100)
+        >>> round(float(res.state[0, 0]), 5)
+        0.73909
+    """
+    _check_settings(max_iter, rtol, atol, check_every)
+    if state0.dim() != 2:
+        raise ValueError(f"state0: expected a (batch, n) matrix, got shape {tuple(state0.shape)}")
+    solver = Anderson() if solver is None else solver
+    batch, n = state0.shape
+    sizes = tuple(blocks) if blocks is not None else (n,)
+    if sum(sizes) != n:
+        raise ValueError(f"blocks: sizes {sizes} do not add up to the state size {n}")
+    names = tuple(block_names) if block_names is not None else tuple(f"b{i}" for i in range(len(sizes)))
+    scale = torch.tensor(block_scale if block_scale is not None else [1.0] * len(sizes)).to(state0)
+    device = state0.device
+
+    out_state = state0.clone()
+    out_res = torch.full((batch, len(sizes)), float("nan"), dtype=state0.dtype, device=device)
+    status = torch.full((batch,), int(Status.MAX_ITER), dtype=torch.long, device=device)
+    nstep = torch.zeros(batch, dtype=torch.long, device=device)
+    fallbacks = torch.zeros(batch, dtype=torch.long, device=device)
+    out_aux: dict[str, torch.Tensor] = {}
+    trace_lists: dict[str, list[torch.Tensor]] = {}
+    snapshots: dict[int, torch.Tensor] = {}
+    wanted = set(snapshot_at)
+
+    rows = torch.arange(batch, device=device)  # batch position of each row
+    active = torch.ones(batch, dtype=torch.bool, device=device)  # mask mode only
+    s = state0
+    weights = ref_norm = buffers = good = None
+    n_calls = 0
+
+    def record(name: str, value: torch.Tensor) -> None:
+        full = torch.full((batch,), float("nan"), dtype=value.dtype, device=device)
+        trace_lists.setdefault(name, []).append(full.index_copy(0, rows, value.detach()))
+
+    def finish(done: torch.Tensor, code: torch.Tensor, fs: torch.Tensor, res, aux) -> None:
+        where = rows[done]
+        out_state.index_copy_(0, where, fs[done])
+        out_res.index_copy_(0, where, res[done])
+        status.index_copy_(0, where, code[done])
+        solver_fallbacks = getattr(buffers, "fallbacks", None)
+        if solver_fallbacks is not None:
+            fallbacks.index_copy_(0, where, solver_fallbacks[done])
+        for key, value in aux.items():
+            if key not in out_aux:
+                out_aux[key] = torch.full((batch,), float("nan"), dtype=value.dtype, device=device)
+            out_aux[key].index_copy_(0, where, value.detach()[done])
+
+    for k in range(max_iter):
+        mapped, aux = map_fn(s, rows, k)
+        n_calls += 1
+        resid = mapped - s
+        res = _block_rms(resid, sizes) / scale
+        finite = torch.isfinite(resid).all(dim=1)
+        for value in aux.values():
+            finite = finite & torch.isfinite(value)
+        if weights is None:
+            weights = (
+                _balance_weights(s, resid, sizes) if balance else torch.ones_like(s)
+            )
+            ref_norm = (weights * resid).norm(dim=1)
+            good = mapped
+        good = torch.where(finite.unsqueeze(1), mapped, good)
+        nstep.index_add_(0, rows, active[rows].long() if not subset else torch.ones_like(rows))
+        for i, name in enumerate(names):
+            record(f"residual_{name}", res[:, i])
+        for key, value in aux.items():
+            record(key, value)
+        if callback is not None:
+            callback(k, {"index": rows, "residuals": res, **aux})
+        if k in wanted:
+            snap = out_state.clone()
+            snap.index_copy_(0, rows, s.detach())
+            snapshots[k] = snap
+
+        w_state, w_resid = weights * s, weights * resid
+        if buffers is None:
+            buffers = solver.init(w_state, w_resid)
+        w_next, buffers = solver.step(buffers, w_state, w_resid)
+        s_next = w_next / weights
+
+        last = k == max_iter - 1
+        if (k + 1) % check_every == 0 or last:
+            converged = (res <= atol + rtol * _block_rms(s, sizes)).all(dim=1) & finite
+            w_norm = w_resid.norm(dim=1)
+            diverged = finite & (w_norm > divergence * ref_norm.clamp_min(1.0))
+            done = converged | ~finite | diverged
+            if not subset:
+                done = done & active[rows]
+            if last:
+                done = done | (active[rows] if not subset else torch.ones_like(done))
+            code = torch.full_like(status[rows], int(Status.MAX_ITER))
+            code = torch.where(converged, int(Status.CONVERGED), code)
+            code = torch.where(diverged, int(Status.DIVERGED), code)
+            code = torch.where(~finite, int(Status.NONFINITE), code)
+            if progress is not None:
+                worst = res[finite].amax() if bool(finite.any()) else torch.tensor(float("nan"))
+                postfix = {"residual": f"{float(worst):.2e}"}
+                if "objective" in aux:
+                    postfix["objective"] = f"{float(aux['objective'][finite].mean()):.4g}"
+                postfix["active"] = int((~done).sum()) if subset else int(active.sum())
+                progress.set_postfix(postfix)
+            if bool(done.any()):
+                finish(done, code, good, res, aux)
+                if subset:
+                    keep = torch.nonzero(~done).flatten()
+                    rows = rows.index_select(0, keep)
+                    s_next = s_next.index_select(0, keep)
+                    weights = weights.index_select(0, keep)
+                    ref_norm = ref_norm.index_select(0, keep)
+                    good = good.index_select(0, keep)
+                    buffers = solver.select(buffers, keep)
+                else:
+                    active = active.clone()
+                    active[rows[done]] = False
+            if (subset and rows.numel() == 0) or (not subset and not bool(active.any())):
+                if progress is not None:
+                    progress.update(1)
+                break
+        if not subset:
+            s_next = torch.where(active.unsqueeze(1), s_next, s)
+        s = s_next
+        if progress is not None:
+            progress.update(1)
+
+    traces = {name: torch.stack(values) for name, values in trace_lists.items()}
+    return FixedPointResult(
+        state=out_state,
+        residuals=out_res,
+        status=status,
+        nstep=nstep,
+        aux=out_aux,
+        traces=traces,
+        n_calls=n_calls,
+        snapshots=snapshots,
+        fallbacks=fallbacks,
+    )
+
