@@ -73,15 +73,7 @@ def call_objective(
     batch = x.shape[0]
     if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (batch,):
         got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        hint = ""
-        if index is not None and isinstance(loss, torch.Tensor) and loss.dim() == 1:
-            hint = (
-                " (the solver evaluates only the still-active samples: pass per-sample data "
-                "through targets=... instead of closing over it, or use subset=False)"
-            )
-        raise ValueError(
-            f"objective: expected per-sample losses of shape ({batch},), got {got}{hint}"
-        )
+        raise ValueError(f"objective: expected per-sample losses of shape ({batch},), got {got}")
     return loss
 
 
@@ -119,6 +111,11 @@ class AugmentedMap:
         alpha_z: damping of the forward block.
         alpha_mu: damping of the adjoint block.
         targets: per-sample data passed to the objective (sliced with the active samples).
+
+    When only some samples are active and no ``targets`` are given, ``f`` runs on the active
+    samples alone (the expensive part), while the objective sees a full batch in which the
+    frozen samples keep their last state; so an objective that closes over batch data (targets,
+    labels, masks) works unchanged. With ``targets``, the objective runs on the active rows.
     """
 
     def __init__(
@@ -149,6 +146,32 @@ class AugmentedMap:
         self.targets = targets
         self.f_evals = 0
         self.vjps = 0
+        self._z_full: tuple[torch.Tensor, ...] | None = None
+        self._x_full: torch.Tensor | None = None
+
+    def _objective(self, z: State, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample losses of the given rows; see the class docstring for frozen rows."""
+        full = index is None or self._x_full is None or index.numel() == self._x_full.shape[0]
+        if full or self.targets is not None:
+            loss = call_objective(self.objective, z, x, self.targets, index)
+        else:
+            z_full = tuple(
+                buf.index_copy(0, index, part) for buf, part in zip(self._z_full, as_tuple(z))
+            )
+            z_arg = z_full if self.z_layout.is_tuple else z_full[0]
+            loss = call_objective(
+                self.objective, z_arg, self._x_full.index_copy(0, index, x), None, None
+            ).index_select(0, index)
+        if index is None or full:
+            self._z_full = tuple(part.detach() for part in as_tuple(z))
+            self._x_full = x.detach()
+        else:
+            self._z_full = tuple(
+                buf.index_copy(0, index, part.detach())
+                for buf, part in zip(self._z_full, as_tuple(z))
+            )
+            self._x_full = self._x_full.index_copy(0, index, x.detach())
+        return loss
 
     @property
     def blocks(self) -> tuple[int, int, int]:
@@ -196,7 +219,7 @@ class AugmentedMap:
         with torch.enable_grad():
             z_out = self.f(z, x)
             check_f_output(z_out, self.z_layout, x.shape[0])
-            loss = call_objective(self.objective, z, x, self.targets, index)
+            loss = self._objective(z, x, index)
             out_parts = as_tuple(z_out)
             outputs = [loss, *out_parts]
             grads_out = [torch.ones_like(loss), *as_tuple(mu)]
