@@ -224,13 +224,17 @@ class AugmentedMap:
             outputs = [loss, *out_parts]
             grads_out = [torch.ones_like(loss), *as_tuple(mu)]
             keep = [i for i, o in enumerate(outputs) if o.requires_grad]
-            grads = torch.autograd.grad(
-                [outputs[i] for i in keep],
-                [*z_parts, x],
-                [grads_out[i] for i in keep],
-                allow_unused=True,
-                create_graph=create_graph,
-            ) if keep else [None] * (len(z_parts) + 1)
+            grads = (
+                torch.autograd.grad(
+                    [outputs[i] for i in keep],
+                    [*z_parts, x],
+                    [grads_out[i] for i in keep],
+                    allow_unused=True,
+                    create_graph=create_graph,
+                )
+                if keep
+                else [None] * (len(z_parts) + 1)
+            )
         self.f_evals += 1
         self.vjps += 1
         inputs = [*z_parts, x]

@@ -41,6 +41,11 @@ def _select(value: Bound | None, index: torch.Tensor | None) -> Bound | None:
     return value.index_select(0, index.to(value.device))
 
 
+def _as_like(value: Bound, x: torch.Tensor) -> torch.Tensor:
+    """A number or tensor as a tensor of ``x``'s dtype and device (no float32 round trip)."""
+    return torch.as_tensor(value, dtype=x.dtype, device=x.device)
+
+
 def _as_radius(radius: Bound, name: str) -> Bound:
     if isinstance(radius, torch.Tensor):
         if not torch.is_floating_point(radius):
@@ -166,13 +171,11 @@ class Box(Constraint):
     def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Clamp ``x`` into the box (see :meth:`Constraint.project`)."""
         lower, upper = _select(self.lower, index), _select(self.upper, index)
-        if isinstance(lower, torch.Tensor):
-            lower = lower.to(x)
-        if isinstance(upper, torch.Tensor):
-            upper = upper.to(x)
-        if isinstance(lower, torch.Tensor) or isinstance(upper, torch.Tensor):
-            return torch.clamp(x, min=lower, max=upper)
-        return x.clamp(min=lower, max=upper)
+        if lower is not None:
+            x = torch.maximum(x, _as_like(lower, x))
+        if upper is not None:
+            x = torch.minimum(x, _as_like(upper, x))
+        return x
 
     def _tensors(self) -> list[torch.Tensor]:
         return [v for v in (self.lower, self.upper) if isinstance(v, torch.Tensor)]
@@ -196,28 +199,12 @@ class LinfBall(Constraint):
         self.center = center
         self.radius = _as_radius(radius, "LinfBall radius")
 
-    def as_box(self) -> Box:
-        """The same set written as a :class:`Box` (used to merge intersections exactly).
-
-        Example:
-            >>> from jiio_ext import LinfBall
-            >>> LinfBall(0.0, 1.0).as_box().upper
-            1.0
-        """
-        center = 0.0 if self.center is None else self.center
-        radius = self.radius
-        if isinstance(radius, torch.Tensor) and radius.dim() == 1 and isinstance(center, torch.Tensor):
-            radius = radius.view(-1, *([1] * (center.dim() - 1)))
-        return Box(center - radius, center + radius)
-
     def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Clamp ``x`` into the ball (see :meth:`Constraint.project`)."""
         center = _select(self.center, index)
-        center = 0.0 if center is None else center
-        if isinstance(center, torch.Tensor):
-            center = center.to(x)
-        radius = _radius_like(_select(self.radius, index), x)
-        return center + torch.clamp(x - center, min=-radius, max=radius)
+        center = torch.zeros_like(x) if center is None else _as_like(center, x)
+        radius = _as_like(_radius_like(_select(self.radius, index), x), x)
+        return center + torch.minimum(torch.maximum(x - center, -radius), radius)
 
     def _tensors(self) -> list[torch.Tensor]:
         return [v for v in (self.center, self.radius) if isinstance(v, torch.Tensor)]
@@ -244,10 +231,8 @@ class L2Ball(Constraint):
     def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Scale ``x - center`` back onto the ball (see :meth:`Constraint.project`)."""
         center = _select(self.center, index)
-        center = 0.0 if center is None else center
-        if isinstance(center, torch.Tensor):
-            center = center.to(x)
-        radius = _radius_like(_select(self.radius, index), x)
+        center = torch.zeros_like(x) if center is None else _as_like(center, x)
+        radius = _as_like(_radius_like(_select(self.radius, index), x), x)
         offset = x - center
         norm = _per_sample_norm(offset)
         scale = torch.clamp(radius / norm.clamp_min(torch.finfo(x.dtype).tiny), max=1.0)
@@ -260,7 +245,8 @@ class L2Ball(Constraint):
 class Intersection(Constraint):
     """Intersection of boxes and at most one ball, projected exactly.
 
-    Boxes and an L∞ ball merge into one box, whose projection is a clamp. For an L2 ball of
+    Boxes and L∞ balls are per-coordinate intervals: clamping into each in turn projects onto
+    their (non-empty) intersection exactly. For an L2 ball of
     centre ``c`` and radius ``r`` with a box, the KKT conditions give the projection of ``y`` as
     ``clamp(c + t (y - c))`` for the largest ``t`` in ``[0, 1]`` whose point lies in the ball;
     ``t`` is found per sample by bisection on the feasible side, so the answer is always inside
@@ -294,16 +280,11 @@ class Intersection(Constraint):
         self.parts = flat
         self.bisection_steps = bisection_steps
         self._ball = balls[0] if balls else None
-        self._boxes = [
-            p.as_box() if isinstance(p, LinfBall) else p for p in flat if p is not self._ball
-        ]
+        self._boxes = [p for p in flat if p is not self._ball]
 
     def _box_project(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         for box in self._boxes:
-            if box.lower is not None:
-                x = torch.maximum(x, torch.as_tensor(_select(box.lower, index)).to(x))
-            if box.upper is not None:
-                x = torch.minimum(x, torch.as_tensor(_select(box.upper, index)).to(x))
+            x = box.project(x, index)
         return x
 
     def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,8 +292,8 @@ class Intersection(Constraint):
         if self._ball is None:
             return self._box_project(x, index)
         center = _select(self._ball.center, index)
-        center = torch.zeros_like(x) if center is None else torch.as_tensor(center).to(x)
-        radius = _radius_like(_select(self._ball.radius, index), x)
+        center = torch.zeros_like(x) if center is None else _as_like(center, x)
+        radius = _as_like(_radius_like(_select(self._ball.radius, index), x), x)
         offset = x - center
         shape = (-1, *([1] * (x.dim() - 1)))
 
@@ -320,9 +301,7 @@ class Intersection(Constraint):
             return self._box_project(center + t.view(shape) * offset, index)
 
         def inside(t: torch.Tensor) -> torch.Tensor:
-            return _per_sample_norm(point(t) - center).view(-1) <= torch.as_tensor(radius).to(
-                x
-            ).flatten()
+            return _per_sample_norm(point(t) - center).view(-1) <= radius.flatten()
 
         ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         low, high = torch.zeros_like(ones), ones

@@ -25,15 +25,21 @@ class Schedule:
     """
 
     def __call__(self, k: int, max_iter: int) -> float:
+        """Step size at iteration ``k`` of a budget of ``max_iter``."""
         raise NotImplementedError
 
-    def validate(self) -> None:
-        """Raise ValueError unless every step size is a finite number > 0."""
-        for name, value in vars(self).items():
-            if isinstance(value, float) and (not math.isfinite(value) or value <= 0):
-                if name == "switch_fraction" and 0 < value <= 1:
-                    continue
-                raise ValueError(f"step size schedule: {name} must be finite and > 0, got {value}")
+    def validate(self, name: str = "step_size") -> None:
+        """Raise ValueError unless every step size is a finite number > 0.
+
+        Args:
+            name: argument name used in the error message.
+        """
+        for field_name, value in vars(self).items():
+            if isinstance(value, (int, float)) and (not math.isfinite(value) or value <= 0):
+                raise ValueError(
+                    f"{name}: {type(self).__name__}.{field_name} must be finite and > 0, "
+                    f"got {value}"
+                )
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Constant(Schedule):
     step: float
 
     def __call__(self, k: int, max_iter: int) -> float:
+        """Step size at iteration ``k`` of a budget of ``max_iter``."""
         return self.step
 
 
@@ -82,6 +89,7 @@ class StepSwitch(Schedule):
         return max(self.min_switch, math.floor(self.switch_fraction * max_iter))
 
     def __call__(self, k: int, max_iter: int) -> float:
+        """Step size at iteration ``k`` of a budget of ``max_iter``."""
         return self.first if k < self.switch_at(max_iter) else self.second
 
 
@@ -102,6 +110,7 @@ class Cosine(Schedule):
     last: float
 
     def __call__(self, k: int, max_iter: int) -> float:
+        """Step size at iteration ``k`` of a budget of ``max_iter``."""
         progress = min(k / max(max_iter - 1, 1), 1.0)
         return self.last + 0.5 * (self.first - self.last) * (1.0 + math.cos(math.pi * progress))
 
@@ -125,7 +134,7 @@ def as_schedule(step: float | Schedule, name: str = "step_size") -> Schedule:
         Constant(step=0.1)
     """
     if isinstance(step, Schedule):
-        step.validate()
+        step.validate(name)
         return step
     if isinstance(step, bool) or not isinstance(step, (int, float)):
         raise TypeError(f"{name}: expected a number or a Schedule, got {type(step).__name__}")

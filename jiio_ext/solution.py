@@ -101,9 +101,9 @@ class JointSolution:
 
         Example:
             >>> import torch
-            >>> sol = JointSolution(z=torch.zeros(2, 1), x=torch.zeros(2, 1), mu=torch.zeros(2, 1),
-            ...     objective=torch.zeros(2), status=torch.tensor([0, 1]), nstep=torch.tensor([3, 9]),
-            ...     residuals={})
+            >>> zeros = torch.zeros(2, 1)
+            >>> sol = JointSolution(z=zeros, x=zeros, mu=zeros, objective=torch.zeros(2),
+            ...     status=torch.tensor([0, 1]), nstep=torch.tensor([3, 9]), residuals={})
             >>> sol.summary()
             'CONVERGED: 1, MAX_ITER: 1 (of 2 samples)'
         """
@@ -123,9 +123,9 @@ class JointSolution:
         """
         if not self.success:
             bad = torch.nonzero(~self.converged).flatten().tolist()
-            shown = ", ".join(
-                f"{i}: {Status(int(self.status[i])).name}" for i in bad[:10]
-            ) + (" ..." if len(bad) > 10 else "")
+            shown = ", ".join(f"{i}: {Status(int(self.status[i])).name}" for i in bad[:10]) + (
+                " ..." if len(bad) > 10 else ""
+            )
             raise JointSolveError(
                 f"solve failed for {len(bad)} sample(s) [{shown}]; {self.summary()}", self
             )

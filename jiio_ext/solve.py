@@ -24,7 +24,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from jiio_ext.augmented import AugmentedMap, Objective, Targets, call_objective
+from jiio_ext.augmented import (
+    AugmentedMap,
+    Objective,
+    Targets,
+    call_objective,
+    check_f_output,
+)
 from jiio_ext.constraints import Constraint
 from jiio_ext.grad import GradMode, get_grad_mode
 from jiio_ext.layout import Layout, State, as_tuple
@@ -32,7 +38,13 @@ from jiio_ext.schedules import Schedule, as_schedule
 from jiio_ext.solution import JointSolution, Status
 from jiio_ext.solvers import Anderson, DampedIteration, fixed_point, get_solver
 from jiio_ext.steps import StepRule, get_step_rule
-from jiio_ext.validate import check_fraction, check_problem, check_state_like
+from jiio_ext.validate import (
+    check_fraction,
+    check_positive,
+    check_problem,
+    check_state_like,
+    check_targets,
+)
 
 __all__ = ["solve_joint", "solve_nested"]
 
@@ -143,10 +155,14 @@ def solve_joint(
     z0 = _normalise_state(z0)
     if warm_start is not None:
         if not isinstance(warm_start, JointSolution):
-            raise TypeError(f"warm_start: expected a JointSolution, got {type(warm_start).__name__}")
+            raise TypeError(
+                f"warm_start: expected a JointSolution, got {type(warm_start).__name__}"
+            )
         z0, mu0 = _detach(warm_start.z), _detach(warm_start.mu)
     check_problem(x0, z0, constraint)
     check_state_like(mu0, z0, "mu0")
+    check_targets(targets, x0)
+    check_positive(divergence, "divergence")
     alpha_z = check_fraction(alpha_z, "alpha_z")
     alpha_mu = check_fraction(alpha_mu, "alpha_mu")
     schedule = as_schedule(step_size, "step_size")
@@ -250,7 +266,9 @@ def _adjoint_and_input_grad(
         z_out = f(z_arg, x_req)
         loss = call_objective(objective, z_arg, x_req, targets, None)
         out_flat = layout.flatten(z_out)
-        grads = torch.autograd.grad(loss.sum(), [*z_req, x_req], allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(
+            loss.sum(), [*z_req, x_req], allow_unused=True, retain_graph=True
+        )
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [*z_req, x_req])]
     dl_dz = layout.flatten(tuple(grads[:-1]) if layout.is_tuple else grads[0])
     vjps = 1
@@ -350,13 +368,30 @@ def solve_nested(
     z0 = _normalise_state(z0)
     check_problem(x0, z0, constraint)
     check_state_like(mu0, z0, "mu0")
+    check_targets(targets, x0)
+    for name, value in (
+        ("inner_rtol", inner_rtol),
+        ("inner_atol", inner_atol),
+        ("rtol", rtol),
+        ("atol", atol),
+    ):
+        check_positive(value, name, allow_zero=True)
+    if (
+        isinstance(inner_max_iter, bool)
+        or not isinstance(inner_max_iter, int)
+        or inner_max_iter < 1
+    ):
+        raise ValueError(f"inner_max_iter: expected an integer >= 1, got {inner_max_iter!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
     schedule = as_schedule(lr, "lr")
     rule = get_step_rule(step_rule)
-    engine = get_solver(inner_solver)
+    try:
+        engine = get_solver(inner_solver)
+    except ValueError as err:
+        raise ValueError(f"inner_{err}") from None
     layout = Layout.of(z0)
     project = (lambda v: v) if constraint is None else (lambda v: constraint.project(v, None))
 
@@ -376,7 +411,9 @@ def solve_nested(
 
     def forward_map(flat: torch.Tensor, index: torch.Tensor, k: int):
         rows_x = x_data.index_select(0, index)
-        return layout.flatten(f(layout.unflatten(flat), rows_x)), {}
+        z_out = f(layout.unflatten(flat), rows_x)
+        check_f_output(z_out, layout, rows_x.shape[0])
+        return layout.flatten(z_out), {}
 
     try:
         for step in range(steps):
@@ -393,8 +430,17 @@ def solve_nested(
             f_evals += fwd.n_calls
             z_flat = fwd.state
             mu, g_x, loss, fe, vj = _adjoint_and_input_grad(
-                f, objective, layout.unflatten(z_flat), x_data, mu, targets, engine,
-                inner_max_iter, inner_rtol, inner_atol, layout,
+                f,
+                objective,
+                layout.unflatten(z_flat),
+                x_data,
+                mu,
+                targets,
+                engine,
+                inner_max_iter,
+                inner_rtol,
+                inner_atol,
+                layout,
             )
             f_evals += fe
             vjps += vj
@@ -420,20 +466,42 @@ def solve_nested(
     x_data = x_final
     with torch.no_grad():
         fwd = fixed_point(
-            forward_map, z_flat, solver=engine, max_iter=inner_max_iter, rtol=inner_rtol,
+            forward_map,
+            z_flat,
+            solver=engine,
+            max_iter=inner_max_iter,
+            rtol=inner_rtol,
             atol=inner_atol,
         )
     f_evals += fwd.n_calls
     z_final = layout.unflatten(fwd.state)
     mu, _, _, fe, vj = _adjoint_and_input_grad(
-        f, objective, z_final, x_final, mu, targets, engine, inner_max_iter, inner_rtol,
-        inner_atol, layout,
+        f,
+        objective,
+        z_final,
+        x_final,
+        mu,
+        targets,
+        engine,
+        inner_max_iter,
+        inner_rtol,
+        inner_atol,
+        layout,
     )
     f_evals += fe
     vjps += vj
     aug = AugmentedMap(
-        f, objective, z0, x0, constraint=constraint, step_rule=rule,
-        step_size=schedule, max_iter=steps, alpha_z=1.0, alpha_mu=1.0, targets=targets,
+        f,
+        objective,
+        z0,
+        x0,
+        constraint=constraint,
+        step_rule=rule,
+        step_size=schedule,
+        max_iter=steps,
+        alpha_z=1.0,
+        alpha_mu=1.0,
+        targets=targets,
     )
     flat = aug.join(z_final, x_final, mu)
     with torch.no_grad():
@@ -452,6 +520,7 @@ def solve_nested(
     ).all(dim=0)
     finite = torch.isfinite(resid).all(dim=1) & torch.isfinite(loss)
     status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
+    status = torch.where(fwd.status == Status.DIVERGED, int(Status.DIVERGED), status)
     status = torch.where(finite, status, int(Status.NONFINITE)).long()
     solution = JointSolution(
         z=z_final,

@@ -15,7 +15,13 @@ import torch
 from jiio_ext.constraints import Constraint
 from jiio_ext.layout import State, as_tuple
 
-__all__ = ["check_fraction", "check_problem", "check_state_like"]
+__all__ = [
+    "check_fraction",
+    "check_positive",
+    "check_problem",
+    "check_state_like",
+    "check_targets",
+]
 
 
 def _check_tensor(t: object, name: str) -> torch.Tensor:
@@ -90,8 +96,10 @@ def check_state_like(state: State | None, like: State, name: str) -> None:
         _check_tensor(part, name)
         if part.shape != r.shape:
             raise ValueError(f"{name}: shape {tuple(part.shape)} differs from {tuple(r.shape)}")
-        if part.device != r.device or part.dtype != r.dtype:
-            raise ValueError(f"{name}: dtype/device {part.dtype}/{part.device} differ from z0's")
+        if part.device != r.device:
+            raise ValueError(f"{name}: on device {part.device}, but z0 is on {r.device}")
+        if part.dtype != r.dtype:
+            raise TypeError(f"{name}: dtype {part.dtype} differs from z0's dtype {r.dtype}")
 
 
 def check_fraction(value: float, name: str) -> float:
@@ -106,3 +114,42 @@ def check_fraction(value: float, name: str) -> float:
     if not math.isfinite(value) or not 0 < value <= 1:
         raise ValueError(f"{name}: expected a number in (0, 1], got {value}")
     return float(value)
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """Check a finite number ``> 0`` (or ``>= 0`` with ``allow_zero``).
+
+    Example:
+        >>> check_positive(1e-4, "rtol", allow_zero=True)
+        0.0001
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    bad = value < 0 if allow_zero else value <= 0
+    if not math.isfinite(value) or bad:
+        expected = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a finite number {expected}, got {value}")
+    return float(value)
+
+
+def check_targets(targets: object, x0: torch.Tensor) -> None:
+    """Check that per-sample ``targets`` are tensors with ``x0``'s batch size and device.
+
+    Example:
+        >>> import torch
+        >>> check_targets((torch.zeros(2, 3), torch.zeros(2)), torch.zeros(2, 5))
+    """
+    if targets is None:
+        return
+    parts = (targets,) if isinstance(targets, torch.Tensor) else targets
+    if not isinstance(parts, (tuple, list)):
+        raise TypeError(f"targets: expected a tensor or a tuple of tensors, got {type(targets)}")
+    for part in parts:
+        if not isinstance(part, torch.Tensor) or part.dim() < 1:
+            raise TypeError("targets: expected batch-first tensors")
+        if part.shape[0] != x0.shape[0]:
+            raise ValueError(
+                f"targets: batch size {part.shape[0]} does not match x0's batch size {x0.shape[0]}"
+            )
+        if part.device != x0.device:
+            raise ValueError(f"targets: on device {part.device}, but x0 is on {x0.device}")

@@ -64,10 +64,10 @@ def dense_reference(problem: Problem, z: torch.Tensor, x: torch.Tensor):
     mus, grads = [], []
     for i in range(problem.batch):
         zi, xi = z_star[i : i + 1], x[i : i + 1]
-        jz = torch.autograd.functional.jacobian(lambda v: problem.f(v, xi), zi).reshape(
+        jz = torch.autograd.functional.jacobian(lambda v, xi=xi: problem.f(v, xi), zi).reshape(
             zi.numel(), zi.numel()
         )
-        jx = torch.autograd.functional.jacobian(lambda v: problem.f(zi, v), xi).reshape(
+        jx = torch.autograd.functional.jacobian(lambda v, zi=zi: problem.f(zi, v), xi).reshape(
             zi.numel(), xi.numel()
         )
         tgt = problem.target[i : i + 1]

@@ -5,10 +5,9 @@ construction (the ball centre, inside every box), so the set is never empty, the
 L2 ball always lies in the box it is intersected with, and the anchor itself is a feasible
 point known without calling the package. Membership is checked with independent formulas.
 
-Scalar radii, centres and bounds are drawn on a grid of float32-representable numbers:
-``Intersection`` currently rounds Python-number parameters to float32 (see the xfail test
-``test_intersection_keeps_float64_precision_of_scalar_parameters``), and the property tests
-should exercise everything else.
+Scalar radii, centres and bounds are drawn on a coarse grid; exact float64 precision of
+number parameters is checked separately
+(``test_intersection_keeps_float64_precision_of_scalar_parameters``).
 """
 
 from __future__ import annotations
@@ -163,9 +162,7 @@ def cases(draw, kind: str) -> Case:
         center_mode = draw(st.sampled_from(["none", "scalar", "full", "bcast"]))
         center = _make_anchor(center_mode, gen, shape)
         anchor = _anchor_value(center)
-        # LinfBall & Box with a per-sample radius needs a tensor centre (see the xfail test
-        # test_linf_per_sample_radius_without_tensor_centre_in_intersection below).
-        allow_tensor = not (kind == "linf&box" and not isinstance(center, torch.Tensor))
+        allow_tensor = True
         radius = _make_radius(draw, gen, batch, allow_tensor)
         if kind.startswith("l2"):
             ball: Constraint = L2Ball(center, radius)
@@ -398,12 +395,6 @@ def test_per_sample_tensor_of_wrong_batch_size_is_rejected():
 # --------------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="Box.project calls torch.clamp(x, min=Tensor, max=float) when one bound is a tensor "
-    "and the other a number; torch.clamp rejects the mix (constraints.py, Box.project)",
-)
 @pytest.mark.parametrize("tensor_side", ["lower", "upper"])
 def test_box_with_one_tensor_and_one_scalar_bound(tensor_side):
     bound = torch.zeros(3, 4, dtype=D) if tensor_side == "lower" else torch.ones(3, 4, dtype=D)
@@ -412,13 +403,6 @@ def test_box_with_one_tensor_and_one_scalar_bound(tensor_side):
     torch.testing.assert_close(box.project(y), y.clamp(0.0, 1.0), rtol=0.0, atol=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LinfBall.as_box reshapes a (B,) radius to (B, 1, ..., 1) only when the centre is a "
-    "tensor; with centre None or a number the (B,) radius broadcasts against the last "
-    "dimension (constraints.py, LinfBall.as_box): a shape error, or a silently wrong "
-    "projection when the last dimension equals B",
-)
 @pytest.mark.parametrize("center", [None, 0.0], ids=["none", "scalar"])
 @pytest.mark.parametrize("features", [4, 3], ids=["raises", "silently-wrong"])
 def test_linf_per_sample_radius_without_tensor_centre_in_intersection(center, features):
@@ -428,13 +412,6 @@ def test_linf_per_sample_radius_without_tensor_centre_in_intersection(center, fe
     torch.testing.assert_close(out, LinfBall(center, eps).project(y), rtol=0.0, atol=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Intersection turns Python-number parameters into tensors with torch.as_tensor(v)"
-    ".to(x), which first rounds them to float32 (constraints.py, Intersection._box_project "
-    "and Intersection.project: centre and radius); float64 projections land up to ~1e-8 "
-    "outside the set",
-)
 @pytest.mark.parametrize(
     "threat",
     [

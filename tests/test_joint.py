@@ -27,8 +27,15 @@ def test_solution_satisfies_three_optimality_conditions(solver):
     # the damped iteration needs a smaller step (two time scales); Anderson is stable at 1/L
     step, max_iter = (0.3, 600) if solver == "anderson" else (0.1, 3000)
     sol = solve_joint(
-        p.f, p.objective, p.x0(), p.z0(), step_size=step, solver=solver,
-        rtol=1e-11, atol=1e-13, max_iter=max_iter,
+        p.f,
+        p.objective,
+        p.x0(),
+        p.z0(),
+        step_size=step,
+        solver=solver,
+        rtol=1e-11,
+        atol=1e-13,
+        max_iter=max_iter,
     )
     assert sol.success, sol.summary()
     z_ref, mu_ref, grad_ref = dense_reference(p, sol.z, sol.x)
@@ -62,11 +69,21 @@ def test_projected_stationarity_with_constraint():
 )
 def test_joint_and_nested_agree(constraint):
     p = make_problem(seed=2, reg=0.2)
-    joint = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, constraint=constraint,
-                        **TIGHT)
+    joint = solve_joint(
+        p.f, p.objective, p.x0(), p.z0(), step_size=0.3, constraint=constraint, **TIGHT
+    )
     nested = solve_nested(
-        p.f, p.objective, p.x0(), p.z0(), constraint=constraint, optimizer="sgd", lr=0.3,
-        steps=400, inner_rtol=1e-12, inner_atol=1e-14, inner_max_iter=200,
+        p.f,
+        p.objective,
+        p.x0(),
+        p.z0(),
+        constraint=constraint,
+        optimizer="sgd",
+        lr=0.3,
+        steps=400,
+        inner_rtol=1e-12,
+        inner_atol=1e-14,
+        inner_max_iter=200,
     )
     assert joint.success
     torch.testing.assert_close(joint.x, nested.x, atol=1e-7, rtol=0)
@@ -77,8 +94,9 @@ def test_joint_and_nested_agree(constraint):
 def test_nested_adam_reaches_the_same_minimum():
     p = make_problem(seed=3, reg=0.2)
     joint = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
-    nested = solve_nested(p.f, p.objective, p.x0(), p.z0(), optimizer="adam", lr=0.02,
-                          steps=600, inner_rtol=1e-10)
+    nested = solve_nested(
+        p.f, p.objective, p.x0(), p.z0(), optimizer="adam", lr=0.02, steps=600, inner_rtol=1e-10
+    )
     torch.testing.assert_close(joint.objective, nested.objective, atol=1e-5, rtol=1e-4)
     assert nested.f_evals > joint.f_evals
 
@@ -91,24 +109,41 @@ def test_frozen_samples_match_solo_solves_and_cost_nothing():
     x0[0], z0[0] = first.x[0], first.z[0]
     mu0 = torch.zeros_like(z0)
     mu0[0] = first.mu[0]
-    batch = solve_joint(p.f, p.objective, x0, z0, mu0=mu0, step_size=0.3, rtol=1e-9, atol=1e-12,
-                        max_iter=400)
+    batch = solve_joint(
+        p.f, p.objective, x0, z0, mu0=mu0, step_size=0.3, rtol=1e-9, atol=1e-12, max_iter=400
+    )
     assert batch.success
     assert int(batch.nstep[0]) < int(batch.nstep[1:].min())
     for i in range(p.batch):
         target = p.target[i : i + 1]
         solo = solve_joint(
-            p.f, lambda z, x, t=target: (z - t).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
-            x0[i : i + 1], z0[i : i + 1], mu0=mu0[i : i + 1], step_size=0.3, rtol=1e-9,
-            atol=1e-12, max_iter=400,
+            p.f,
+            lambda z, x, t=target: (z - t).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
+            x0[i : i + 1],
+            z0[i : i + 1],
+            mu0=mu0[i : i + 1],
+            step_size=0.3,
+            rtol=1e-9,
+            atol=1e-12,
+            max_iter=400,
         )
         assert int(solo.nstep[0]) == int(batch.nstep[i])
         torch.testing.assert_close(solo.x[0], batch.x[i], atol=1e-10, rtol=0)
         torch.testing.assert_close(solo.z[0], batch.z[i], atol=1e-10, rtol=0)
     # frozen samples are not evaluated: total sample-evaluations equal the sum of nsteps
     seen = []
-    solve_joint(p.f, p.objective, x0, z0, mu0=mu0, step_size=0.3, rtol=1e-9, atol=1e-12,
-                max_iter=400, callback=lambda k, info: seen.append(info["index"].numel()))
+    solve_joint(
+        p.f,
+        p.objective,
+        x0,
+        z0,
+        mu0=mu0,
+        step_size=0.3,
+        rtol=1e-9,
+        atol=1e-12,
+        max_iter=400,
+        callback=lambda k, info: seen.append(info["index"].numel()),
+    )
     assert sum(seen) == int(batch.nstep.sum())
 
 
@@ -149,21 +184,42 @@ def test_multi_tensor_state():
     assert sol.success, sol.summary()
     assert isinstance(sol.z, tuple) and sol.z[1].shape == (p.batch, 2, 3)
     assert isinstance(sol.mu, tuple) and sol.mu[0].shape == (p.batch, dz)
-    nested = solve_nested(f2, objective, p.x0(), z0, optimizer="sgd", lr=0.3, steps=150,
-                          inner_rtol=1e-10, inner_atol=1e-13, inner_max_iter=200)
+    nested = solve_nested(
+        f2,
+        objective,
+        p.x0(),
+        z0,
+        optimizer="sgd",
+        lr=0.3,
+        steps=150,
+        inner_rtol=1e-10,
+        inner_atol=1e-13,
+        inner_max_iter=200,
+    )
     torch.testing.assert_close(sol.x, nested.x, atol=1e-5, rtol=0)
     torch.testing.assert_close(sol.z[1], nested.z[1], atol=1e-7, rtol=0)
 
 
 def test_warm_start_reduces_iterations():
     p = make_problem(seed=9)
-    cold = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10,
-                       max_iter=400)
+    cold = solve_joint(
+        p.f, p.objective, p.x0(), p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10, max_iter=400
+    )
     p.target = p.target + 1e-3  # a slightly different problem, as in consecutive epochs
-    again = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10,
-                        max_iter=400)
-    warm = solve_joint(p.f, p.objective, cold.x, p.z0(), warm_start=cold, step_size=0.3,
-                       rtol=1e-8, atol=1e-10, max_iter=400)
+    again = solve_joint(
+        p.f, p.objective, p.x0(), p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10, max_iter=400
+    )
+    warm = solve_joint(
+        p.f,
+        p.objective,
+        cold.x,
+        p.z0(),
+        warm_start=cold,
+        step_size=0.3,
+        rtol=1e-8,
+        atol=1e-10,
+        max_iter=400,
+    )
     assert warm.success and again.success
     assert int(warm.nstep.max()) < int(again.nstep.min())
     torch.testing.assert_close(warm.x, again.x, atol=1e-6, rtol=0)
@@ -184,8 +240,14 @@ def test_returned_x_always_in_set_even_when_not_converged():
     images = torch.rand(p.batch, p.U.shape[0], dtype=DTYPE)
     threat = LinfBall(images, 0.05) & Box(0.0, 1.0)
     sol = solve_joint(
-        p.f, lambda z, x: -(z - p.target).pow(2).sum(1), images, p.z0(), constraint=threat,
-        step_size=0.02, step_rule="sign", max_iter=7,
+        p.f,
+        lambda z, x: -(z - p.target).pow(2).sum(1),
+        images,
+        p.z0(),
+        constraint=threat,
+        step_size=0.02,
+        step_rule="sign",
+        max_iter=7,
     )
     assert (sol.status == Status.MAX_ITER).all()
     assert bool(threat.contains(sol.x, tol=0.0).all())
@@ -193,9 +255,19 @@ def test_returned_x_always_in_set_even_when_not_converged():
 
 def test_traces_progress_and_trajectory(capsys):
     p = make_problem(seed=12)
-    sol = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, max_iter=40, rtol=1e-12,
-                      atol=0.0, trajectory=[3, 10], progress=True,
-                      solver=Anderson(memory=3))
+    sol = solve_joint(
+        p.f,
+        p.objective,
+        p.x0(),
+        p.z0(),
+        step_size=0.3,
+        max_iter=40,
+        rtol=1e-12,
+        atol=0.0,
+        trajectory=[3, 10],
+        progress=True,
+        solver=Anderson(memory=3),
+    )
     assert sol.traces["objective"].shape == (40, p.batch)
     assert set(sol.traces) >= {"residual_z", "residual_x", "residual_mu", "objective"}
     assert set(sol.trajectory) == {3, 10}
@@ -215,8 +287,14 @@ def test_float32_supported():
     p = make_problem(seed=14)
     f32 = lambda z, x: torch.tanh(z @ p.W.T.float() + x @ p.U.float() + p.b.float())  # noqa: E731
     tgt = p.target.float()
-    sol = solve_joint(f32, lambda z, x: (z - tgt).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
-                      p.x0().float(), p.z0().float(), step_size=0.3, max_iter=200)
+    sol = solve_joint(
+        f32,
+        lambda z, x: (z - tgt).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
+        p.x0().float(),
+        p.z0().float(),
+        step_size=0.3,
+        max_iter=200,
+    )
     ref = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
     assert sol.x.dtype == torch.float32 and sol.success
     torch.testing.assert_close(sol.x.double(), ref.x, atol=1e-3, rtol=0)

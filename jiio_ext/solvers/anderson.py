@@ -11,7 +11,8 @@ Example:
     >>> from jiio_ext.solvers import Anderson, fixed_point
     >>> A = 0.5 * torch.eye(3, dtype=torch.float64)
     >>> b = torch.ones(2, 3, dtype=torch.float64)
-    >>> result = fixed_point(lambda s, idx, k: (s @ A + b, {}), torch.zeros(2, 3, dtype=torch.float64),
+    >>> start = torch.zeros(2, 3, dtype=torch.float64)
+    >>> result = fixed_point(lambda s, idx, k: (s @ A + b, {}), start,
     ...                      solver=Anderson(memory=3), rtol=1e-10, atol=1e-12)
     >>> torch.allclose(result.state, 2 * b)
     True

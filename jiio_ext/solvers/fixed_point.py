@@ -27,9 +27,7 @@ from jiio_ext.solvers.anderson import Anderson, DampedIteration
 
 __all__ = ["FixedPointResult", "MapFn", "fixed_point"]
 
-MapFn = Callable[
-    [torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]
-]
+MapFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Solver = Anderson | DampedIteration
 
 
@@ -154,7 +152,9 @@ def fixed_point(
     sizes = tuple(blocks) if blocks is not None else (n,)
     if sum(sizes) != n:
         raise ValueError(f"blocks: sizes {sizes} do not add up to the state size {n}")
-    names = tuple(block_names) if block_names is not None else tuple(f"b{i}" for i in range(len(sizes)))
+    names = (
+        tuple(block_names) if block_names is not None else tuple(f"b{i}" for i in range(len(sizes)))
+    )
     scale = torch.tensor(block_scale if block_scale is not None else [1.0] * len(sizes)).to(state0)
     device = state0.device
 
@@ -278,4 +278,3 @@ def fixed_point(
         snapshots=snapshots,
         fallbacks=fallbacks,
     )
-
