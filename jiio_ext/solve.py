@@ -245,6 +245,43 @@ def solve_joint(
     return solution
 
 
+def _inner_solve(
+    solver: object,
+    map_fn,
+    start: torch.Tensor,
+    *,
+    max_iter: int,
+    rtol: float,
+    atol: float,
+    subset: bool,
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """One inner fixed point: ``(state, batched map calls, per-sample status)``.
+
+    ``solver`` is one of this package's solvers, or a torchdeq-style solver function
+    ``solver(func, z0, max_iter=..., tol=..., stop_mode="rel") -> (z, _, info)`` (for instance
+    ``torchdeq.solver.get_solver("anderson")``), run with relative tolerance ``rtol``.
+    """
+    if isinstance(solver, (Anderson, DampedIteration)):
+        result = fixed_point(
+            map_fn, start, solver=solver, max_iter=max_iter, rtol=rtol, atol=atol, subset=subset
+        )
+        return result.state, result.n_calls, result.status
+    calls = 0
+    index = torch.arange(start.shape[0], device=start.device)
+
+    def func(v: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return map_fn(v.reshape(start.shape), index, calls)[0]
+
+    z, _, info = solver(func, start, max_iter=max_iter, tol=rtol, stop_mode="rel")
+    lowest = info.get("rel_lowest", torch.zeros(start.shape[0]))
+    status = torch.where(
+        lowest.to(start.device) <= rtol, int(Status.CONVERGED), int(Status.MAX_ITER)
+    )
+    return z.reshape(start.shape), calls, status.long()
+
+
 def _adjoint_and_input_grad(
     f: Fn,
     objective: Objective,
@@ -281,16 +318,15 @@ def _adjoint_and_input_grad(
         vjps += 1
         return layout.flatten(jt_mu if layout.is_tuple else jt_mu[0]) + dl_dz, {}
 
-    result = fixed_point(
+    mu_flat, _, _ = _inner_solve(
+        engine,
         adjoint_map,
         layout.flatten(mu0).detach(),
-        solver=engine,
         max_iter=max_iter,
         rtol=rtol,
         atol=atol,
         subset=False,
     )
-    mu_flat = result.state
     with torch.enable_grad():
         (fx_mu,) = torch.autograd.grad(out_flat, x_req, mu_flat, allow_unused=True)
     vjps += 1
@@ -311,7 +347,7 @@ def solve_nested(
     lr: float | Schedule = 0.1,
     steps: int = 40,
     step_rule: str | StepRule = "raw",
-    inner_solver: str | Anderson | DampedIteration = "anderson",
+    inner_solver: str | Anderson | DampedIteration | Callable = "anderson",
     inner_max_iter: int = 50,
     inner_rtol: float = 1e-3,
     inner_atol: float = 1e-6,
@@ -342,7 +378,10 @@ def solve_nested(
         lr: learning rate (number or schedule).
         steps: number of outer steps.
         step_rule: ``"raw"``, ``"sign"`` or ``"l2"``, applied to the gradient before ``"sgd"``.
-        inner_solver: solver of the forward and adjoint fixed points.
+        inner_solver: solver of the forward and adjoint fixed points: ``"anderson"``,
+            ``"damped"``, a solver instance, or a torchdeq solver function such as
+            ``torchdeq.solver.get_solver("anderson")`` (then ``inner_rtol`` is its ``tol``
+            with ``stop_mode="rel"``).
         inner_max_iter: iteration budget of each inner solve.
         inner_rtol: relative tolerance of the inner solves.
         inner_atol: absolute tolerance of the inner solves.
@@ -388,10 +427,13 @@ def solve_nested(
         raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
     schedule = as_schedule(lr, "lr")
     rule = get_step_rule(step_rule)
-    try:
-        engine = get_solver(inner_solver)
-    except ValueError as err:
-        raise ValueError(f"inner_{err}") from None
+    if callable(inner_solver):
+        engine = inner_solver
+    else:
+        try:
+            engine = get_solver(inner_solver)
+        except ValueError as err:
+            raise ValueError(f"inner_{err}") from None
     layout = Layout.of(z0)
     project = (lambda v: v) if constraint is None else (lambda v: constraint.project(v, None))
 
@@ -404,7 +446,7 @@ def solve_nested(
     z_flat = layout.flatten(_detach(z0)).clone()
     mu = _zeros_like_state(z0) if mu0 is None else _detach(mu0)
     f_evals = vjps = 0
-    traces: dict[str, list[torch.Tensor]] = {"objective": [], "inner_forward_iters": []}
+    traces: dict[str, list[torch.Tensor]] = {"objective": []}
     bar = _progress_bar(progress, steps, "nested")
     started = time.perf_counter()
     x_data = x.detach()
@@ -419,16 +461,16 @@ def solve_nested(
         for step in range(steps):
             x_data = x.detach()
             with torch.no_grad():
-                fwd = fixed_point(
+                z_flat, calls, fwd_status = _inner_solve(
+                    engine,
                     forward_map,
                     z_flat,
-                    solver=engine,
                     max_iter=inner_max_iter,
                     rtol=inner_rtol,
                     atol=inner_atol,
+                    subset=True,
                 )
-            f_evals += fwd.n_calls
-            z_flat = fwd.state
+            f_evals += calls
             mu, g_x, loss, fe, vj = _adjoint_and_input_grad(
                 f,
                 objective,
@@ -445,7 +487,6 @@ def solve_nested(
             f_evals += fe
             vjps += vj
             traces["objective"].append(loss)
-            traces["inner_forward_iters"].append(fwd.nstep.to(loss.dtype))
             for group in opt.param_groups:
                 group["lr"] = schedule(step, steps)
             x.grad = rule(g_x) if optimizer == "sgd" else g_x
@@ -465,16 +506,17 @@ def solve_nested(
     x_final = x.detach().clone()
     x_data = x_final
     with torch.no_grad():
-        fwd = fixed_point(
+        z_flat, calls, fwd_status = _inner_solve(
+            engine,
             forward_map,
             z_flat,
-            solver=engine,
             max_iter=inner_max_iter,
             rtol=inner_rtol,
             atol=inner_atol,
+            subset=True,
         )
-    f_evals += fwd.n_calls
-    z_final = layout.unflatten(fwd.state)
+    f_evals += calls
+    z_final = layout.unflatten(z_flat)
     mu, _, _, fe, vj = _adjoint_and_input_grad(
         f,
         objective,
@@ -520,7 +562,7 @@ def solve_nested(
     ).all(dim=0)
     finite = torch.isfinite(resid).all(dim=1) & torch.isfinite(loss)
     status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
-    status = torch.where(fwd.status == Status.DIVERGED, int(Status.DIVERGED), status)
+    status = torch.where(fwd_status == Status.DIVERGED, int(Status.DIVERGED), status)
     status = torch.where(finite, status, int(Status.NONFINITE)).long()
     solution = JointSolution(
         z=z_final,

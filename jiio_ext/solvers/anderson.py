@@ -32,13 +32,19 @@ class AndersonState:
     """Per-sample buffers of :class:`Anderson` (rows are samples).
 
     Attributes:
-        d_state: ring buffer of iterate differences ``(B, m, n)``.
-        d_resid: ring buffer of residual differences ``(B, m, n)``.
+        d_resid: ring buffer of weighted residual differences ``(B, m, n)``: ``w ⊙ ΔG`` for
+            type II, ``w² ⊙ ΔG`` for type I.
+        d_state: ring buffer of iterate differences ``ΔS`` (type I only, else ``None``).
+        d_update: ring buffer of ``ΔS + β ΔG``, the directions of the correction.
+        weights: square root of the diagonal metric ``(1 or B, n)`` (``None``: Euclidean).
         gram: Gram matrix over the ring positions ``(B, m, m)``.
+        rhs: last right-hand side ``<columns, weighted residual>`` ``(B, m)`` (type II reuses
+            it to update the Gram matrix without another pass over the history).
         count: number of valid history columns (shared by all rows).
         position: next ring position to write.
         prev_state: last evaluated iterate.
         prev_resid: its residual.
+        prev_weighted: its weighted residual.
         accepted_state: last accepted iterate (safeguard reference).
         accepted_resid: its residual.
         accepted_norm: its residual norm ``(B,)``.
@@ -47,13 +53,17 @@ class AndersonState:
         started: whether a first iterate has been seen (differences start after it).
     """
 
-    d_state: torch.Tensor
     d_resid: torch.Tensor
+    d_state: torch.Tensor | None
+    d_update: torch.Tensor
+    weights: torch.Tensor | None
     gram: torch.Tensor
+    rhs: torch.Tensor
     count: int
     position: int
     prev_state: torch.Tensor
     prev_resid: torch.Tensor
+    prev_weighted: torch.Tensor
     accepted_state: torch.Tensor
     accepted_resid: torch.Tensor
     accepted_norm: torch.Tensor
@@ -63,15 +73,24 @@ class AndersonState:
 
     def select(self, rows: torch.Tensor) -> AndersonState:
         """Keep only ``rows`` (used when samples freeze)."""
-        pick = lambda t: t.index_select(0, rows)  # noqa: E731
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or t.shape[0] == 1:
+                return t
+            return t.index_select(0, rows)
+
         return AndersonState(
-            d_state=pick(self.d_state),
             d_resid=pick(self.d_resid),
+            d_state=pick(self.d_state),
+            d_update=pick(self.d_update),
+            weights=pick(self.weights),
             gram=pick(self.gram),
+            rhs=pick(self.rhs),
             count=self.count,
             position=self.position,
             prev_state=pick(self.prev_state),
             prev_resid=pick(self.prev_resid),
+            prev_weighted=pick(self.prev_weighted),
             accepted_state=pick(self.accepted_state),
             accepted_resid=pick(self.accepted_resid),
             accepted_norm=pick(self.accepted_norm),
@@ -79,6 +98,15 @@ class AndersonState:
             fallbacks=pick(self.fallbacks),
             started=self.started,
         )
+
+
+def _dots(buffer: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """Inner products of every history column with a vector: ``(b, c, n), (b, n) -> (b, c)``.
+
+    Written as ``vᵀ Bᵀ``: on CPU this is several times faster than ``bmm(B, v)``, which
+    falls back to slow batched matrix-vector kernels.
+    """
+    return torch.bmm(vector.unsqueeze(1), buffer.transpose(1, 2)).squeeze(1)
 
 
 class DampedIteration:
@@ -95,12 +123,18 @@ class DampedIteration:
 
     name = "damped"
 
-    def init(self, state: torch.Tensor, resid: torch.Tensor) -> None:
+    def init(
+        self, state: torch.Tensor, resid: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> None:
         """No buffers are needed."""
         return None
 
     def step(
-        self, buffers: None, state: torch.Tensor, resid: torch.Tensor
+        self,
+        buffers: None,
+        state: torch.Tensor,
+        resid: torch.Tensor,
+        norm: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
         """Next iterate ``state + resid`` (that is, ``F(state)``)."""
         return state + resid, None
@@ -154,18 +188,31 @@ class Anderson:
         self.mixing = mixing
         self.safeguard = safeguard
 
-    def init(self, state: torch.Tensor, resid: torch.Tensor) -> AndersonState:
-        """Allocate the ring buffers for a batch ``(B, n)``."""
+    def init(
+        self, state: torch.Tensor, resid: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> AndersonState:
+        """Allocate the ring buffers for a batch ``(B, n)``.
+
+        Args:
+            state: first evaluated iterates.
+            resid: their residuals.
+            weights: coordinate weights ``w`` of the inner products ``<u, v> = Σ w² u v``,
+                shape ``(1 or B, n)`` (``None``: Euclidean).
+        """
         rows, n = state.shape
         m = self.memory
         return AndersonState(
-            d_state=state.new_zeros(rows, m, n),
             d_resid=state.new_zeros(rows, m, n),
+            d_state=state.new_zeros(rows, m, n) if self.kind == "I" else None,
+            d_update=state.new_zeros(rows, m, n),
+            weights=weights,
             gram=state.new_zeros(rows, m, m),
+            rhs=state.new_zeros(rows, m),
             count=0,
             position=0,
             prev_state=state,
             prev_resid=resid,
+            prev_weighted=resid,
             accepted_state=state,
             accepted_resid=resid,
             accepted_norm=torch.full((rows,), float("inf"), dtype=state.dtype, device=state.device),
@@ -177,64 +224,106 @@ class Anderson:
         """Keep only ``rows`` of the buffers."""
         return buffers.select(rows)
 
-    def _push(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor) -> None:
+    def _weigh(self, buf: AndersonState, v: torch.Tensor) -> torch.Tensor:
+        """``w ⊙ v`` (type II) or ``w² ⊙ v`` (type I)."""
+        if buf.weights is None:
+            return v
+        w = buf.weights if self.kind == "II" else buf.weights * buf.weights
+        return w * v
+
+    def _push(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor,
+              weighted: torch.Tensor) -> None:
+        """Write the newest differences into the ring and return nothing (Gram: see step)."""
         p = buf.position
-        buf.d_state[:, p].copy_(state - buf.prev_state)
-        buf.d_resid[:, p].copy_(resid - buf.prev_resid)
+        slot_g, slot_u = buf.d_resid[:, p], buf.d_update[:, p]
+        torch.sub(weighted, buf.prev_weighted, out=slot_g)
+        torch.sub(state, buf.prev_state, out=slot_u)
+        if self.kind == "I":
+            buf.d_state[:, p].copy_(slot_u)
+        slot_u.add_(resid, alpha=self.mixing).sub_(buf.prev_resid, alpha=self.mixing)
         buf.count = min(buf.count + 1, self.memory)
-        c = buf.count
-        new_s = buf.d_state[:, p].unsqueeze(2)
-        new_g = buf.d_resid[:, p].unsqueeze(2)
+
+    def _update_gram(self, buf: AndersonState, rhs: torch.Tensor, weighted: torch.Tensor) -> None:
+        p, c = buf.position, buf.count
         if self.kind == "II":
-            column = torch.bmm(buf.d_resid[:, :c], new_g).squeeze(2)
+            # <ΔĜ_i, ΔĜ_p> = <ΔĜ_i, ĝ> - <ΔĜ_i, ĝ_prev>: both are right-hand sides already
+            # computed (now and one iteration ago) for every column but the new one.
+            column = rhs - buf.rhs[:, :c]
+            column[:, p] = buf.d_resid[:, p].pow(2).sum(dim=1)
             buf.gram[:, :c, p] = column
             buf.gram[:, p, :c] = column
-        else:  # gram[i, j] = <ΔS_i, ΔG_j>
-            buf.gram[:, :c, p] = torch.bmm(buf.d_state[:, :c], new_g).squeeze(2)
-            buf.gram[:, p, :c] = torch.bmm(buf.d_resid[:, :c], new_s).squeeze(2)
-        buf.position = (p + 1) % self.memory
+        else:  # gram[i, j] = <ΔS_i, W ΔG_j>
+            buf.gram[:, :c, p] = _dots(buf.d_state[:, :c], buf.d_resid[:, p])
+            buf.gram[:, p, :c] = _dots(buf.d_resid[:, :c], buf.d_state[:, p])
 
-    def _mix(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor):
+    def _mix(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor,
+             rhs: torch.Tensor):
         c = buf.count
-        beta = self.mixing
-        plain = state + beta * resid
+        plain = torch.add(state, resid, alpha=self.mixing)
         if c == 0:
             return plain, torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
-        basis = buf.d_resid if self.kind == "II" else buf.d_state
         gram = buf.gram[:, :c, :c]
         diag = torch.diagonal(gram, dim1=1, dim2=2)
         scale = diag.abs().mean(dim=1).clamp_min(torch.finfo(state.dtype).tiny)
         eye = torch.eye(c, dtype=state.dtype, device=state.device)
         system = gram + (self.ridge * scale).view(-1, 1, 1) * eye
-        rhs = torch.bmm(basis[:, :c], resid.unsqueeze(2))
-        gamma, info = torch.linalg.solve_ex(system, rhs)
-        gamma_row = gamma.transpose(1, 2)
-        correction = torch.bmm(gamma_row, buf.d_state[:, :c]).squeeze(1)
-        correction = correction + beta * torch.bmm(gamma_row, buf.d_resid[:, :c]).squeeze(1)
-        mixed = plain - correction
+        gamma, info = torch.linalg.solve_ex(system, rhs.unsqueeze(2))
+        correction = torch.bmm(gamma.transpose(1, 2), buf.d_update[:, :c]).squeeze(1)
+        mixed = plain.sub_(correction)
         singular = (info != 0) | ~torch.isfinite(gamma).all(dim=1).squeeze(1)
-        singular = singular | ~torch.isfinite(mixed).all(dim=1)
-        return torch.where(singular.unsqueeze(1), plain, mixed), singular
+        if bool(singular.any()):
+            mixed = torch.where(singular.unsqueeze(1), torch.add(state, resid, alpha=self.mixing),
+                                mixed)
+        return mixed, singular
 
     def step(
-        self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor
+        self,
+        buf: AndersonState,
+        state: torch.Tensor,
+        resid: torch.Tensor,
+        norm: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, AndersonState]:
-        """Next iterate for every row, given the evaluated ``state`` and its residual."""
+        """Next iterate for every row, given the evaluated ``state`` and its residual.
+
+        Args:
+            buf: the buffers.
+            state: evaluated iterates ``(b, n)``.
+            resid: their residuals ``F(s) - s``.
+            norm: their residual norms in the metric (computed here when ``None``).
+
+        Returns:
+            The next iterates and the updated buffers.
+        """
+        weighted = self._weigh(buf, resid)
+        if norm is None:
+            norm = (resid * weighted).sum(dim=1).sqrt() if self.kind == "I" else weighted.norm(dim=1)
         if buf.started:
-            self._push(buf, state, resid)
+            self._push(buf, state, resid, weighted)
+        c = buf.count
+        basis = buf.d_resid if self.kind == "II" else buf.d_state
+        rhs = _dots(basis[:, :c], weighted) if c else None
+        if buf.started:
+            self._update_gram(buf, rhs, weighted)
+            buf.position = (buf.position + 1) % self.memory
         buf.started = True
-        buf.prev_state, buf.prev_resid = state, resid
-        norm = resid.norm(dim=1)
+        if c:
+            buf.rhs[:, :c] = rhs
+        buf.prev_state, buf.prev_resid, buf.prev_weighted = state, resid, weighted
         if self.safeguard is None:
             accept = torch.ones_like(buf.force_accept)
         else:
             accept = buf.force_accept | (norm <= self.safeguard * buf.accepted_norm)
-        mixed, singular = self._mix(buf, state, resid)
-        fallback_step = buf.accepted_state + self.mixing * buf.accepted_resid
-        nxt = torch.where(accept.unsqueeze(1), mixed, fallback_step)
-        buf.accepted_state = torch.where(accept.unsqueeze(1), state, buf.accepted_state)
-        buf.accepted_resid = torch.where(accept.unsqueeze(1), resid, buf.accepted_resid)
-        buf.accepted_norm = torch.where(accept, norm, buf.accepted_norm)
+        mixed, singular = self._mix(buf, state, resid, rhs)
+        if bool(accept.all()):  # the common case: no row falls back, no copies
+            nxt = mixed
+            buf.accepted_state, buf.accepted_resid, buf.accepted_norm = state, resid, norm
+        else:
+            keep = accept.unsqueeze(1)
+            fallback_step = buf.accepted_state + self.mixing * buf.accepted_resid
+            nxt = torch.where(keep, mixed, fallback_step)
+            buf.accepted_state = torch.where(keep, state, buf.accepted_state)
+            buf.accepted_resid = torch.where(keep, resid, buf.accepted_resid)
+            buf.accepted_norm = torch.where(accept, norm, buf.accepted_norm)
         buf.force_accept = ~accept
         buf.fallbacks = buf.fallbacks + (~accept | singular).long()
         return nxt, buf

@@ -1,0 +1,11 @@
+"""Benchmarks of ``jiio bench``: models and tasks.
+
+Example:
+    >>> from jiio_ext.bench import TASKS
+    >>> sorted(TASKS)
+    ['latent', 'overhead']
+"""
+
+from jiio_ext.bench.tasks import TASKS, run_task
+
+__all__ = ["TASKS", "run_task"]

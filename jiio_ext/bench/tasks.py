@@ -1,0 +1,335 @@
+"""Benchmark tasks of ``jiio bench``: JIIO and its baseline side by side in one process.
+
+* ``overhead``: time of one joint iteration against one plain ``f`` evaluation plus one VJP
+  (the work an iteration cannot avoid), on the latent-inversion decoder.
+* ``latent``: latent inversion of images a convolutional DEQ decoder produced. The baseline
+  is the nested method a user would write: Adam on the latent (tuned step size), each step a
+  forward and an adjoint fixed-point solve with torchdeq's Anderson solver (or this package's
+  when torchdeq is missing), both warm-started. The comparison is at equal objective: JIIO's
+  time is the time at which its iterate first reaches the baseline's final objective.
+
+Objectives are always measured at the true fixed point ``z*(x)`` (a tight, untimed forward
+solve), never at a solver's intermediate ``z``.
+
+Example:
+    >>> from jiio_ext.bench.tasks import run_task
+    >>> report = run_task("overhead", device="cpu", quick=True, repeats=2)
+    >>> sorted(report)
+    ['baseline', 'batch', 'device', 'jiio', 'overhead', 'task']
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from jiio_ext.bench.models import ConvDEQDecoder
+from jiio_ext.schedules import StepSwitch
+from jiio_ext.solve import solve_joint, solve_nested
+from jiio_ext.solvers import Anderson, fixed_point
+
+__all__ = ["TASKS", "LatentProblem", "make_latent_problem", "run_task"]
+
+
+class PeakMemory:
+    """Peak memory of a code block: CUDA allocator peak, or sampled resident-set growth on CPU.
+
+    On CPU, the resident set size is sampled every 5 ms by a background thread and the peak
+    growth over the value at entry is reported (allocator caching makes it approximate).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as handle:
+                pages = int(handle.read().split()[1])
+        except OSError:
+            return 0.0
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            self._start = self._rss_mb()
+            self._peak = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss_mb())
+            self.peak_mb = self._peak - self._start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class LatentProblem:
+    """A latent-inversion problem: decoder, targets and the per-sample objective."""
+
+    decoder: ConvDEQDecoder
+    targets: torch.Tensor
+    x0: torch.Tensor
+
+    def objective(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean squared error of the decoded image."""
+        return (self.decoder(z) - self.targets).pow(2).flatten(1).mean(1)
+
+    def z0(self) -> torch.Tensor:
+        """Zero initial state."""
+        return self.decoder.initial_state(self.x0)
+
+    def fixed_point(self, x: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+        """Tight forward solve ``z*(x)`` (used to measure objectives, never timed)."""
+        shape = (x.shape[0], self.decoder.channels, self.decoder.size, self.decoder.size)
+        with torch.no_grad():
+            result = fixed_point(
+                lambda s, i, k: (self.decoder.f(s.view(-1, *shape[1:]), x[i]).flatten(1), {}),
+                self.decoder.initial_state(x).flatten(1),
+                rtol=rtol,
+                atol=0.0,
+                max_iter=300,
+            )
+        return result.state.view(shape)
+
+    def true_objective(self, x: torch.Tensor) -> float:
+        """Mean objective at the exact fixed point of ``x``."""
+        with torch.no_grad():
+            return float(self.objective(self.fixed_point(x), x).mean())
+
+
+def make_latent_problem(
+    batch: int, device: torch.device, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> LatentProblem:
+    """Random decoder and targets it produced from Gaussian latents.
+
+    Example:
+        >>> import torch
+        >>> problem = make_latent_problem(2, torch.device("cpu"))
+        >>> problem.targets.shape
+        torch.Size([2, 1, 16, 16])
+    """
+    torch.manual_seed(seed)
+    decoder = ConvDEQDecoder().to(device=device, dtype=dtype)
+    decoder.requires_grad_(False)
+    latents = torch.randn(batch, decoder.latent_dim, device=device, dtype=dtype)
+    problem = LatentProblem(decoder, torch.empty(0), torch.zeros_like(latents))
+    with torch.no_grad():
+        problem.targets = decoder(problem.fixed_point(latents))
+    return problem
+
+
+def _baseline_solver() -> tuple[str, object]:
+    try:
+        from torchdeq.solver import get_solver
+    except ImportError:
+        return "jiio_ext Anderson (torchdeq not installed)", Anderson(memory=6, kind="II")
+    return "torchdeq anderson", get_solver("anderson")
+
+
+def _side(name: str, time_s: float, f_evals: int, objective: float, mem: PeakMemory) -> dict:
+    return {
+        "name": name,
+        "time_s": round(time_s, 4),
+        "f_evals": int(f_evals),
+        "objective": objective,
+        "peak_mem_mb": round(mem.peak_mb, 1),
+    }
+
+
+def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
+    """JIIO vs nested Adam on latent inversion, compared at equal final objective."""
+    batch = 16 if quick else 64
+    steps = 30 if quick else 80
+    problem = make_latent_problem(batch, device, dtype)
+    solver_name, inner = _baseline_solver()
+    lr = 0.1  # best of {0.03, 0.1, 0.3, 1.0} for 40 and 80 steps (see docs/results.md)
+
+    _sync(device)
+    with PeakMemory(device) as mem_base:
+        start = time.perf_counter()
+        base = solve_nested(
+            problem.decoder.f,
+            problem.objective,
+            problem.x0,
+            problem.z0(),
+            optimizer="adam",
+            lr=lr,
+            steps=steps,
+            inner_solver=inner,
+            inner_rtol=1e-3,
+            inner_max_iter=50,
+        )
+        _sync(device)
+        base_time = time.perf_counter() - start
+    base_objective = problem.true_objective(base.x)
+
+    max_iter = 100 if quick else 200
+    stamps: list[float] = []
+    latents = problem.x0.clone()
+    snapshots: list[torch.Tensor] = []
+    n_x = problem.x0[0].numel()
+    n_z = problem.z0()[0].numel()
+
+    def record(k: int, info: dict) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter() - start)
+        latents.index_copy_(0, info["index"], info["state"][:, n_z : n_z + n_x])
+        snapshots.append(latents.clone())
+
+    _sync(device)
+    with PeakMemory(device) as mem_jiio:
+        start = time.perf_counter()
+        joint = solve_joint(
+            problem.decoder.f,
+            problem.objective,
+            problem.x0,
+            problem.z0(),
+            step_size=StepSwitch(3.0, 1.0),
+            max_iter=max_iter,
+            rtol=1e-5,
+            atol=0.0,
+            callback=record,
+        )
+        _sync(device)
+        jiio_total = time.perf_counter() - start
+    # first iteration whose iterate reaches the baseline's objective (objectives decrease
+    # roughly monotonically; a bisection keeps the number of untimed forward solves small)
+    lo, hi = 0, len(snapshots) - 1
+    if problem.true_objective(snapshots[hi]) > base_objective:
+        reach, reach_time = None, jiio_total
+    else:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if problem.true_objective(snapshots[mid]) <= base_objective:
+                hi = mid
+            else:
+                lo = mid + 1
+        reach, reach_time = hi, stamps[hi]
+    jiio_objective = problem.true_objective(joint.x)
+    evals_to_reach = (reach + 1) if reach is not None else joint.f_evals
+    return {
+        "task": "latent",
+        "device": str(device),
+        "batch": batch,
+        "baseline": {
+            **_side(f"nested Adam lr={lr}, {steps} steps, inner {solver_name} tol 1e-3",
+                    base_time, base.f_evals, base_objective, mem_base),
+            "vjps": int(base.vjps),
+        },
+        "jiio": {
+            **_side("solve_joint, Anderson, StepSwitch(3.0, 1.0)", reach_time, evals_to_reach,
+                    problem.true_objective(snapshots[reach]) if reach is not None else jiio_objective,
+                    mem_jiio),
+            "iterations_to_reach": reach + 1 if reach is not None else None,
+            "reached_baseline": reach is not None,
+            "full_run": {"time_s": round(jiio_total, 4), "iterations": joint.f_evals,
+                         "objective": jiio_objective},
+        },
+        "speedup_time": round(base_time / reach_time, 2),
+        "speedup_evals": round((base.f_evals + base.vjps) / (2 * evals_to_reach), 2),
+    }
+
+
+def bench_overhead(device: torch.device, *, quick: bool = False, repeats: int = 20,
+                   dtype=torch.float32) -> dict:
+    """Per-iteration time of the joint solve over one plain ``f`` + one VJP."""
+    batch = 16 if quick else 64
+    problem = make_latent_problem(batch, device, dtype)
+    f, objective = problem.decoder.f, problem.objective
+    z = problem.fixed_point(problem.x0 + 0.1)
+    x = problem.x0 + 0.1
+    mu = torch.randn_like(z)
+
+    def plain() -> None:
+        z_req, x_req = z.detach().requires_grad_(), x.detach().requires_grad_()
+        with torch.enable_grad():
+            out = f(z_req, x_req)
+            loss = objective(z_req, x_req)
+            torch.autograd.grad([loss, out], [z_req, x_req], [torch.ones_like(loss), mu])
+
+    def joint(iterations: int) -> None:
+        solve_joint(f, objective, x, z, mu0=mu, step_size=1.0, max_iter=iterations, rtol=0.0,
+                    atol=0.0)
+
+    def timed(fn: Callable[[], None]) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(3):
+        plain()
+    joint(5)
+    plain_times, joint_times = [], []
+    with PeakMemory(device) as mem_plain:
+        for _ in range(3):
+            plain_times.append(timed(lambda: [plain() for _ in range(repeats)]) / repeats)
+    with PeakMemory(device) as mem_joint:
+        for _ in range(3):
+            # subtract a 1-iteration solve to remove set-up costs from the per-iteration time
+            full = timed(lambda: joint(repeats + 1))
+            one = timed(lambda: joint(1))
+            joint_times.append((full - one) / repeats)
+    per_plain, per_joint = min(plain_times), min(joint_times)
+    return {
+        "task": "overhead",
+        "device": str(device),
+        "batch": batch,
+        "baseline": {**_side("one f evaluation + one VJP", per_plain, 1, float("nan"), mem_plain)},
+        "jiio": {**_side("one joint iteration (Anderson)", per_joint, 1, float("nan"), mem_joint)},
+        "overhead": round(per_joint / per_plain, 3),
+    }
+
+
+TASKS: dict[str, Callable[..., dict]] = {"latent": bench_latent, "overhead": bench_overhead}
+
+
+def run_task(name: str, device: str = "cpu", **options) -> dict:
+    """Run one benchmark task and return its JSON-ready report.
+
+    Args:
+        name: task name (see :data:`TASKS`).
+        device: torch device string.
+        **options: task options (``quick``, ``repeats``, ...).
+
+    Returns:
+        The report dictionary.
+
+    Raises:
+        ValueError: unknown task or unavailable device.
+    """
+    if name not in TASKS:
+        raise ValueError(f"task: unknown benchmark {name!r}; expected one of {sorted(TASKS)}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return TASKS[name](dev, **options)
