@@ -231,8 +231,9 @@ class Anderson:
         w = buf.weights if self.kind == "II" else buf.weights * buf.weights
         return w * v
 
-    def _push(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor,
-              weighted: torch.Tensor) -> None:
+    def _push(
+        self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor, weighted: torch.Tensor
+    ) -> None:
         """Write the newest differences into the ring and return nothing (Gram: see step)."""
         p = buf.position
         slot_g, slot_u = buf.d_resid[:, p], buf.d_update[:, p]
@@ -256,8 +257,7 @@ class Anderson:
             buf.gram[:, :c, p] = _dots(buf.d_state[:, :c], buf.d_resid[:, p])
             buf.gram[:, p, :c] = _dots(buf.d_resid[:, :c], buf.d_state[:, p])
 
-    def _mix(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor,
-             rhs: torch.Tensor):
+    def _mix(self, buf: AndersonState, state: torch.Tensor, resid: torch.Tensor, rhs: torch.Tensor):
         c = buf.count
         plain = torch.add(state, resid, alpha=self.mixing)
         if c == 0:
@@ -272,8 +272,9 @@ class Anderson:
         mixed = plain.sub_(correction)
         singular = (info != 0) | ~torch.isfinite(gamma).all(dim=1).squeeze(1)
         if bool(singular.any()):
-            mixed = torch.where(singular.unsqueeze(1), torch.add(state, resid, alpha=self.mixing),
-                                mixed)
+            mixed = torch.where(
+                singular.unsqueeze(1), torch.add(state, resid, alpha=self.mixing), mixed
+            )
         return mixed, singular
 
     def step(
@@ -296,7 +297,9 @@ class Anderson:
         """
         weighted = self._weigh(buf, resid)
         if norm is None:
-            norm = (resid * weighted).sum(dim=1).sqrt() if self.kind == "I" else weighted.norm(dim=1)
+            norm = (
+                (resid * weighted).sum(dim=1).sqrt() if self.kind == "I" else weighted.norm(dim=1)
+            )
         if buf.started:
             self._push(buf, state, resid, weighted)
         c = buf.count

@@ -1,0 +1,148 @@
+"""The ``jiio`` command: ``jiio demo`` and ``jiio bench TASK``.
+
+Example:
+    >>> from jiio_ext.cli import build_parser
+    >>> build_parser().parse_args(["bench", "latent", "--quick"]).quick
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from jiio_ext import __version__
+from jiio_ext.bench import TASKS, run_task
+
+__all__ = ["build_parser", "format_report", "main"]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def format_report(report: dict) -> str:
+    """A small text table of one benchmark report.
+
+    Args:
+        report: a report from :func:`jiio_ext.bench.run_task`.
+
+    Returns:
+        The table as text.
+
+    Example:
+        >>> side = {"name": "a", "time_s": 1.0, "f_evals": 3, "objective": 0.5, "peak_mem_mb": 1.0}
+        >>> print(format_report({"task": "t", "device": "cpu", "baseline": side, "jiio": side,
+        ...                      "speedup_time": 1.0}).splitlines()[0])
+        jiio bench t on cpu
+    """
+    lines = [f"jiio bench {report['task']} on {report['device']}"]
+    header = f"  {'side':<9}{'time (s)':>10}{'f evals':>9}{'objective':>12}{'peak MB':>9}  method"
+    lines.append(header)
+    for key in ("baseline", "jiio"):
+        side = report[key]
+        lines.append(
+            f"  {key:<9}{_fmt(side['time_s']):>10}{_fmt(side['f_evals']):>9}"
+            f"{_fmt(side['objective']):>12}{_fmt(side['peak_mem_mb']):>9}  {side['name']}"
+        )
+    for key in ("speedup_time", "speedup_evals", "overhead"):
+        if key in report:
+            lines.append(f"  {key}: {_fmt(report[key])}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jiio``.
+
+    Example:
+        >>> build_parser().prog
+        'jiio'
+    """
+    parser = argparse.ArgumentParser(
+        prog="jiio", description="Joint inference and input optimisation for DEQs."
+    )
+    parser.add_argument("--version", action="version", version=f"jiio-ext {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="run a benchmark: JIIO and its baseline side by side")
+    bench.add_argument("task", choices=sorted(TASKS) + ["all"], help="benchmark task")
+    bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    bench.add_argument("--json", action="store_true", help="print one JSON object per task")
+    bench.add_argument("--quick", action="store_true", help="small batch and budget")
+
+    demo = sub.add_parser("demo", help="run every available task on the default data")
+    demo.add_argument("--device", default="cpu", help="torch device")
+    demo.add_argument("--quick", action="store_true", help="small batch and budget")
+    demo.add_argument("--out", default="jiio-runs", help="folder for the run record")
+    return parser
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise SystemExit(f"jiio: --device: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"jiio: --device {device}: CUDA is not available on this machine")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    names = sorted(TASKS) if args.task == "all" else [args.task]
+    for name in names:
+        report = run_task(name, device=args.device, quick=args.quick)
+        print(json.dumps(report) if args.json else format_report(report), flush=True)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(args.out) / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "version": __version__,
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "device": args.device,
+        },
+        "tasks": {},
+    }
+    for name in ("latent", "overhead"):
+        print(f"== {name} ==", flush=True)
+        report = run_task(name, device=args.device, quick=args.quick)
+        record["tasks"][name] = report
+        print(format_report(report), flush=True)
+    path = folder / "record.json"
+    path.write_text(json.dumps(record, indent=2))
+    print(f"record written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jiio`` console script.
+
+    Args:
+        argv: arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code.
+    """
+    args = build_parser().parse_args(argv)
+    _check_device(args.device)
+    if args.command == "bench":
+        return _run_bench(args)
+    return _run_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The jiio command and the benchmark reports (quick budgets)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jiio_ext.bench import run_task
+from jiio_ext.cli import main
+
+SIDE_KEYS = {"name", "time_s", "f_evals", "objective", "peak_mem_mb"}
+
+
+def test_bench_latent_json_schema(capsys):
+    assert main(["bench", "latent", "--quick", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"task", "device", "baseline", "jiio", "speedup_time", "speedup_evals"} <= set(report)
+    assert SIDE_KEYS <= set(report["baseline"]) and SIDE_KEYS <= set(report["jiio"])
+    assert report["task"] == "latent" and report["device"] == "cpu"
+    assert report["jiio"]["reached_baseline"]
+    # equal-objective comparison: JIIO's reported objective is at least as good
+    assert report["jiio"]["objective"] <= report["baseline"]["objective"]
+    assert report["speedup_time"] > 0 and report["speedup_evals"] > 0
+
+
+def test_bench_overhead_json_schema():
+    report = run_task("overhead", quick=True, repeats=2)
+    assert report["overhead"] > 0
+    assert report["baseline"]["f_evals"] == report["jiio"]["f_evals"] == 1
+    json.dumps(report, allow_nan=False)
+
+
+def test_demo_writes_record(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    records = list(tmp_path.glob("*/record.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert set(record["tasks"]) == {"latent", "overhead"}
+    assert "torch" in record["machine"]
+    assert "record written to" in capsys.readouterr().out
+
+
+def test_unknown_task_and_bad_device():
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "nope"])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit, match="CUDA is not available|device"):
+        main(["bench", "latent", "--device", "cuda:7"])
+    with pytest.raises(SystemExit, match="--device"):
+        main(["bench", "latent", "--device", "not-a-device"])
+    with pytest.raises(ValueError, match="task"):
+        run_task("nope")
