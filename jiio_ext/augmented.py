@@ -257,12 +257,21 @@ class AugmentedMap:
         """``F`` on flat states: the next flat state and the per-sample objective."""
         z, x, mu = self.split(flat)
         z_out, loss, g_z, g_x = self.evaluate(z, x, mu, index, create_graph=create_graph)
-        zf, xf, muf = torch.split(flat, list(self.blocks), dim=1)
-        z_new = zf + self.alpha_z * (self.z_layout.flatten(z_out) - zf)
-        mu_new = muf + self.alpha_mu * (self.z_layout.flatten(g_z) - muf)
+        zf, _, muf = torch.split(flat, list(self.blocks), dim=1)
         step = self.step_size(k, self.max_iter)
-        x_new = self.project(x - step * self.step_rule(g_x), index)
-        return torch.cat([z_new, self.x_layout.flatten(x_new), mu_new], dim=1), loss
+        x_new = self.x_layout.flatten(self.project(x - step * self.step_rule(g_x), index))
+        z_out, g_z = self.z_layout.flatten(z_out), self.z_layout.flatten(g_z)
+        if create_graph:
+            z_new = zf + self.alpha_z * (z_out - zf)
+            mu_new = muf + self.alpha_mu * (g_z - muf)
+            return torch.cat([z_new, x_new, mu_new], dim=1), loss
+        # fused damping written straight into the output blocks (no temporaries, no cat)
+        out = torch.empty_like(flat)
+        z_slot, x_slot, mu_slot = torch.split(out, list(self.blocks), dim=1)
+        torch.lerp(zf, z_out, self.alpha_z, out=z_slot)
+        torch.lerp(muf, g_z, self.alpha_mu, out=mu_slot)
+        x_slot.copy_(x_new)
+        return out, loss
 
     def __call__(
         self, flat: torch.Tensor, index: torch.Tensor, k: int

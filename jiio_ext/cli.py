@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     bench.add_argument("--json", action="store_true", help="print one JSON object per task")
     bench.add_argument("--quick", action="store_true", help="small batch and budget")
+    bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
 
     demo = sub.add_parser("demo", help="run every available task on the default data")
     demo.add_argument("--device", default="cpu", help="torch device")
@@ -97,7 +98,8 @@ def _check_device(device: str) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     names = sorted(TASKS) if args.task == "all" else [args.task]
     for name in names:
-        report = run_task(name, device=args.device, quick=args.quick)
+        dtype = getattr(torch, args.dtype)
+        report = run_task(name, device=args.device, quick=args.quick, dtype=dtype)
         print(json.dumps(report) if args.json else format_report(report), flush=True)
     return 0
 

@@ -15,7 +15,7 @@ Example:
     >>> from jiio_ext.bench.tasks import run_task
     >>> report = run_task("overhead", device="cpu", quick=True, repeats=2)
     >>> sorted(report)
-    ['baseline', 'batch', 'device', 'jiio', 'overhead', 'task']
+    ['baseline', 'batch', 'device', 'dtype', 'jiio', 'overhead', 'task']
 """
 
 from __future__ import annotations
@@ -257,6 +257,7 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
     return {
         "task": "latent",
         "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
         "batch": batch,
         "baseline": baseline,
         "other_baselines": candidates[1:],
@@ -328,6 +329,7 @@ def bench_overhead(
     return {
         "task": "overhead",
         "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
         "batch": batch,
         "baseline": {**_side("one f evaluation + one VJP", per_plain, 1, None, mem_plain)},
         "jiio": {**_side("one joint iteration (Anderson)", per_joint, 1, None, mem_joint)},

@@ -320,12 +320,14 @@ class Anderson:
         if bool(accept.all()):  # the common case: no row falls back, no copies
             nxt = mixed
             buf.accepted_state, buf.accepted_resid, buf.accepted_norm = state, resid, norm
-        else:
-            keep = accept.unsqueeze(1)
-            fallback_step = buf.accepted_state + self.mixing * buf.accepted_resid
-            nxt = torch.where(keep, mixed, fallback_step)
-            buf.accepted_state = torch.where(keep, state, buf.accepted_state)
-            buf.accepted_resid = torch.where(keep, resid, buf.accepted_resid)
+        else:  # rejected rows restart from their last accepted iterate with a plain step
+            rejected = torch.nonzero(~accept).flatten()
+            old_state = buf.accepted_state.index_select(0, rejected)
+            old_resid = buf.accepted_resid.index_select(0, rejected)
+            fallback_step = torch.add(old_state, old_resid, alpha=self.mixing)
+            nxt = mixed.index_copy_(0, rejected, fallback_step)
+            buf.accepted_state = state.index_copy(0, rejected, old_state)
+            buf.accepted_resid = resid.index_copy(0, rejected, old_resid)
             buf.accepted_norm = torch.where(accept, norm, buf.accepted_norm)
         buf.force_accept = ~accept
         buf.fallbacks = buf.fallbacks + (~accept | singular).long()

@@ -62,8 +62,10 @@ class FixedPointResult:
 def _block_rms(v: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """RMS of every column block, ``(b, n_blocks)``, in one reduction pass per block."""
     parts = torch.split(v, list(sizes), dim=1)
-    norms = torch.stack([torch.linalg.vector_norm(part, dim=1) for part in parts], dim=1)
-    return norms / torch.tensor([math.sqrt(s) for s in sizes], dtype=v.dtype, device=v.device)
+    return torch.stack(
+        [torch.linalg.vector_norm(part, dim=1) / math.sqrt(n) for part, n in zip(parts, sizes)],
+        dim=1,
+    )
 
 
 def _balance_weights(state: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
@@ -76,6 +78,35 @@ def _balance_weights(state: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     per_block = torch.tensor([1.0 / math.sqrt(s) for s in sizes], dtype=state.dtype)
     weights = torch.repeat_interleave(per_block, torch.tensor(sizes), dim=0).to(state.device)
     return weights.unsqueeze(0)
+
+
+def _assemble_traces(
+    rows: list[torch.Tensor],
+    values: dict[str, list[torch.Tensor]],
+    names: Sequence[str],
+    batch: int,
+    like: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``(T, B)`` traces from per-iteration active-row values, NaN where a sample was frozen."""
+    steps = len(rows)
+    traces: dict[str, torch.Tensor] = {}
+    if steps == 0:
+        return traces
+    flat_rows = torch.cat([r + k * batch for k, r in enumerate(rows)])
+
+    def spread(parts: list[torch.Tensor]) -> torch.Tensor:
+        cat = torch.cat(parts)
+        full = torch.full(
+            (steps * batch, *cat.shape[1:]), float("nan"), dtype=like.dtype, device=like.device
+        )
+        return full.index_copy(0, flat_rows, cat.to(like.dtype)).view(steps, batch, *cat.shape[1:])
+
+    residuals = spread(values.pop("_residuals"))
+    for i, name in enumerate(names):
+        traces[f"residual_{name}"] = residuals[..., i]
+    for key, parts in values.items():
+        traces[key] = spread(parts)
+    return traces
 
 
 def _check_settings(max_iter: int, rtol: float, atol: float, check_every: int) -> None:
@@ -172,9 +203,7 @@ def fixed_point(
     weights = ref_norm = buffers = good = None
     n_calls = 0
 
-    def record(name: str, value: torch.Tensor) -> None:
-        full = torch.full((batch,), float("nan"), dtype=value.dtype, device=device)
-        trace_lists.setdefault(name, []).append(full.index_copy(0, rows, value.detach()))
+    trace_rows: list[torch.Tensor] = []  # active rows of every iteration, for the traces
 
     def finish(done: torch.Tensor, code: torch.Tensor, fs: torch.Tensor, res, aux) -> None:
         where = rows[done]
@@ -209,10 +238,10 @@ def fixed_point(
         else:
             good = torch.where(finite.unsqueeze(1), mapped, good)
         nstep.index_add_(0, rows, active[rows].long() if not subset else torch.ones_like(rows))
-        for i, name in enumerate(names):
-            record(f"residual_{name}", res[:, i])
+        trace_rows.append(rows)
+        trace_lists.setdefault("_residuals", []).append(res)
         for key, value in aux.items():
-            record(key, value)
+            trace_lists.setdefault(key, []).append(value.detach())
         if callback is not None:
             callback(k, {"index": rows, "state": s, "residuals": res, **aux})
         if k in wanted:
@@ -266,7 +295,7 @@ def fixed_point(
         if progress is not None:
             progress.update(1)
 
-    traces = {name: torch.stack(values) for name, values in trace_lists.items()}
+    traces = _assemble_traces(trace_rows, trace_lists, names, batch, state0)
     return FixedPointResult(
         state=out_state,
         residuals=out_res,

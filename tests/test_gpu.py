@@ -1,0 +1,58 @@
+"""GPU checks (marked ``gpu``; skipped cleanly without CUDA). Run with ``pytest -m gpu``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problems import make_problem
+
+from jiio_ext import L2Ball, solve_joint
+from jiio_ext.bench import run_task
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_joint_solve_on_cuda_matches_cpu():
+    p = make_problem(seed=30)
+    cpu = solve_joint(
+        p.f,
+        p.objective,
+        p.x0(),
+        p.z0(),
+        step_size=0.3,
+        rtol=1e-10,
+        atol=1e-12,
+        max_iter=400,
+        constraint=L2Ball(radius=0.3),
+    )
+    dev = torch.device("cuda")
+    W, U, b, t = (v.to(dev) for v in (p.W, p.U, p.b, p.target))
+
+    def f(z, x):
+        return torch.tanh(z @ W.T + x @ U + b)
+
+    def objective(z, x):
+        return (z - t).pow(2).sum(1) + p.reg * x.pow(2).sum(1)
+
+    gpu = solve_joint(
+        f,
+        objective,
+        p.x0().to(dev),
+        p.z0().to(dev),
+        step_size=0.3,
+        rtol=1e-10,
+        atol=1e-12,
+        max_iter=400,
+        constraint=L2Ball(radius=0.3),
+    )
+    assert gpu.success and gpu.x.device.type == "cuda"
+    torch.testing.assert_close(gpu.x.cpu(), cpu.x, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("task", ["overhead", "latent"])
+def test_bench_runs_on_cuda(task):
+    report = run_task(task, device="cuda", quick=True)
+    assert report["device"].startswith("cuda")
