@@ -221,7 +221,8 @@ def test_warm_start_reduces_iterations():
         max_iter=400,
     )
     assert warm.success and again.success
-    assert int(warm.nstep.max()) < int(again.nstep.min())
+    assert bool((warm.nstep <= again.nstep).all())
+    assert warm.nstep.float().mean() < 0.9 * again.nstep.float().mean()
     torch.testing.assert_close(warm.x, again.x, atol=1e-6, rtol=0)
 
 

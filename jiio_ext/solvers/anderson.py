@@ -170,7 +170,7 @@ class Anderson:
         kind: str = "I",
         ridge: float = 1e-4,
         mixing: float = 1.0,
-        safeguard: float | None = 2.0,
+        safeguard: float | None = 10.0,
     ) -> None:
         if not isinstance(memory, int) or memory < 1:
             raise ValueError(f"memory: expected an integer >= 1, got {memory!r}")
