@@ -299,3 +299,18 @@ def test_float32_supported():
     ref = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
     assert sol.x.dtype == torch.float32 and sol.success
     torch.testing.assert_close(sol.x.double(), ref.x, atol=1e-3, rtol=0)
+
+
+def test_best_iterate_returns_lowest_objective_of_budgeted_run():
+    p = make_problem(seed=31)
+    kw = dict(step_size=1.2, max_iter=40, rtol=0.0, atol=0.0)  # a step too large: oscillates
+    last = solve_joint(p.f, p.objective, p.x0(), p.z0(), best_iterate=False, **kw)
+    best = solve_joint(p.f, p.objective, p.x0(), p.z0(), best_iterate=True, **kw)
+    assert (best.status == Status.MAX_ITER).all()
+    trace = last.traces["objective"]  # (T, B): same trajectory, both runs are deterministic
+    torch.testing.assert_close(best.traces["objective"], trace)
+    # the returned objective is a traced one, no worse than the last iterate's
+    matches = torch.isclose(trace, best.objective.unsqueeze(0), rtol=0, atol=1e-14).any(dim=0)
+    assert bool(matches.all())
+    assert bool((best.objective <= last.objective).all())
+    assert bool((best.objective < last.objective).any())

@@ -80,6 +80,47 @@ def _balance_weights(state: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     return weights.unsqueeze(0)
 
 
+class _BestIterate:
+    """Per-row best-scoring iterate (its map output, residuals and aux values)."""
+
+    def __init__(self) -> None:
+        self.score: torch.Tensor | None = None
+        self.state: torch.Tensor | None = None
+        self.res: torch.Tensor | None = None
+        self.aux: dict[str, torch.Tensor] = {}
+
+    def update(self, score, finite, mapped, res, aux) -> None:
+        score = torch.where(finite, score, torch.full_like(score, float("inf")))
+        if self.score is None:
+            self.score, self.state, self.res = score, mapped, res
+            self.aux = {key: value.detach() for key, value in aux.items()}
+            return
+        better = score < self.score
+        if not bool(better.any()):
+            return
+        rows = better.unsqueeze(1)
+        self.state = torch.where(rows, mapped, self.state)
+        self.res = torch.where(rows, res, self.res)
+        self.aux = {k: torch.where(better, aux[k].detach(), v) for k, v in self.aux.items()}
+        self.score = torch.where(better, score, self.score)
+
+    def substitute(self, wanted, state, res, aux):
+        use = wanted & torch.isfinite(self.score)
+        if not bool(use.any()):
+            return state, res, aux
+        rows = use.unsqueeze(1)
+        aux = {k: torch.where(use, self.aux[k], v.detach()) for k, v in aux.items()}
+        return torch.where(rows, self.state, state), torch.where(rows, self.res, res), aux
+
+    def select(self, keep: torch.Tensor) -> None:
+        if self.score is None:
+            return
+        self.score = self.score.index_select(0, keep)
+        self.state = self.state.index_select(0, keep)
+        self.res = self.res.index_select(0, keep)
+        self.aux = {k: v.index_select(0, keep) for k, v in self.aux.items()}
+
+
 def _assemble_traces(
     rows: list[torch.Tensor],
     values: dict[str, list[torch.Tensor]],
@@ -137,6 +178,7 @@ def fixed_point(
     callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     progress: object | None = None,
     snapshot_at: Collection[int] = (),
+    score: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None,
 ) -> FixedPointResult:
     """Solve ``s = F(s)`` for a batch of flat states with per-sample convergence and freezing.
 
@@ -162,6 +204,9 @@ def fixed_point(
             rows' batch ``index``, evaluated ``state``, block ``residuals`` and aux tensors.
         progress: a tqdm-like bar (``update``, ``set_postfix``) or ``None``.
         snapshot_at: iterations at which to keep a copy of the full batch's state.
+        score: best-iterate selection: ``score(residuals, state_rms, aux) -> (b,)`` (lower is
+            better, ``inf`` ineligible); a sample that does not converge returns its
+            best-scoring iterate instead of its last one.
 
     Returns:
         A :class:`FixedPointResult`.
@@ -201,6 +246,7 @@ def fixed_point(
     active = torch.ones(batch, dtype=torch.bool, device=device)  # mask mode only
     s = state0
     weights = ref_norm = buffers = good = None
+    best = _BestIterate()
     n_calls = 0
 
     trace_rows: list[torch.Tensor] = []  # active rows of every iteration, for the traces
@@ -237,6 +283,9 @@ def fixed_point(
             good = mapped
         else:
             good = torch.where(finite.unsqueeze(1), mapped, good)
+        state_rms = _block_rms(s, sizes)
+        if score is not None:
+            best.update(score(res, state_rms, aux), finite, mapped, res, aux)
         nstep.index_add_(0, rows, active[rows].long() if not subset else torch.ones_like(rows))
         trace_rows.append(rows)
         trace_lists.setdefault("_residuals", []).append(res)
@@ -255,7 +304,7 @@ def fixed_point(
 
         last = k == max_iter - 1
         if (k + 1) % check_every == 0 or last:
-            converged = (res <= atol + rtol * _block_rms(s, sizes)).all(dim=1) & finite
+            converged = (res <= atol + rtol * state_rms).all(dim=1) & finite
             diverged = finite & (w_norm > divergence * ref_norm.clamp_min(1.0))
             done = converged | ~finite | diverged
             if not subset:
@@ -274,6 +323,8 @@ def fixed_point(
                 postfix["active"] = int((~done).sum()) if subset else int(active.sum())
                 progress.set_postfix(postfix)
             if bool(done.any()):
+                if score is not None:  # unconverged rows return their best iterate
+                    good, res, aux = best.substitute(code != int(Status.CONVERGED), good, res, aux)
                 finish(done, code, good, res, aux)
                 if subset:
                     keep = torch.nonzero(~done).flatten()
@@ -282,6 +333,7 @@ def fixed_point(
                     ref_norm = ref_norm.index_select(0, keep)
                     good = good.index_select(0, keep)
                     buffers = solver.select(buffers, keep)
+                    best.select(keep)
                 else:
                     active = active.clone()
                     active[rows[done]] = False
