@@ -1,0 +1,443 @@
+"""torchdeq adapter: one decorator makes a torchdeq model's inputs optimisable with JIIO.
+
+``input_optimizable`` finds the model's ``torchdeq.core.DEQBase`` submodules. During
+``model.optimize_input(x0, objective)`` every joint iteration calls the model's own forward on
+the current input; each intercepted DEQ call ``deq(func, z_init)`` returns the current joint
+state (instead of solving) and records ``func(z)``, so one forward pass yields both ``f(z, x)``
+and the model's output, and the core's :func:`jiio_ext.solve_joint` takes one VJP for the
+adjoint and the input gradient. Outside ``optimize_input`` the model is untouched.
+
+Example:
+    >>> import torch
+    >>> from torchdeq import get_deq
+    >>> from jiio_ext.adapters.torchdeq import input_optimizable
+    >>> @input_optimizable
+    ... class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.cell = torch.nn.Linear(4, 4)
+    ...         self.deq = get_deq(f_solver="anderson", f_max_iter=30)
+    ...     def forward(self, x):
+    ...         cell = lambda z: torch.tanh(0.5 * self.cell(z) + x)
+    ...         z_out, _ = self.deq(cell, torch.zeros_like(x))
+    ...         return z_out[-1]
+    >>> net = Net()
+    >>> target = torch.full((2, 4), 0.3)
+    >>> sol = net.optimize_input(torch.zeros(2, 4), lambda out, x: (out - target).pow(2).sum(1),
+    ...                          step_size=0.3, max_iter=200)
+    >>> bool(sol.objective.max() < 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from jiio_ext.layout import as_tuple
+from jiio_ext.solution import JointSolution
+from jiio_ext.solve import solve_joint
+
+__all__ = ["input_optimizable", "trajectory_penalty"]
+
+Objective = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+def _torchdeq():
+    try:
+        import torchdeq
+        import torchdeq.core
+        import torchdeq.dropout
+        import torchdeq.norm
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "jiio_ext.adapters.torchdeq needs torchdeq: pip install 'jiio-ext[deq]'"
+        ) from err
+    return torchdeq
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _deq_modules(model: nn.Module) -> list[nn.Module]:
+    base = _torchdeq().core.DEQBase
+    return [m for m in _unwrap(model).modules() if isinstance(m, base)]
+
+
+def _tree_map(fn: Callable, *trees: Any) -> Any:
+    """Apply ``fn`` to the tensor leaves of matching tensors / tuples / lists / dicts."""
+    head = trees[0]
+    if isinstance(head, torch.Tensor):
+        return fn(*trees)
+    if isinstance(head, (tuple, list)):
+        return type(head)(_tree_map(fn, *parts) for parts in zip(*trees))
+    if isinstance(head, dict):
+        return {key: _tree_map(fn, *(tree[key] for tree in trees)) for key in head}
+    return head
+
+
+class _CallRecord:
+    """Structure of one DEQ call: a tensor state or a tuple of tensors."""
+
+    def __init__(self, z_init: Any, index: int) -> None:
+        if isinstance(z_init, torch.Tensor):
+            parts = (z_init,)
+            self.is_tuple = False
+        elif (
+            isinstance(z_init, (tuple, list))
+            and z_init
+            and all(isinstance(t, torch.Tensor) for t in z_init)
+        ):
+            parts = tuple(z_init)
+            self.is_tuple = True
+        else:
+            raise TypeError(
+                f"model: DEQ call {index} got a state of type {type(z_init).__name__}; "
+                "input_optimizable needs a tensor or a tuple/list of tensors"
+            )
+        self.count = len(parts)
+        self.init = tuple(p.detach() for p in parts)
+
+
+class _Session:
+    """Intercepts the DEQ calls of one model while ``optimize_input`` runs.
+
+    Modes: ``probe`` records the calls' structure and returns the initial states;
+    ``joint`` returns the given joint states and records ``func(z)``; ``replay`` returns the
+    given states without evaluating ``func``.
+    """
+
+    def __init__(self, deqs: Sequence[nn.Module]) -> None:
+        self.deqs = list(deqs)
+        self.mode = "probe"
+        self.records: list[_CallRecord] = []
+        self.states: list[tuple[torch.Tensor, ...]] = []
+        self.images: list[tuple[torch.Tensor, ...]] = []
+        self.calls = 0
+        self._saved: list[tuple[nn.Module, Any]] = []
+
+    def __enter__(self) -> _Session:
+        self.depth = getattr(self, "depth", 0) + 1
+        if self.depth == 1:  # re-entrant: f may run inside or outside optimize_input
+            for deq in self.deqs:
+                self._saved.append((deq, deq.__dict__.get("forward")))
+                deq.forward = types.MethodType(self._make_intercept(), deq)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        for deq, previous in self._saved:
+            if previous is None:
+                del deq.forward
+            else:
+                deq.forward = previous
+        self._saved.clear()
+
+    def _make_intercept(self) -> Callable:
+        session = self
+
+        def intercept(deq: nn.Module, func: Callable, z_init: Any, *args: Any, **kwargs: Any):
+            return session.handle(func, z_init)
+
+        return intercept
+
+    def start(self, mode: str, states: list[tuple[torch.Tensor, ...]] | None = None) -> None:
+        self.mode, self.calls, self.images = mode, 0, []
+        if mode == "probe":
+            self.records = []
+        if states is not None:
+            self.states = states
+
+    def handle(self, func: Callable, z_init: Any):
+        index = self.calls
+        self.calls += 1
+        if self.mode == "probe":
+            record = _CallRecord(z_init, index)
+            self.records.append(record)
+            state = record.init
+        else:
+            if index >= len(self.records):
+                raise RuntimeError(
+                    f"model: forward made more DEQ calls ({index + 1}) than when it was probed "
+                    f"({len(self.records)}); the number of DEQ calls must not depend on x"
+                )
+            record = self.records[index]
+            state = self.states[index]
+        if self.mode != "replay":
+            image = func(*state) if record.is_tuple else func(state[0])
+            self.images.append(tuple(as_tuple(tuple(image) if record.is_tuple else image)))
+        z = list(state) if record.is_tuple else state[0]
+        batch = state[0].shape[0]
+        zeros = torch.zeros(batch, device=state[0].device)
+        info = {"abs_lowest": zeros, "rel_lowest": zeros, "nstep": zeros, "sradius": zeros}
+        return [z], info
+
+    def split(self, flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+        out, start = [], 0
+        for record in self.records:
+            out.append(tuple(flat[start : start + record.count]))
+            start += record.count
+        return out
+
+
+def _call_model(model: nn.Module, x: torch.Tensor, input_arg: int | str, args, kwargs) -> Any:
+    if isinstance(input_arg, str):
+        return model(*args, **{**kwargs, input_arg: x})
+    positional = list(args)
+    positional.insert(input_arg, x)
+    return model(*positional, **kwargs)
+
+
+def _check_input_arg(model: nn.Module, input_arg: int | str) -> None:
+    if isinstance(input_arg, bool) or not isinstance(input_arg, (int, str)):
+        raise TypeError(f"input_arg: expected a position or a keyword name, got {input_arg!r}")
+    if isinstance(input_arg, str):
+        params = inspect.signature(_unwrap(model).forward).parameters
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if input_arg not in params and not takes_kwargs:
+            raise ValueError(
+                f"input_arg: forward() of {type(_unwrap(model)).__name__} has no argument "
+                f"{input_arg!r}; it takes {list(params)}"
+            )
+
+
+class _DropoutMasks:
+    """Keeps torchdeq's variational-dropout masks fixed across the joint iterations."""
+
+    def __init__(self, model: nn.Module) -> None:
+        base = _torchdeq().dropout._VariationalDropoutNd
+        self.modules = [m for m in model.modules() if isinstance(m, base) and m.training]
+        self.masks: dict[int, torch.Tensor] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _DropoutMasks:
+        for module in self.modules:
+            self.handles.append(module.register_forward_pre_hook(self._restore))
+            self.handles.append(module.register_forward_hook(self._save))
+        return self
+
+    def _restore(self, module: nn.Module, inputs: Any) -> None:
+        if id(module) in self.masks:
+            module.mask = self.masks[id(module)]
+
+    def _save(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.masks[id(module)] = module.mask
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _optimize_input(
+    self: nn.Module,
+    x0: torch.Tensor,
+    objective: Objective,
+    *,
+    constraint=None,
+    input_arg: int | str = 0,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    z0: Sequence[Any] | None = None,
+    **options: Any,
+) -> JointSolution:
+    """Optimise the model's input with JIIO (see :func:`input_optimizable`)."""
+    torchdeq = _torchdeq()
+    kwargs = dict(kwargs or {})
+    _check_input_arg(self, input_arg)
+    if not isinstance(x0, torch.Tensor) or not torch.is_floating_point(x0) or x0.dim() < 1:
+        raise TypeError("x0: expected a batch-first floating-point tensor")
+    deqs = _deq_modules(self)
+    if not deqs:
+        raise TypeError(
+            f"model: {type(_unwrap(self)).__name__} contains no torchdeq DEQ module (DEQBase); "
+            "use jiio_ext.solve_joint with an explicit f(z, x) instead"
+        )
+    inner = _unwrap(self)
+    batch = x0.shape[0]
+    per_sample_args = any(
+        isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == batch
+        for a in (*args, *kwargs.values())
+    )
+    masks = _DropoutMasks(inner)
+    if masks.modules or per_sample_args:
+        # dropout masks and extra per-sample inputs have the full batch: no subset evaluation
+        options.setdefault("subset", False)
+    torchdeq.norm.reset_norm(inner)
+    grad_mode = options.get("grad")
+
+    with _Session(deqs) as session, masks:
+        # probe: structure of the DEQ calls, and whether x reaches them
+        x_probe = x0.detach().requires_grad_()
+        session.start("probe")
+        with torch.enable_grad():
+            _call_model(inner, x_probe, input_arg, args, kwargs)
+            if not session.records:
+                raise ValueError(
+                    "model: its forward made no DEQ call; input_optimizable needs the DEQ "
+                    "to run inside forward"
+                )
+            images = [t for image in session.images for t in image if t.requires_grad]
+            reached = None
+            if images:
+                total = sum(t.sum() for t in images)
+                (reached,) = torch.autograd.grad(total, x_probe, allow_unused=True)
+        if reached is None:
+            raise ValueError(
+                "x0: the input does not reach the DEQ (f(z, x) does not depend on it); "
+                "choose the argument with input_arg="
+            )
+        start = z0 if z0 is not None else [t for r in session.records for t in r.init]
+        full: dict[str, Any] = {}
+
+        def f(z: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            with session:
+                session.start("joint", session.split(z))
+                full["output"] = _call_model(inner, x, input_arg, args, kwargs)
+                return tuple(t for image in session.images for t in image)
+
+        def joint_objective(z, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            output = full["output"]
+            if rows.numel() == batch:
+                full["output_all"] = _tree_map(lambda t: t.detach(), output)
+                full["x_all"] = x.detach()
+                return _checked(objective(output, x), batch)
+            merged = _tree_map(
+                lambda whole, part: whole.index_copy(0, rows, part), full["output_all"], output
+            )
+            x_all = full["x_all"].index_copy(0, rows, x)
+            loss = _checked(objective(merged, x_all), batch).index_select(0, rows)
+            full["output_all"] = _tree_map(lambda t: t.detach(), merged)
+            full["x_all"] = x_all.detach()
+            return loss
+
+        solution = solve_joint(
+            f,
+            joint_objective,
+            x0,
+            tuple(start),
+            targets=torch.arange(batch, device=x0.device),
+            constraint=constraint,
+            **options,
+        )
+        # the model's output at the solution (attached to θ when a gradient mode was asked)
+        if grad_mode is not None:
+            torchdeq.norm.reset_norm(inner)
+        session.start("replay", session.split(as_tuple(solution.z)))
+        with torch.set_grad_enabled(grad_mode is not None):
+            target_model = self if grad_mode is not None else inner
+            solution.output = _call_model(target_model, solution.x, input_arg, args, kwargs)
+    solution.info["f"] = f
+    solution.info["deq_calls"] = len(session.records)
+    return solution
+
+
+def _checked(loss: Any, batch: int) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (batch,):
+        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"objective: expected per-sample losses of shape ({batch},), got {got}")
+    return loss
+
+
+def input_optimizable(target: Any) -> Any:
+    """Give a torchdeq model (class or instance) an ``optimize_input`` method.
+
+    ``model.optimize_input(x0, objective, *, constraint=None, input_arg=0, args=(),
+    kwargs=None, z0=None, **solve_options) -> JointSolution`` solves
+    ``min_x objective(model(x), x)`` over ``x`` in ``constraint`` with
+    :func:`jiio_ext.solve_joint` (``solve_options`` are its options: ``step_size``,
+    ``step_rule``, ``max_iter``, ``grad``, ``throw``, ...). ``objective(output, x)`` sees the
+    model's own output and returns per-sample losses ``(B,)``; it may close over per-sample
+    data. ``input_arg`` picks which positional argument (int) or keyword (str) of ``forward``
+    is ``x``; ``args``/``kwargs`` are the other arguments. The solution carries the model's
+    output at ``x*`` in ``solution.output`` (differentiable with respect to the parameters
+    when ``grad="envelope"`` or ``"implicit"``).
+
+    Works with both torchdeq cores, any solver settings, tensor and tuple states, several DEQ
+    calls in one forward, weight/spectral norm (``reset_norm`` is applied), variational
+    dropout (masks held fixed), train and eval mode, and models wrapped in
+    ``DistributedDataParallel``. The model's samples must not interact (no batch statistics).
+
+    Args:
+        target: an ``nn.Module`` subclass (decorated in place) or instance.
+
+    Returns:
+        The same class or instance.
+
+    Raises:
+        TypeError: ``target`` is neither a module class nor a module instance.
+
+    Example:
+        >>> import torch
+        >>> from torchdeq import get_deq
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.deq = get_deq()
+        ...     def forward(self, x):
+        ...         return self.deq(lambda z: 0.5 * torch.tanh(z) + x, torch.zeros_like(x))[0][-1]
+        >>> net = input_optimizable(Net())
+        >>> hasattr(net, "optimize_input")
+        True
+    """
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        target.optimize_input = _optimize_input
+        return target
+    if isinstance(target, nn.Module):
+        if not _deq_modules(target):
+            raise TypeError(
+                f"model: {type(_unwrap(target)).__name__} contains no torchdeq DEQ module "
+                "(DEQBase); use jiio_ext.solve_joint with an explicit f(z, x) instead"
+            )
+        object.__setattr__(target, "optimize_input", types.MethodType(_optimize_input, target))
+        return target
+    raise TypeError(
+        f"input_optimizable: expected a torch.nn.Module class or instance, got {target!r}"
+    )
+
+
+def trajectory_penalty(
+    solution: JointSolution, *, iteration: int | None = None, n_probes: int = 2
+) -> torch.Tensor:
+    """Jacobian penalty of the model's DEQ layers at a trajectory point of an input solve.
+
+    Args:
+        solution: a solution of ``model.optimize_input(..., trajectory=[k])``.
+        iteration: recorded iteration (default: the first one, or the solution itself).
+        n_probes: Hutchinson probes.
+
+    Returns:
+        ``(B,)`` penalties with a graph to the model's parameters.
+
+    Example:
+        >>> import torch
+        >>> from torchdeq import get_deq
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin, self.deq = torch.nn.Linear(3, 3), get_deq()
+        ...     def forward(self, x):
+        ...         cell = lambda z: torch.tanh(self.lin(z)) + x
+        ...         return self.deq(cell, torch.zeros_like(x))[0][-1]
+        >>> net = input_optimizable(Net())
+        >>> sol = net.optimize_input(torch.zeros(2, 3), lambda out, x: out.pow(2).sum(1),
+        ...                          max_iter=20, trajectory=[5])
+        >>> trajectory_penalty(sol).shape
+        torch.Size([2])
+    """
+    from jiio_ext.regularize import trajectory_penalty as core_penalty
+
+    if "f" not in solution.info:
+        raise ValueError("solution: not produced by optimize_input (no DEQ layer recorded)")
+    return core_penalty(solution.info["f"], solution, iteration=iteration, n_probes=n_probes)
