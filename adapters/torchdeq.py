@@ -39,11 +39,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from jiio_ext.grad import EnvelopeGrad
 from jiio_ext.layout import as_tuple
 from jiio_ext.solution import JointSolution
 from jiio_ext.solve import solve_joint
+from jiio_ext.solvers import Anderson, fixed_point
 
-__all__ = ["input_optimizable", "trajectory_penalty"]
+__all__ = ["JIIODEQ", "input_optimizable", "jiio_solver", "trajectory_penalty"]
 
 Objective = Callable[[Any, torch.Tensor], torch.Tensor]
 
@@ -149,7 +151,7 @@ class _Session:
         session = self
 
         def intercept(deq: nn.Module, func: Callable, z_init: Any, *args: Any, **kwargs: Any):
-            return session.handle(func, z_init)
+            return session.handle(deq, func, z_init)
 
         return intercept
 
@@ -160,11 +162,12 @@ class _Session:
         if states is not None:
             self.states = states
 
-    def handle(self, func: Callable, z_init: Any):
+    def handle(self, deq: nn.Module, func: Callable, z_init: Any):
         index = self.calls
         self.calls += 1
         if self.mode == "probe":
             record = _CallRecord(z_init, index)
+            record.deq = deq
             self.records.append(record)
             state = record.init
         else:
@@ -331,6 +334,12 @@ def _optimize_input(
             constraint=constraint,
             **options,
         )
+        # the JIIO core's implicit backward starts from the joint adjoint of its own call
+        for record, mu in zip(session.records, session.split(as_tuple(solution.mu))):
+            if hasattr(record.deq, "adjoint_warm_start"):
+                record.deq.adjoint_warm_start = torch.cat(
+                    [t.reshape(batch, -1) for t in mu], dim=1
+                ).detach()
         # the model's output at the solution (attached to θ when a gradient mode was asked)
         if grad_mode is not None:
             torchdeq.norm.reset_norm(inner)
@@ -441,3 +450,179 @@ def trajectory_penalty(
     if "f" not in solution.info:
         raise ValueError("solution: not produced by optimize_input (no DEQ layer recorded)")
     return core_penalty(solution.info["f"], solution, iteration=iteration, n_probes=n_probes)
+
+
+def jiio_solver(
+    func: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    max_iter: int = 50,
+    tol: float = 1e-3,
+    stop_mode: str = "abs",
+    indexing: Sequence[int] | None = None,
+    m: int = 5,
+    lam: float = 1e-4,
+    kind: str = "I",
+    safeguard: float | None = 10.0,
+    **kwargs: Any,
+):
+    """This package's safeguarded per-sample Anderson under torchdeq's solver contract.
+
+    Registered in torchdeq as ``'jiio'`` (``get_deq(f_solver='jiio', b_solver='jiio')``).
+    Each sample stops updating once its residual meets ``tol`` (``stop_mode='abs'``:
+    ``||f(z) - z|| <= tol``; ``'rel'``: relative to ``||z||``); the solve ends when all have.
+
+    Args:
+        func: the fixed-point map on tensors shaped like ``x0``.
+        x0: initial state ``(B, ...)``.
+        max_iter: iteration budget.
+        tol: tolerance.
+        stop_mode: ``'abs'`` or ``'rel'``.
+        indexing: iteration counts at which to return intermediate states.
+        m: Anderson memory.
+        lam: ridge regularisation.
+        kind: ``'I'`` or ``'II'`` Anderson.
+        safeguard: residual-growth factor that rejects an Anderson step (``None``: off).
+        **kwargs: other torchdeq solver options (ignored, as torchdeq's own solvers do).
+
+    Returns:
+        ``(z, states_at_indexing, info)`` with torchdeq's ``SolverStat`` keys
+        (``abs_lowest``, ``rel_lowest``, ``abs_trace``, ``rel_trace``, ``nstep``,
+        ``sradius``) plus ``status`` (per-sample :class:`~jiio_ext.solution.Status`).
+
+    Example:
+        >>> import torch
+        >>> z, _, info = jiio_solver(lambda z: 0.5 * z + 1.0, torch.zeros(3, 2), tol=1e-8)
+        >>> torch.allclose(z, torch.full((3, 2), 2.0)), info["nstep"].tolist()
+        (True, [4.0, 4.0, 4.0])
+    """
+    from torchdeq.solver.stat import SolverStat
+
+    if stop_mode not in ("abs", "rel"):
+        raise ValueError(f"stop_mode: expected 'abs' or 'rel', got {stop_mode!r}")
+    batch = x0.shape[0]
+    flat0 = x0.reshape(batch, -1)
+    dim = flat0.shape[1]
+
+    def step(s: torch.Tensor, index: torch.Tensor, k: int):
+        mapped = func(s.view_as(x0)).reshape(batch, -1)
+        return mapped, {"fnorm": torch.linalg.vector_norm(mapped, dim=1)}
+
+    wanted = sorted({int(i) for i in (indexing or [])})
+    with torch.no_grad():  # torchdeq's solvers run without a graph
+        result = fixed_point(
+            step,
+            flat0,
+            solver=Anderson(memory=m, kind=kind, ridge=lam, safeguard=safeguard),
+            max_iter=max_iter,
+            rtol=tol if stop_mode == "rel" else 0.0,
+            atol=tol / dim**0.5 if stop_mode == "abs" else 0.0,
+            subset=False,
+            snapshot_at=[i - 1 for i in wanted if 0 < i <= max_iter],
+        )
+    abs_trace = result.traces["residual_b0"] * dim**0.5  # (T, B) RMS -> norm
+    abs_trace = _fill_forward(abs_trace).transpose(0, 1)
+    fnorm = _fill_forward(result.traces["fnorm"]).transpose(0, 1)
+    rel_trace = abs_trace / fnorm.clamp_min(torch.finfo(abs_trace.dtype).tiny)
+    states = [(result.snapshots.get(i - 1, result.state)).view_as(x0) for i in wanted if i > 0]
+    info = SolverStat(
+        abs_lowest=abs_trace.min(dim=1).values,
+        rel_lowest=rel_trace.min(dim=1).values,
+        abs_trace=abs_trace,
+        rel_trace=rel_trace,
+        nstep=result.nstep.to(x0.dtype),
+    )
+    info["status"] = result.status
+    return result.state.view_as(x0), states, info
+
+
+def _fill_forward(trace: torch.Tensor) -> torch.Tensor:
+    """Replace NaN (frozen samples) by the sample's last value, along the time axis."""
+    out = trace.clone()
+    for k in range(1, out.shape[0]):
+        out[k] = torch.where(torch.isnan(out[k]), out[k - 1], out[k])
+    return out
+
+
+def _make_jiio_core():
+    """Build the ``JIIODEQ`` class on top of torchdeq's ``DEQSliced`` (lazily imported)."""
+    core = _torchdeq().core
+    from torchdeq.utils.layer_utils import deq_decorator
+
+    class JIIODEQ(core.DEQSliced):
+        """torchdeq's sliced DEQ core with a warm-started IFT backward and differentiable eval.
+
+        Registered in torchdeq as ``'jiio'`` (``get_deq(core='jiio', ...)``). In ordinary
+        training forwards without ``ift`` it is torchdeq's ``DEQSliced``. With ``ift=True`` its
+        implicit backward starts from the adjoint of the last joint input solve
+        (``optimize_input`` stores it), rescaled to the incoming gradient, instead of from
+        zero. In eval mode with gradients enabled (``differentiable_eval=True``, the default)
+        it returns the fixed point with an implicit backward, so attacks and input gradients
+        work on a model in ``eval()``; torchdeq's own eval returns a fixed point with no graph.
+        """
+
+        def __init__(self, args=None, **kwargs: Any) -> None:
+            super().__init__(args, **kwargs)
+            self.ift = bool(self.args.get("ift", False) or self.args.get("hook_ift", False))
+            self.differentiable_eval = bool(self.args.get("differentiable_eval", True))
+            self.adjoint_warm_start: torch.Tensor | None = None
+
+        def _backward_mode(self, dim: int) -> EnvelopeGrad:
+            absolute = self.b_stop_mode == "abs"
+            return EnvelopeGrad(
+                max_iter=self.b_max_iter,
+                rtol=0.0 if absolute else self.b_tol,
+                atol=self.b_tol / dim**0.5 if absolute else 0.0,
+            )
+
+        def forward(
+            self,
+            func,
+            z_star,
+            solver_kwargs=None,
+            sradius_mode=False,
+            backward_writer=None,
+            **kwargs,
+        ):
+            """Like ``DEQSliced.forward``; see the class docstring for the differences."""
+            want_implicit = torch.is_grad_enabled() and (
+                (self.training and self.ift) or (not self.training and self.differentiable_eval)
+            )
+            if not want_implicit:
+                return super().forward(
+                    func, z_star, solver_kwargs, sradius_mode, backward_writer, **kwargs
+                )
+            solver_kwargs = dict(solver_kwargs or {})
+            deq_func, z_init = deq_decorator(func, z_star, no_stat=self.no_stat)
+            budget = self.f_max_iter if self.training else self.eval_f_max_iter
+            with torch.no_grad():
+                z_fixed, info = self._solve_fixed_point(
+                    deq_func,
+                    z_init,
+                    f_max_iter=solver_kwargs.pop("f_max_iter", budget),
+                    solver_kwargs=solver_kwargs,
+                )
+            z_fixed = deq_func.detach(z_fixed)
+            warm = self.adjoint_warm_start
+            if warm is not None and warm.numel() != z_fixed.numel():
+                warm = None
+            mode = self._backward_mode(z_fixed[0].numel())
+            self.last_backward_mode = mode
+            z_out = mode.attach_fixed_point(deq_func, z_fixed, warm_start=warm)
+            if not self.training:
+                info["sradius"] = (
+                    self._sradius(deq_func, z_fixed) if sradius_mode else (torch.zeros(1))
+                )
+            return [deq_func.vec2list(z_out)], info
+
+    return JIIODEQ
+
+
+def _register() -> type:
+    torchdeq = _torchdeq()
+    jiio_core = _make_jiio_core()
+    torchdeq.core.register_deq("jiio", jiio_core)
+    torchdeq.solver.register_solver("jiio", jiio_solver)
+    return jiio_core
+
+
+JIIODEQ = _register()

@@ -32,10 +32,11 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 
-from jiio_ext.layout import Layout, as_tuple
+from jiio_ext.layout import Layout
 from jiio_ext.solution import JointSolution
 from jiio_ext.solvers import Anderson, DampedIteration, FixedPointResult, fixed_point
 
@@ -118,28 +119,71 @@ class EnvelopeGrad(GradMode):
     def attach(self, aug, solution: JointSolution) -> None:
         """Make ``solution.z`` differentiable (``x`` and ``mu`` stay detached)."""
         layout: Layout = aug.z_layout
-        z_req = tuple(p.detach().requires_grad_() for p in as_tuple(solution.z))
-        z_arg = z_req if layout.is_tuple else z_req[0]
         x_star = solution.x.detach()
-        mu_star = layout.flatten(solution.mu).detach()
+
+        def f_flat(z_flat: torch.Tensor) -> torch.Tensor:
+            return layout.flatten(aug.f(layout.unflatten(z_flat), x_star))
+
+        attached = self.attach_fixed_point(
+            f_flat, layout.flatten(solution.z), warm_start=layout.flatten(solution.mu)
+        )
+        solution.z = layout.unflatten(attached)
+
+    def attach_fixed_point(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        z_star: torch.Tensor,
+        *,
+        warm_start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``fn(z*)`` with a graph to ``fn``'s parameters and an implicit backward.
+
+        The backward solves ``w = (∂fn/∂z)ᵀ w + v`` per sample. A ``warm_start`` adjoint
+        ``μ`` (solving ``μ = Jᵀ μ + a`` for some ``a``) is rescaled per sample to the incoming
+        gradient first, which makes it exact when ``v ∝ a``.
+
+        Args:
+            fn: the layer as a function of the state alone, ``(B, ...) -> (B, ...)``.
+            z_star: the fixed point (detached inside).
+            warm_start: optional adjoint of the same shape.
+
+        Returns:
+            ``fn(z*)``, differentiable with respect to ``fn``'s parameters.
+
+        Example:
+            >>> import torch
+            >>> W = torch.nn.Parameter(torch.tensor([[0.5]]))
+            >>> z = EnvelopeGrad().attach_fixed_point(lambda z: z @ W + 1.0, torch.tensor([[2.0]]))
+            >>> z.sum().backward()  # dz*/dW = z* / (1 - W) = 4
+            >>> round(float(W.grad), 6)
+            4.0
+        """
+        z_req = z_star.detach().requires_grad_()
         with torch.enable_grad():
-            out_flat = layout.flatten(aug.f(z_arg, x_star))
+            out = fn(z_req)
+        shape = out.shape
+        batch = shape[0]
 
         def vjp(w: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
-                parts = torch.autograd.grad(out_flat, z_req, w, retain_graph=True)
-            return layout.flatten(parts if layout.is_tuple else parts[0])
+                (g,) = torch.autograd.grad(out, z_req, w.view(shape), retain_graph=True)
+            return g.reshape(batch, -1)
+
+        mu = None if warm_start is None else warm_start.detach().reshape(batch, -1)
 
         def hook(v: torch.Tensor) -> torch.Tensor:
-            # μ* solves μ = Jᵀμ + a with a = ∂L/∂z; rescale it per sample to the incoming v.
-            a = mu_star - vjp(mu_star)
-            scale = (v * a).sum(1) / (a * a).sum(1).clamp_min(torch.finfo(v.dtype).tiny)
-            return self._solve_adjoint(vjp, v, scale.unsqueeze(1) * mu_star)
+            v_flat = v.reshape(batch, -1)
+            start = v_flat
+            if mu is not None and mu.shape == v_flat.shape:
+                a = mu - vjp(mu)
+                scale = (v_flat * a).sum(1) / (a * a).sum(1).clamp_min(torch.finfo(v.dtype).tiny)
+                start = scale.unsqueeze(1) * mu
+            return self._solve_adjoint(vjp, v_flat, start).view(shape)
 
-        attached = out_flat.view_as(out_flat)
+        attached = out.view_as(out)
         if attached.requires_grad:
             attached.register_hook(hook)
-        solution.z = layout.unflatten(attached)
+        return attached
 
 
 class ImplicitGrad(GradMode):
