@@ -618,7 +618,11 @@ def _make_jiio_core():
 
 
 def _register() -> type:
+    """Register ``'jiio'`` with torchdeq once (a second import of this file keeps the first)."""
     torchdeq = _torchdeq()
+    existing = torchdeq.core._core.get("jiio")
+    if existing is not None and existing.__name__ == "JIIODEQ":
+        return existing
     jiio_core = _make_jiio_core()
     torchdeq.core.register_deq("jiio", jiio_core)
     torchdeq.solver.register_solver("jiio", jiio_solver)
