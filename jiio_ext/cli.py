@@ -119,7 +119,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         },
         "tasks": {},
     }
-    for name in ("latent", "overhead"):
+    for name in sorted(TASKS):
         print(f"== {name} ==", flush=True)
         report = run_task(name, device=args.device, quick=args.quick)
         record["tasks"][name] = report

@@ -36,7 +36,7 @@ def test_demo_writes_record(tmp_path, capsys):
     records = list(tmp_path.glob("*/record.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
-    assert set(record["tasks"]) == {"latent", "overhead"}
+    assert set(record["tasks"]) == {"latent", "overhead", "torchdeq"}
     assert "torch" in record["machine"]
     assert "record written to" in capsys.readouterr().out
 
@@ -51,3 +51,11 @@ def test_unknown_task_and_bad_device():
         main(["bench", "latent", "--device", "not-a-device"])
     with pytest.raises(ValueError, match="task"):
         run_task("nope")
+
+
+def test_bench_torchdeq_schema():
+    pytest.importorskip("torchdeq")
+    report = run_task("torchdeq", quick=True)
+    assert SIDE_KEYS <= set(report["baseline"]) and SIDE_KEYS <= set(report["jiio"])
+    assert report["task"] == "torchdeq" and report["speedup_time"] > 0
+    json.dumps(report, allow_nan=False)

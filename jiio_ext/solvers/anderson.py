@@ -149,8 +149,10 @@ class Anderson:
 
     Args:
         memory: history length ``m``.
-        kind: ``"II"`` solves ``(ΔGᵀΔG + λ) γ = ΔGᵀ g`` (least squares on residuals, as
-            torchdeq); ``"I"`` solves ``(ΔSᵀΔG + λ) γ = ΔSᵀ g`` (the reference code's choice).
+        kind: ``"II"`` (default) solves ``(ΔGᵀΔG + λ) γ = ΔGᵀ g`` (least squares on
+            residuals, as torchdeq): monotone and robust on every benchmark model. ``"I"``
+            solves ``(ΔSᵀΔG + λ) γ = ΔSᵀ g`` (the reference code's choice): 2× fewer
+            iterations on the latent benchmark, but it stagnated on the torchdeq one.
         ridge: ridge ``λ`` relative to the mean diagonal of the Gram matrix.
         mixing: Anderson mixing ``β`` (1 keeps the map's own damping).
         safeguard: a step whose weighted residual norm exceeds ``safeguard`` times that of the
@@ -167,7 +169,7 @@ class Anderson:
     def __init__(
         self,
         memory: int = 5,
-        kind: str = "I",
+        kind: str = "II",
         ridge: float = 1e-4,
         mixing: float = 1.0,
         safeguard: float | None = 10.0,
