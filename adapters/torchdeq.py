@@ -301,7 +301,17 @@ def _optimize_input(
                 "x0: the input does not reach the DEQ (f(z, x) does not depend on it); "
                 "choose the argument with input_arg="
             )
-        start = z0 if z0 is not None else [t for r in session.records for t in r.init]
+        probed = [t for r in session.records for t in r.init]
+        start = (
+            probed
+            if z0 is None
+            else list(as_tuple(z0 if isinstance(z0, torch.Tensor) else tuple(z0)))
+        )
+        if [tuple(t.shape) for t in start] != [tuple(t.shape) for t in probed]:
+            raise ValueError(
+                f"z0: expected tensors of shapes {[tuple(t.shape) for t in probed]} (the states "
+                f"of the model's DEQ calls, in call order), got {[tuple(t.shape) for t in start]}"
+            )
         full: dict[str, Any] = {}
 
         def f(z: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -316,9 +326,17 @@ def _optimize_input(
                 full["output_all"] = _tree_map(lambda t: t.detach(), output)
                 full["x_all"] = x.detach()
                 return _checked(objective(output, x), batch)
-            merged = _tree_map(
-                lambda whole, part: whole.index_copy(0, rows, part), full["output_all"], output
-            )
+
+            def merge(whole: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+                per_sample = (
+                    whole.dim() >= 1
+                    and whole.shape[0] == batch
+                    and part.dim() >= 1
+                    and part.shape[0] == rows.numel()
+                )
+                return whole.index_copy(0, rows, part) if per_sample else part
+
+            merged = _tree_map(merge, full["output_all"], output)
             x_all = full["x_all"].index_copy(0, rows, x)
             loss = _checked(objective(merged, x_all), batch).index_select(0, rows)
             full["output_all"] = _tree_map(lambda t: t.detach(), merged)
@@ -469,7 +487,9 @@ def jiio_solver(
 
     Registered in torchdeq as ``'jiio'`` (``get_deq(f_solver='jiio', b_solver='jiio')``).
     Each sample stops updating once its residual meets ``tol`` (``stop_mode='abs'``:
-    ``||f(z) - z|| <= tol``; ``'rel'``: relative to ``||z||``); the solve ends when all have.
+    ``||f(z) - z|| <= tol``; ``'rel'``: relative to ``||z||``, while ``rel_trace`` reports it
+    relative to ``||f(z)||`` as torchdeq does); the solve ends when all have. A sample that
+    runs out of budget returns its lowest-residual iterate, as torchdeq's solvers do.
 
     Args:
         func: the fixed-point map on tensors shaped like ``x0``.
@@ -517,13 +537,15 @@ def jiio_solver(
             rtol=tol if stop_mode == "rel" else 0.0,
             atol=tol / dim**0.5 if stop_mode == "abs" else 0.0,
             subset=False,
-            snapshot_at=[i - 1 for i in wanted if 0 < i <= max_iter],
+            snapshot_at=[i for i in wanted if 0 < i < max_iter],
+            # like torchdeq's solvers, a sample out of budget returns its lowest residual
+            score=lambda res, state_rms, aux: res[:, 0],
         )
     abs_trace = result.traces["residual_b0"] * dim**0.5  # (T, B) RMS -> norm
     abs_trace = _fill_forward(abs_trace).transpose(0, 1)
     fnorm = _fill_forward(result.traces["fnorm"]).transpose(0, 1)
     rel_trace = abs_trace / fnorm.clamp_min(torch.finfo(abs_trace.dtype).tiny)
-    states = [(result.snapshots.get(i - 1, result.state)).view_as(x0) for i in wanted if i > 0]
+    states = [(result.snapshots.get(i, result.state)).view_as(x0) for i in wanted if i > 0]
     info = SolverStat(
         abs_lowest=abs_trace.min(dim=1).values,
         rel_lowest=rel_trace.min(dim=1).values,
@@ -552,7 +574,8 @@ def _make_jiio_core():
         """torchdeq's sliced DEQ core with a warm-started IFT backward and differentiable eval.
 
         Registered in torchdeq as ``'jiio'`` (``get_deq(core='jiio', ...)``). In ordinary
-        training forwards without ``ift`` it is torchdeq's ``DEQSliced``. With ``ift=True`` its
+        training forwards without ``ift``, or with several states (``n_states`` /
+        ``indexing``), it is torchdeq's ``DEQSliced``. With ``ift=True`` its
         implicit backward starts from the adjoint of the last joint input solve
         (``optimize_input`` stores it), rescaled to the incoming gradient, instead of from
         zero. In eval mode with gradients enabled (``differentiable_eval=True``, the default)
@@ -562,7 +585,12 @@ def _make_jiio_core():
 
         def __init__(self, args=None, **kwargs: Any) -> None:
             super().__init__(args, **kwargs)
-            self.ift = bool(self.args.get("ift", False) or self.args.get("hook_ift", False))
+            self.ift = bool(
+                kwargs.get("ift", False)
+                or kwargs.get("hook_ift", False)
+                or self.args.get("ift", False)
+                or self.args.get("hook_ift", False)
+            )
             self.differentiable_eval = bool(self.args.get("differentiable_eval", True))
             self.adjoint_warm_start: torch.Tensor | None = None
 
@@ -584,8 +612,11 @@ def _make_jiio_core():
             **kwargs,
         ):
             """Like ``DEQSliced.forward``; see the class docstring for the differences."""
+            # several states (n_states / indexing) keep torchdeq's own segmented gradients
+            single_state = len(self.indexing) == 1
             want_implicit = torch.is_grad_enabled() and (
-                (self.training and self.ift) or (not self.training and self.differentiable_eval)
+                (self.training and self.ift and single_state)
+                or (not self.training and self.differentiable_eval)
             )
             if not want_implicit:
                 return super().forward(

@@ -304,14 +304,28 @@ class Intersection(Constraint):
             return _per_sample_norm(point(t) - center).view(-1) <= radius.flatten()
 
         ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        low, high = torch.zeros_like(ones), ones
-        full_step_ok = inside(ones)
-        for _ in range(self.bisection_steps):
-            mid = 0.5 * (low + high)
-            ok = inside(mid)
-            low = torch.where(ok, mid, low)
-            high = torch.where(ok, high, mid)
-        return point(torch.where(full_step_ok, ones, low))
+        with torch.no_grad():
+            low, high = torch.zeros_like(ones), ones.clone()
+            full_step_ok = inside(ones)
+            for _ in range(self.bisection_steps):
+                mid = 0.5 * (low + high)
+                ok = inside(mid)
+                low = torch.where(ok, mid, low)
+                high = torch.where(ok, high, mid)
+            t = torch.where(full_step_ok, ones, low)
+            # coordinates the box leaves free at the solution
+            free = (point(t) - (center + t.view(shape) * offset)).abs() <= 0
+        if not torch.is_grad_enabled() or not (x.requires_grad or offset.requires_grad):
+            return point(t)
+        # Differentiable t where the ball is active (the bisection is not): on the sphere,
+        # t² ||offset_free||² + ||p_clamped - c_clamped||² = r², with clamped p constant.
+        clamped_gap = ((point(t) - center) * (~free)).flatten(1).pow(2).sum(1).detach()
+        free_norm = (offset * free).flatten(1).pow(2).sum(1)
+        radius_sq = (radius * radius).flatten() if isinstance(radius, torch.Tensor) else radius**2
+        active = ~full_step_ok & (free_norm.detach() > 0)
+        safe = torch.where(active, free_norm, torch.ones_like(free_norm))
+        t_exact = ((radius_sq - clamped_gap).clamp_min(0) / safe).sqrt()
+        return point(torch.where(active, t_exact, t))
 
     def _tensors(self) -> list[torch.Tensor]:
         return [t for part in self.parts for t in part._tensors()]

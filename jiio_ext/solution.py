@@ -58,7 +58,9 @@ class JointSolution:
         z: fixed point of the DEQ at ``x`` (tensor or tuple, like ``z0``).
         x: optimised input, always inside the constraint set.
         mu: adjoint state ``μ = (∂f/∂z)ᵀ μ + ∂L/∂z`` (same structure as ``z``).
-        objective: per-sample objective at the solution ``(B,)``.
+        objective: per-sample objective at each sample's last evaluated iterate ``(B,)`` (the
+            returned ``z``, ``x`` are one map application further; equal within tolerance
+            for converged samples).
         status: per-sample :class:`Status` codes ``(B,)`` (int64).
         nstep: per-sample number of iterations (joint) or outer steps (nested) ``(B,)``.
         residuals: per-block residuals ``{"z", "x", "mu"}`` each ``(B,)``: RMS of

@@ -138,7 +138,8 @@ def solve_joint(
         atol: absolute tolerance per block (RMS units).
         subset: evaluate only still-active samples (frozen ones cost nothing).
         check_every: test convergence every this many iterations.
-        divergence: residual growth factor that marks a sample as diverged.
+        divergence: a sample whose residual exceeds ``divergence × max(initial residual,
+            1)`` (in the balanced metric) is marked diverged.
         callback: ``callback(k, info)`` after every iteration.
         progress: ``True`` for a tqdm bar with live residual and objective, or a bar.
         trajectory: iterations at which to keep ``(z, x)`` for trajectory regularisation.

@@ -437,3 +437,65 @@ def test_jiio_core_backward_warm_starts_from_joint_adjoint():
     loss.backward()
     cold_steps = int(model.deq.last_backward_mode.last_backward.nstep.max())
     assert warm_steps <= 3 < cold_steps
+
+
+def test_outputs_with_scalar_parts_survive_frozen_samples():
+    class WithJacLoss(nn.Module):  # torchdeq models often return (output, jac_loss)
+        def __init__(self):
+            super().__init__()
+            self.inner = TinyDEQ()
+
+        def forward(self, x):
+            out = self.inner(x)
+            return out, out.pow(2).mean()
+
+    model = input_optimizable(WithJacLoss())
+    target = _target()
+    x0 = torch.zeros(4, 3, dtype=D)
+    first = model.optimize_input(x0, lambda o, x: _objective(target)(o[0], x), **TIGHT)
+    x0[0] = first.x[0]  # sample 0 starts at its optimum and freezes first
+    z0 = [torch.zeros_like(t) for t in first.z]
+    mu0 = tuple(torch.zeros_like(t) for t in first.mu)
+    for start, solved in ((z0, first.z), (mu0, first.mu)):
+        for part, value in zip(start, solved):
+            part[0] = value[0]
+    sol = model.optimize_input(
+        x0, lambda o, x: _objective(target)(o[0], x), z0=z0, mu0=mu0, **TIGHT
+    )
+    assert sol.success and int(sol.nstep[0]) < int(sol.nstep[1:].min())
+    torch.testing.assert_close(sol.x, first.x, atol=1e-8, rtol=0)
+
+
+def test_jiio_solver_indexing_counts_evaluations_like_torchdeq():
+    from torchdeq.solver import get_solver
+
+    func = lambda z: 0.5 * z + 1.0  # noqa: E731
+    x0 = torch.zeros(2, 3, dtype=D)
+    _, states, _ = get_solver("jiio")(func, x0, max_iter=30, tol=1e-12, indexing=[1, 2])
+    _, ref, _ = get_solver("fixed_point_iter")(func, x0, max_iter=30, tol=1e-12, indexing=[1])
+    torch.testing.assert_close(states[0], func(x0))  # after one evaluation, as torchdeq
+    torch.testing.assert_close(states[0], ref[0])
+    assert not torch.equal(states[1], states[0])
+
+
+def test_jiio_core_keeps_several_states_and_reads_ift_keyword():
+    from jiio_ext.adapters.torchdeq import JIIODEQ
+
+    assert JIIODEQ(ift=True).ift and get_deq(core="jiio", ift=True).ift
+    model = TinyDEQ()
+    model.deq = get_deq(core="jiio", n_states=2, f_max_iter=40, ift=True)
+    x = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(16))
+    u = model.inject(x)
+    z_out, _ = model.deq(lambda z: model.layer(z, u), torch.zeros_like(u))
+    assert len(z_out) == 2
+
+
+def test_z0_must_match_the_probed_states():
+    model = input_optimizable(TinyDEQ())
+    objective = _objective(_target())
+    sol = model.optimize_input(
+        torch.zeros(4, 3, dtype=D), objective, z0=torch.zeros(4, 5, dtype=D), max_iter=5
+    )
+    assert sol.z[0].shape == (4, 5)
+    with pytest.raises(ValueError, match="z0"):
+        model.optimize_input(torch.zeros(4, 3, dtype=D), objective, z0=torch.zeros(4, 6, dtype=D))

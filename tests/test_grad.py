@@ -7,6 +7,7 @@ import torch
 from problems import DTYPE, make_problem
 
 from jiio_ext import (
+    Box,
     EnvelopeGrad,
     ImplicitGrad,
     L2Ball,
@@ -59,7 +60,11 @@ def test_envelope_gradient_of_optimal_value_matches_fd(constraint):
         )
 
 
-@pytest.mark.parametrize("constraint", [None, L2Ball(radius=0.2)], ids=["free", "l2"])
+@pytest.mark.parametrize(
+    "constraint",
+    [None, L2Ball(radius=0.2), L2Ball(radius=0.2) & Box(-0.13, 0.13)],
+    ids=["free", "l2", "l2&box"],
+)
 def test_implicit_gradient_of_a_different_outer_loss_matches_fd(constraint):
     p = make_problem(seed=21)
     params = _params(p)

@@ -197,7 +197,9 @@ def fixed_point(
         subset: call ``map_fn`` on the active samples only (frozen ones cost nothing); with
             ``False`` it sees the whole batch every time and frozen rows are held fixed.
         check_every: test convergence every this many iterations (each test syncs the host).
-        divergence: a sample whose weighted residual grows by this factor is ``DIVERGED``.
+        divergence: a sample whose weighted residual exceeds ``divergence × max(initial
+            residual, 1)`` is ``DIVERGED`` (the floor keeps round-off growth from a near-exact
+            warm start from counting as divergence).
         balance: weight blocks by ``1/sqrt(size)`` in Anderson's metric, so each block counts
             by its per-element RMS rather than by its number of elements.
         callback: called as ``callback(k, info)`` after every evaluation, with the active
