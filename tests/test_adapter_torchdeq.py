@@ -41,7 +41,8 @@ class TinyDEQ(nn.Module):
             weight.mul_(0.6 / torch.linalg.matrix_norm(weight, 2))  # a contractive cell
         self.drop = VariationalDropout(0.2) if dropout else None
         if norm:
-            apply_norm(self, norm_type="weight_norm", filter_out=["head", "side", "inject"])
+            norm_type = norm if isinstance(norm, str) else "weight_norm"
+            apply_norm(self, norm_type=norm_type, filter_out=["head", "side", "inject"])
         self.deq = get_deq(
             core=core,
             f_solver="anderson",
@@ -139,10 +140,10 @@ def test_optimize_input_matches_nested_oracle(core, state):
     assert sol.info["deq_calls"] == 1
 
 
-@pytest.mark.parametrize("variant", ["norm", "dropout", "two-calls", "eval"])
+@pytest.mark.parametrize("variant", ["norm", "spectral", "dropout", "two-calls", "eval"])
 def test_model_variants(variant):
     kwargs = {
-        "norm": variant == "norm",
+        "norm": {"norm": "weight_norm", "spectral": "spectral_norm"}.get(variant, False),
         "dropout": variant == "dropout",
         "calls": 2 if variant == "two-calls" else 1,
     }

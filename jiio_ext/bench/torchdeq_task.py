@@ -140,7 +140,8 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
 
     batch, steps = (8, 20) if quick else (32, 80)
     torch.manual_seed(0)
-    model = MultiScaleDecoder().to(device=device, dtype=dtype)
+    channels = 16 if quick else 64  # 64: a typical DEQ width (docs/results.md: 16, 32, 64)
+    model = MultiScaleDecoder(channels=channels).to(device=device, dtype=dtype)
     model.requires_grad_(False)
     latents = torch.randn(batch, 16, device=device, dtype=dtype)
     targets = torch.empty(0)
@@ -222,6 +223,7 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "batch": batch,
+        "channels": channels,
         "baseline": _side(
             f"Adam lr={lr}, {steps} steps through model(x): torchdeq anderson forward "
             "(warm-started, tol 1e-3) + IFT backward (f_evals: forward only)",
