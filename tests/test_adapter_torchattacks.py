@@ -1,0 +1,171 @@
+"""JIIOPGD / JIIOPGDL2 on a real torchdeq classifier, against torchattacks' own PGD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+torchattacks = pytest.importorskip("torchattacks")
+pytest.importorskip("torchdeq")
+from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2  # noqa: E402
+from torchdeq import get_deq, reset_deq  # noqa: E402
+
+
+class DEQClassifier(nn.Module):
+    """A small convolutional torchdeq classifier for 1×8×8 images (10 classes)."""
+
+    def __init__(self, seed: int = 0, core: str = "jiio"):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.cell = nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.head = nn.Linear(8 * 8 * 8, 10)
+        with torch.no_grad():
+            self.cell.weight.mul_(0.6 / torch.linalg.matrix_norm(self.cell.weight.flatten(1), 2))
+        # the 'jiio' core keeps eval mode differentiable, so stock torchattacks work on it
+        self.deq = get_deq(
+            core=core,
+            f_solver="anderson",
+            f_max_iter=40,
+            f_tol=1e-5,
+            ift=True,
+            b_solver="anderson",
+            b_max_iter=40,
+            b_tol=1e-5,
+        )
+
+    def forward(self, x):
+        reset_deq(self)
+        u = self.norm(self.stem(x))
+        z = self.deq(lambda z: torch.relu(self.cell(z) + u), torch.zeros_like(u))[0][-1]
+        return self.head(z.flatten(1))
+
+
+def _data(batch=16, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, 8, 8, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+
+
+def _trained_model():
+    """A model trained briefly on a fixed random batch (so clean accuracy is high)."""
+    model = DEQClassifier()
+    images, labels = _data(32, seed=2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        opt.step()
+    return model.eval(), images, labels
+
+
+@pytest.mark.parametrize("cls,norm", [(JIIOPGD, "linf"), (JIIOPGDL2, "l2")])
+def test_outputs_in_threat_model(cls, norm):
+    model = DEQClassifier().eval()
+    images, labels = _data()
+    eps = 0.1 if norm == "linf" else 0.5
+    adv = cls(model, eps=eps, alpha=eps / 4, steps=3)(images, labels)
+    assert adv.shape == images.shape and adv.dtype == images.dtype and not adv.requires_grad
+    assert adv.min() >= 0 and adv.max() <= 1
+    delta = (adv - images).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert bool((size <= eps + 1e-6).all())
+    assert size.max() > 0.5 * eps  # it moved
+
+
+@pytest.mark.parametrize("cls,stock", [(JIIOPGD, "PGD"), (JIIOPGDL2, "PGDL2")])
+def test_at_least_as_strong_as_stock_pgd(cls, stock):
+    model, images, labels = _trained_model()
+    eps = 0.1 if cls is JIIOPGD else 0.5
+    with torch.no_grad():
+        clean = (model(images).argmax(1) == labels).float().mean()
+    assert clean > 0.9
+    ours = cls(model, eps=eps, alpha=eps / 4, steps=10, random_start=False)(images, labels)
+    theirs = getattr(torchattacks, stock)(
+        model, eps=eps, alpha=eps / 4, steps=10, random_start=False
+    )(images, labels)
+    with torch.no_grad():
+        loss_ours = F.cross_entropy(model(ours), labels)
+        loss_theirs = F.cross_entropy(model(theirs), labels)
+        acc_ours = (model(ours).argmax(1) == labels).float().mean()
+        acc_theirs = (model(theirs).argmax(1) == labels).float().mean()
+    assert loss_ours >= 0.9 * loss_theirs
+    assert acc_ours <= acc_theirs + 1 / 32 + 1e-6
+
+
+def test_targeted_mode_hits_targets():
+    model, images, labels = _trained_model()
+    atk = JIIOPGD(model, eps=0.3, alpha=0.05, steps=10)
+    atk.set_mode_targeted_by_function(lambda x, y: (y + 1) % 10)
+    adv = atk(images, labels)
+    target = (labels + 1) % 10
+    with torch.no_grad():
+        hit_adv = (model(adv).argmax(1) == target).float().mean()
+        hit_clean = (model(images).argmax(1) == target).float().mean()
+    assert hit_adv > hit_clean
+
+
+def test_normalisation_round_trip_mode_and_grads_untouched():
+    model = DEQClassifier().train()
+    mean, std = [0.5], [0.25]
+    images, labels = _data()
+    normalized = (images - 0.5) / 0.25
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.123)
+    atk = JIIOPGD(model, eps=0.1, alpha=0.02, steps=2)
+    atk.set_normalization_used(mean, std)
+    adv = atk(normalized, labels)
+    raw = adv * 0.25 + 0.5  # back to [0, 1]
+    assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
+    assert bool(((raw - images).abs() <= 0.1 + 1e-5).all())
+    assert model.training  # mode restored
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.123)) for p in model.parameters())
+
+
+def test_madry_loop_runs_with_attack_swapped_in_and_composes():
+    model = DEQClassifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    images, labels = _data()
+    for attack_cls in (torchattacks.PGD, JIIOPGD):  # the same loop, only the class swapped
+        atk = attack_cls(model, eps=0.1, alpha=0.02, steps=2)
+        model.train()
+        adv = atk(images, labels)
+        loss = F.cross_entropy(model(adv), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    multi = torchattacks.MultiAttack(
+        [
+            JIIOPGD(model, eps=0.1, alpha=0.02, steps=2),
+            torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=2),
+        ]
+    )
+    assert multi(images.clone(), labels).shape == images.shape
+
+
+def test_save_writes_adversarial_set(tmp_path):
+    model = DEQClassifier().eval()
+    images, labels = _data(8)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, labels), batch_size=4
+    )
+    path = tmp_path / "adv.pt"
+    JIIOPGD(model, eps=0.1, alpha=0.02, steps=2).save(loader, save_path=str(path), verbose=False)
+    assert path.exists()
+
+
+def test_bad_arguments():
+    model = DEQClassifier()
+    images, labels = _data()
+    for kwargs, name in (({"eps": 0}, "eps"), ({"alpha": -1.0}, "alpha"), ({"steps": 0}, "steps")):
+        with pytest.raises(ValueError, match=name):
+            JIIOPGD(model, **kwargs)
+    atk = JIIOPGD(model, eps=0.1, alpha=0.02, steps=1)
+    with pytest.raises(ValueError, match="images"):
+        atk(images * 3 - 1, labels)
+    with pytest.raises(ValueError, match="labels"):
+        atk(images, labels[:3])
+    with pytest.raises(TypeError, match="torchattacks.PGD"):
+        JIIOPGD(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
