@@ -10,38 +10,8 @@ from torch.nn import functional as F
 torchattacks = pytest.importorskip("torchattacks")
 pytest.importorskip("torchdeq")
 from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2  # noqa: E402
-from torchdeq import get_deq, reset_deq  # noqa: E402
 
-
-class DEQClassifier(nn.Module):
-    """A small convolutional torchdeq classifier for 1×8×8 images (10 classes)."""
-
-    def __init__(self, seed: int = 0, core: str = "jiio"):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.stem = nn.Conv2d(1, 8, 3, padding=1)
-        self.cell = nn.Conv2d(8, 8, 3, padding=1)
-        self.norm = nn.GroupNorm(2, 8)
-        self.head = nn.Linear(8 * 8 * 8, 10)
-        with torch.no_grad():
-            self.cell.weight.mul_(0.6 / torch.linalg.matrix_norm(self.cell.weight.flatten(1), 2))
-        # the 'jiio' core keeps eval mode differentiable, so stock torchattacks work on it
-        self.deq = get_deq(
-            core=core,
-            f_solver="anderson",
-            f_max_iter=40,
-            f_tol=1e-5,
-            ift=True,
-            b_solver="anderson",
-            b_max_iter=40,
-            b_tol=1e-5,
-        )
-
-    def forward(self, x):
-        reset_deq(self)
-        u = self.norm(self.stem(x))
-        z = self.deq(lambda z: torch.relu(self.cell(z) + u), torch.zeros_like(u))[0][-1]
-        return self.head(z.flatten(1))
+from jiio_ext.bench.adversarial import DEQClassifier  # noqa: E402
 
 
 def _data(batch=16, seed=1):

@@ -36,7 +36,7 @@ def test_demo_writes_record(tmp_path, capsys):
     records = list(tmp_path.glob("*/record.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
-    assert set(record["tasks"]) == {"latent", "overhead", "torchdeq"}
+    assert set(record["tasks"]) == {"adversarial", "latent", "overhead", "torchdeq"}
     assert "torch" in record["machine"]
     assert "record written to" in capsys.readouterr().out
 
@@ -58,4 +58,13 @@ def test_bench_torchdeq_schema():
     report = run_task("torchdeq", quick=True)
     assert SIDE_KEYS <= set(report["baseline"]) and SIDE_KEYS <= set(report["jiio"])
     assert report["task"] == "torchdeq" and report["speedup_time"] > 0
+    json.dumps(report, allow_nan=False)
+
+
+def test_bench_adversarial_schema():
+    pytest.importorskip("torchattacks")
+    report = run_task("adversarial", quick=True)
+    assert SIDE_KEYS <= set(report["baseline"]) and SIDE_KEYS <= set(report["jiio"])
+    assert 0 <= report["jiio"]["objective"] <= 1 and 0 <= report["l2"]["jiio"]["objective"] <= 1
+    assert report["clean_accuracy"] > 0.5
     json.dumps(report, allow_nan=False)

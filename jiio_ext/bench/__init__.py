@@ -3,7 +3,7 @@
 Example:
     >>> from jiio_ext.bench import TASKS
     >>> sorted(TASKS)
-    ['latent', 'overhead', 'torchdeq']
+    ['adversarial', 'latent', 'overhead', 'torchdeq']
 """
 
 from jiio_ext.bench.tasks import TASKS, run_task

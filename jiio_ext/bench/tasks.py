@@ -353,7 +353,14 @@ def _bench_torchdeq(device: torch.device, **options) -> dict:
     return bench_torchdeq(device, **options)
 
 
+def _bench_adversarial(device: torch.device, **options) -> dict:
+    from jiio_ext.bench.adversarial import bench_adversarial
+
+    return bench_adversarial(device, **options)
+
+
 TASKS: dict[str, Callable[..., dict]] = {
+    "adversarial": _bench_adversarial,
     "latent": bench_latent,
     "overhead": bench_overhead,
     "torchdeq": _bench_torchdeq,
