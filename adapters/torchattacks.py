@@ -58,7 +58,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "jiio_ext.adapters.torchattacks needs torchattacks: pip install 'jiio-ext[attacks]'"
     ) from err
 
-__all__ = ["JIIOPGD", "JIIOPGDL2"]
+__all__ = ["JIIOPGD", "JIIOPGDL2", "adversarial_logits"]
 
 
 class _AttackedModel(nn.Module):
@@ -161,7 +161,9 @@ class _JIIOAttack(Attack):
         }
         solution = self._view.optimize_input(start, objective, constraint=threat, **options)
         self.last_solution = solution
-        return threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
+        adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
+        self._last_problem = (objective, threat, adversarial)
+        return adversarial
 
 
 class JIIOPGD(_JIIOAttack):
@@ -237,3 +239,55 @@ class JIIOPGDL2(_JIIOAttack):
             iterations_per_step,
             **solve_options,
         )
+
+
+def adversarial_logits(
+    attack: _JIIOAttack, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attack a batch and return the model's logits at the adversarial images for training.
+
+    The logits come from the attack's own joint solution, settled at ``x_adv`` by a few
+    warm-started iterations (no second cold solve), with the envelope gradient: the training
+    loss back-propagates through one application of the DEQ layer at ``(z*, x_adv)`` with an
+    implicit backward warm-started from the attack's adjoint. By Danskin's theorem this is the gradient of the
+    adversarial (max over the threat model) loss when the training loss is the attack's
+    cross-entropy.
+
+    Args:
+        attack: a :class:`JIIOPGD` or :class:`JIIOPGDL2`.
+        images: clean images in ``[0, 1]``.
+        labels: labels ``(B,)``.
+
+    Returns:
+        ``(adversarial_images, logits)``; ``logits`` carry the parameter gradient.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext.bench.adversarial import DEQClassifier
+        >>> model = DEQClassifier()
+        >>> atk = JIIOPGD(model, eps=0.1, alpha=0.03, steps=2)
+        >>> adv, logits = adversarial_logits(atk, torch.rand(4, 1, 8, 8), torch.arange(4))
+        >>> torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
+        >>> model.cell.weight.grad is not None
+        True
+    """
+    if not isinstance(attack, _JIIOAttack):
+        raise TypeError(f"attack: expected JIIOPGD or JIIOPGDL2, got {type(attack).__name__}")
+    adversarial = attack(images, labels)
+    objective, threat, raw_adversarial = attack._last_problem
+    # The attack moves x every iteration, so its final DEQ state lags x by about one step.
+    # Settle z and the adjoint at the fixed x_adv, warm-started from the attack's own state
+    # (a negligible raw step keeps x in place), and attach the envelope gradient there.
+    settled = attack._view.optimize_input(
+        raw_adversarial,
+        objective,
+        constraint=threat,
+        warm_start=attack.last_solution,
+        step_rule="raw",
+        step_size=1e-12,
+        max_iter=100,
+        rtol=1e-4,
+        atol=1e-6,
+        grad="envelope",
+    )
+    return adversarial, settled.output

@@ -25,25 +25,39 @@ __all__ = ["DEQClassifier", "bench_adversarial", "load_digits"]
 
 
 class DEQClassifier(nn.Module):
-    """A convolutional torchdeq classifier for ``1×8×8`` images (10 classes).
+    """A convolutional torchdeq classifier (10 classes) for small images.
+
+    Images larger than 16 pixels are downsampled ×2 by the stem (MNIST 28 → 14, CIFAR-10
+    32 → 16); the DEQ cell is a contractive conv with a GroupNorm-ed injection.
 
     Args:
         channels: feature channels of the DEQ state.
         core: torchdeq core; ``'jiio'`` keeps eval mode differentiable for stock attacks.
         seed: initialisation seed.
+        in_channels: image channels.
+        image_size: image height (= width).
     """
 
-    def __init__(self, channels: int = 8, core: str = "jiio", seed: int = 0) -> None:
+    def __init__(
+        self,
+        channels: int = 8,
+        core: str = "jiio",
+        seed: int = 0,
+        in_channels: int = 1,
+        image_size: int = 8,
+    ) -> None:
         super().__init__()
         from torchdeq import get_deq
 
         import jiio_ext.adapters.torchdeq  # noqa: F401  (registers the 'jiio' core)
 
         torch.manual_seed(seed)
-        self.stem = nn.Conv2d(1, channels, 3, padding=1)
+        stride = 2 if image_size > 16 else 1
+        side = (image_size + stride - 1) // stride
+        self.stem = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1)
         self.cell = nn.Conv2d(channels, channels, 3, padding=1)
         self.norm = nn.GroupNorm(2, channels)
-        self.head = nn.Linear(channels * 64, 10)
+        self.head = nn.Linear(channels * side * side, 10)
         with torch.no_grad():
             self.cell.weight.mul_(0.6 / torch.linalg.matrix_norm(self.cell.weight.flatten(1), 2))
         self.deq = get_deq(
@@ -58,7 +72,7 @@ class DEQClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 1, 8, 8)`` in ``[0, 1]`` → logits ``(B, 10)``."""
+        """Images ``(B, C, H, W)`` in ``[0, 1]`` → logits ``(B, 10)``."""
         from torchdeq import reset_deq
 
         reset_deq(self)
