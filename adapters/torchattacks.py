@@ -249,9 +249,9 @@ def adversarial_logits(
     The logits come from the attack's own joint solution, settled at ``x_adv`` by a few
     warm-started iterations (no second cold solve), with the envelope gradient: the training
     loss back-propagates through one application of the DEQ layer at ``(z*, x_adv)`` with an
-    implicit backward warm-started from the attack's adjoint. By Danskin's theorem this is the gradient of the
-    adversarial (max over the threat model) loss when the training loss is the attack's
-    cross-entropy.
+    implicit backward warm-started from the attack's adjoint. By Danskin's theorem this is
+    the gradient of the adversarial (max over the threat model) loss when the training loss
+    is the attack's cross-entropy.
 
     Args:
         attack: a :class:`JIIOPGD` or :class:`JIIOPGDL2`.
