@@ -1,4 +1,4 @@
-"""The ``jiio`` command: ``jiio demo`` and ``jiio bench TASK``.
+"""The ``jiio`` command: ``jiio demo``, ``jiio bench TASK`` and ``jiio train TASK``.
 
 Example:
     >>> from jiio_ext.cli import build_parser
@@ -79,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small batch and budget")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
 
+    train = sub.add_parser("train", help="train a model with JIIO or its baseline in the loop")
+    train_sub = train.add_subparsers(dest="task", required=True)
+    adv = train_sub.add_parser("adversarial", help="Madry adversarial training of a DEQ")
+    adv.add_argument("--method", choices=("jiio", "pgd"), default="jiio")
+    adv.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    adv.add_argument("--eps", type=float, default=None, help="radius (default 0.1 L∞, 1.0 L2)")
+    adv.add_argument("--steps", type=int, default=10, help="attack steps (PGD-equivalent)")
+    adv.add_argument("--epochs", type=int, default=5)
+    adv.add_argument("--batch-size", type=int, default=64)
+    adv.add_argument("--data", choices=("digits", "mnist", "cifar10"), default="digits")
+    adv.add_argument("--data-dir", default=None, help="torchvision data folder (mnist/cifar10)")
+    adv.add_argument("--out", default=None, help="run folder (default jiio-runs/<time>-adv)")
+    adv.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    adv.add_argument("--device", default="cpu")
+    adv.add_argument("--no-robust-eval", action="store_true", help="skip the final evaluation")
+
     demo = sub.add_parser("demo", help="run every available task on the default data")
     demo.add_argument("--device", default="cpu", help="torch device")
     demo.add_argument("--quick", action="store_true", help="small batch and budget")
@@ -130,6 +146,39 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from jiio_ext.tasks.adversarial import train_adversarial
+
+    out = args.out or str(Path("jiio-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-adversarial")
+    try:
+        log = train_adversarial(
+            method=args.method,
+            norm=args.norm,
+            eps=args.eps,
+            steps=args.steps,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            data=args.data,
+            data_dir=args.data_dir,
+            out=out,
+            resume=args.resume,
+            device=args.device,
+            robust_eval=not args.no_robust_eval,
+        )
+    except ValueError as err:
+        raise SystemExit(f"jiio train adversarial: {err}") from None
+    for entry in log["epochs"]:
+        print(
+            f"epoch {entry['epoch']}: {entry['epoch_time_s']:.2f} s, loss "
+            f"{entry['train_loss']:.3f}, clean {entry['clean_accuracy']:.3f}, robust "
+            f"{entry['robust_accuracy']:.3f}"
+        )
+    if "robustness" in log:
+        print("robust accuracy:", json.dumps(log["robustness"]))
+    print(f"run folder: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jiio`` console script.
 
@@ -143,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_device(args.device)
     if args.command == "bench":
         return _run_bench(args)
+    if args.command == "train":
+        return _run_train(args)
     return _run_demo(args)
 
 
