@@ -285,8 +285,8 @@ def adversarial_logits(
         warm_start=attack.last_solution,
         step_rule="raw",
         step_size=1e-12,
-        max_iter=100,
-        rtol=1e-4,
+        max_iter=50,
+        rtol=1e-3,
         atol=1e-6,
         grad="envelope",
     )

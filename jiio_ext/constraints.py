@@ -249,12 +249,12 @@ class Intersection(Constraint):
     their (non-empty) intersection exactly. For an L2 ball of
     centre ``c`` and radius ``r`` with a box, the KKT conditions give the projection of ``y`` as
     ``clamp(c + t (y - c))`` for the largest ``t`` in ``[0, 1]`` whose point lies in the ball;
-    ``t`` is found per sample by bisection on the feasible side, so the answer is always inside
-    both sets. This needs the centre to lie in the box (true for an attack around a valid image).
+    ``t`` is found per sample exactly by sorting the coordinates' breakpoints (the squared
+    distance is piecewise quadratic in ``t``), differentiably in ``y``. This needs the centre to
+    lie in the box (true for an attack around a valid image).
 
     Args:
         parts: the sets to intersect.
-        bisection_steps: bisection steps for an L2 ball with a box (precision ``2**-steps``).
 
     Example:
         >>> import torch
@@ -266,7 +266,7 @@ class Intersection(Constraint):
         True
     """
 
-    def __init__(self, parts: Sequence[Constraint], bisection_steps: int = 60) -> None:
+    def __init__(self, parts: Sequence[Constraint]) -> None:
         flat: list[Constraint] = []
         for part in parts:
             flat.extend(part.parts if isinstance(part, Intersection) else [part])
@@ -278,7 +278,6 @@ class Intersection(Constraint):
                 "Intersection: at most one L2Ball is supported (boxes and L∞ balls merge exactly)"
             )
         self.parts = flat
-        self.bisection_steps = bisection_steps
         self._ball = balls[0] if balls else None
         self._boxes = [p for p in flat if p is not self._ball]
 
@@ -300,32 +299,48 @@ class Intersection(Constraint):
         def point(t: torch.Tensor) -> torch.Tensor:
             return self._box_project(center + t.view(shape) * offset, index)
 
-        def inside(t: torch.Tensor) -> torch.Tensor:
-            return _per_sample_norm(point(t) - center).view(-1) <= radius.flatten()
-
-        ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        with torch.no_grad():
-            low, high = torch.zeros_like(ones), ones.clone()
-            full_step_ok = inside(ones)
-            for _ in range(self.bisection_steps):
-                mid = 0.5 * (low + high)
-                ok = inside(mid)
-                low = torch.where(ok, mid, low)
-                high = torch.where(ok, high, mid)
-            t = torch.where(full_step_ok, ones, low)
-            # coordinates the box leaves free at the solution
-            free = (point(t) - (center + t.view(shape) * offset)).abs() <= 0
-        if not torch.is_grad_enabled() or not (x.requires_grad or offset.requires_grad):
-            return point(t)
-        # Differentiable t where the ball is active (the bisection is not): on the sphere,
-        # t² ||offset_free||² + ||p_clamped - c_clamped||² = r², with clamped p constant.
-        clamped_gap = ((point(t) - center) * (~free)).flatten(1).pow(2).sum(1).detach()
-        free_norm = (offset * free).flatten(1).pow(2).sum(1)
-        radius_sq = (radius * radius).flatten() if isinstance(radius, torch.Tensor) else radius**2
-        active = ~full_step_ok & (free_norm.detach() > 0)
-        safe = torch.where(active, free_norm, torch.ones_like(free_norm))
-        t_exact = ((radius_sq - clamped_gap).clamp_min(0) / safe).sqrt()
-        return point(torch.where(active, t_exact, t))
+        # ||clamp(c + t·o) - c||² is piecewise quadratic in t: a coordinate moves as t·o_i
+        # until it hits its bound at t_i, then stays. Sorting the t_i gives each piece as
+        # B_k + t² A_k; the answer is the root r² on the piece that contains it (exact, and
+        # differentiable in x through A_k).
+        lo = self._box_project(torch.full_like(x, -math.inf), index).flatten(1)
+        hi = self._box_project(torch.full_like(x, math.inf), index).flatten(1)
+        o = offset.flatten(1)
+        c = center.expand_as(x).flatten(1)
+        r2 = (radius * radius).reshape(-1, 1) if isinstance(radius, torch.Tensor) else radius**2
+        bound = torch.where(o > 0, hi, lo)
+        saturates = (o != 0) & torch.isfinite(bound)
+        bound = torch.where(saturates, bound, c)  # finite everywhere: no inf in any graph
+        gap = (bound - c) ** 2  # a saturated coordinate's contribution
+        with torch.no_grad():  # locate the piece that holds the root
+            safe_o = torch.where(saturates, o, torch.ones_like(o))
+            hit = torch.where(saturates, ((bound - c) / safe_o).clamp_min(0), math.inf)
+            hit_sorted, order = torch.sort(hit, dim=1)
+            o2 = (o * o).gather(1, order)
+            zero = o2.new_zeros(o2.shape[0], 1)
+            a_k = o2.sum(1, keepdim=True) - torch.cat([zero, o2.cumsum(1)], dim=1)
+            b_k = torch.cat([zero, gap.gather(1, order).cumsum(1)], dim=1)
+            lower = torch.cat([zero, hit_sorted], dim=1)
+            upper = torch.cat([hit_sorted, torch.full_like(zero, math.inf)], dim=1)
+            positive = a_k > 0
+            root = ((r2 - b_k).clamp_min(0) / torch.where(positive, a_k, 1.0)).sqrt()
+            valid = positive & (b_k <= r2) & (root >= lower) & (root <= upper)
+            found = valid.any(dim=1)
+            first = valid.long().argmax(dim=1, keepdim=True)
+            full_step = _per_sample_norm(point(torch.ones_like(found, dtype=x.dtype)) - center)
+            full_ok = full_step.view(-1) <= torch.as_tensor(r2).flatten().sqrt()
+        # the same root with a graph: coordinates saturated before the piece are the first
+        # `first` in sort order; the others move with t
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(o.shape[1], device=o.device).expand_as(o))
+        saturated = rank < first
+        free_norm = (o * o * ~saturated).sum(1)
+        fixed = (gap * saturated).sum(1)
+        r2_flat = torch.as_tensor(r2, dtype=x.dtype, device=x.device).flatten()
+        numerator = r2_flat - fixed
+        ok = found & ~full_ok & (free_norm.detach() > 0) & (numerator.detach() > 0)
+        t_graph = (torch.where(ok, numerator, 1.0) / torch.where(ok, free_norm, 1.0)).sqrt()
+        t = torch.where(ok, t_graph, torch.where(full_ok, 1.0, 0.0).to(x.dtype))
+        return point(t.clamp(max=1.0))
 
     def _tensors(self) -> list[torch.Tensor]:
         return [t for part in self.parts for t in part._tensors()]

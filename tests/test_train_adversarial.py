@@ -104,3 +104,14 @@ def test_cli_errors(tmp_path):
     assert err.value.code == 2
     with pytest.raises(ValueError, match="method"):
         train_adversarial(method="fgsm", out=str(tmp_path))
+
+
+@pytest.mark.parametrize("method", ["jiio", "pgd"])
+def test_jacobian_regularisation_changes_the_update(tmp_path, method):
+    plain = train_adversarial(
+        method=method, epochs=1, out=str(tmp_path / "a"), robust_eval=False, **QUICK
+    )
+    regular = train_adversarial(
+        method=method, epochs=1, out=str(tmp_path / "b"), robust_eval=False, jac_reg=5.0, **QUICK
+    )
+    assert regular["epochs"][0]["train_loss"] != plain["epochs"][0]["train_loss"]

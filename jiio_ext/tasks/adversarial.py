@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from jiio_ext.regularize import random_trajectory_iteration
+
 __all__ = ["evaluate_robustness", "load_dataset", "train_adversarial"]
 
 THREATS = {"linf": 0.1, "l2": 1.0}
@@ -136,6 +138,19 @@ def evaluate_robustness(
     return results
 
 
+def _jacobian_term(model, attack, method: str, inputs: torch.Tensor) -> torch.Tensor:
+    """Mean Hutchinson penalty of the DEQ layer (see ``train_adversarial``'s ``jac_reg``)."""
+    from jiio_ext.adapters.torchdeq import input_optimizable, trajectory_penalty
+
+    if method == "jiio":
+        return trajectory_penalty(attack.last_solution).mean()
+    # PGD-AT: at the DEQ's fixed point for the current batch (one cheap probe solve)
+    probe = input_optimizable(model).optimize_input(
+        inputs, lambda out, x: out.sum(1) * 0.0, step_size=1e-12, max_iter=60, rtol=1e-4
+    )
+    return trajectory_penalty(probe).mean()
+
+
 def _plots(folder: Path, log: dict, clean: torch.Tensor, adversarial: torch.Tensor) -> None:
     import matplotlib
 
@@ -190,12 +205,16 @@ def train_adversarial(
     seed: int = 0,
     progress: bool = True,
     robust_eval: bool = True,
+    jac_reg: float = 0.0,
 ) -> dict[str, Any]:
     """Madry adversarial training with JIIOPGD (``method='jiio'``) or PGD (``'pgd'``).
 
     Returns the run log (also written to ``out/log.json``): per epoch the training loss, the
     epoch's wall time, clean and PGD-``eval_steps`` robust test accuracy; and, with
-    ``robust_eval``, the final :func:`evaluate_robustness` table.
+    ``robust_eval``, the final :func:`evaluate_robustness` table. ``jac_reg > 0`` adds the
+    Hutchinson Jacobian penalty of the DEQ layer with that weight: for ``'jiio'`` at a random
+    point of the attack's joint trajectory (iteration 15 onwards), for ``'pgd'`` at the fixed
+    point of the training forward.
 
     Example:
         >>> import tempfile
@@ -261,12 +280,18 @@ def train_adversarial(
             images, labels = train_x[batch], train_y[batch]
             model.train()
             if method == "jiio":
+                if jac_reg > 0:
+                    budget = attack.iterations_per_step * attack.steps
+                    attack.solve_options["trajectory"] = [random_trajectory_iteration(budget)]
                 _, logits = adversarial_logits(attack, images, labels)
             else:
                 adv = attack(images, labels)
                 model.train()
                 logits = model(adv)
             loss = F.cross_entropy(logits, labels)
+            if jac_reg > 0:
+                inputs = images if method == "jiio" else adv
+                loss = loss + jac_reg * _jacobian_term(model, attack, method, inputs)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
