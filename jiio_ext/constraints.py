@@ -331,7 +331,9 @@ class Intersection(Constraint):
             full_ok = full_step.view(-1) <= torch.as_tensor(r2).flatten().sqrt()
         # the same root with a graph: coordinates saturated before the piece are the first
         # `first` in sort order; the others move with t
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(o.shape[1], device=o.device).expand_as(o))
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(o.shape[1], device=o.device).expand_as(o)
+        )
         saturated = rank < first
         free_norm = (o * o * ~saturated).sum(1)
         fixed = (gap * saturated).sum(1)
