@@ -115,3 +115,28 @@ def test_jacobian_regularisation_changes_the_update(tmp_path, method):
         method=method, epochs=1, out=str(tmp_path / "b"), robust_eval=False, jac_reg=5.0, **QUICK
     )
     assert regular["epochs"][0]["train_loss"] != plain["epochs"][0]["train_loss"]
+
+
+def test_cifar10_loader_reads_real_format_batches(tmp_path, monkeypatch):
+    import pickle
+
+    datasets = pytest.importorskip("torchvision.datasets")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for name, count in [(f"data_batch_{i}", 3) for i in range(1, 6)] + [("test_batch", 4)]:
+        batch = {
+            "data": torch.randint(0, 256, (count, 3072), generator=gen, dtype=torch.uint8).numpy(),
+            "labels": torch.randint(0, 10, (count,), generator=gen).tolist(),
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": [str(i) for i in range(10)]})
+    )
+    # the files are in CIFAR-10's real pickle format; only torchvision's md5 check of the
+    # official archive is bypassed
+    monkeypatch.setattr(datasets.CIFAR10, "_check_integrity", lambda self: True)
+    train_x, train_y, test_x, test_y = load_dataset("cifar10", str(tmp_path), torch.device("cpu"))
+    assert train_x.shape == (15, 3, 32, 32) and test_x.shape == (4, 3, 32, 32)
+    assert 0 <= float(train_x.min()) and float(train_x.max()) <= 1
+    assert train_y.shape == (15,) and test_y.dtype == torch.long
