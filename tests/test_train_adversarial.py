@@ -142,3 +142,15 @@ def test_cifar10_loader_reads_real_format_batches(tmp_path, monkeypatch):
     assert train_x.shape == (15, 3, 32, 32) and test_x.shape == (4, 3, 32, 32)
     assert 0 <= float(train_x.min()) and float(train_x.max()) <= 1
     assert train_y.shape == (15,) and test_y.dtype == torch.long
+
+
+def test_example_script_runs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "attack_digits.py"
+    spec = importlib.util.spec_from_file_location("attack_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--epochs", "1", "--train-size", "64"])
+    assert set(result) == {"clean", "pgd20", "jiio_pgd20"}
