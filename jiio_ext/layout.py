@@ -16,12 +16,11 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Layout", "State", "as_tuple", "split_blocks"]
+__all__ = ["Layout", "State", "as_tuple"]
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -85,8 +84,3 @@ class Layout:
             piece.reshape(flat.shape[0], *shape) for piece, shape in zip(pieces, self.shapes)
         )
         return parts if self.is_tuple else parts[0]
-
-
-def split_blocks(flat: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """Split ``(B, n)`` into column blocks of the given sizes."""
-    return torch.split(flat, list(sizes), dim=1)
