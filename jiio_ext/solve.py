@@ -464,7 +464,6 @@ def solve_nested(
     )
     z_flat = layout.flatten(_detach(z0)).clone()
     mu = _zeros_like_state(z0) if mu0 is None else _detach(mu0)
-    f_evals = vjps = 0
     traces: dict[str, list[torch.Tensor]] = {"objective": []}
     bar = _progress_bar(progress, steps, "nested")
     started = time.perf_counter()
@@ -476,35 +475,42 @@ def solve_nested(
         check_f_output(z_out, layout, rows_x.shape[0])
         return layout.flatten(z_out), {}
 
+    counts = {"f_evals": 0, "vjps": 0}
+
+    def inner_solves(z_start: torch.Tensor, x_now: torch.Tensor, mu_start: State):
+        """Forward and adjoint fixed points at ``x_now``, warm-started; counts the work."""
+        nonlocal x_data
+        x_data = x_now
+        with torch.no_grad():
+            z_new, calls, status = _inner_solve(
+                engine,
+                forward_map,
+                z_start,
+                max_iter=inner_max_iter,
+                rtol=inner_rtol,
+                atol=inner_atol,
+                subset=True,
+            )
+        mu_new, g_x, loss, fe, vj = _adjoint_and_input_grad(
+            f,
+            objective,
+            layout.unflatten(z_new),
+            x_now,
+            mu_start,
+            targets,
+            engine,
+            inner_max_iter,
+            inner_rtol,
+            inner_atol,
+            layout,
+        )
+        counts["f_evals"] += calls + fe
+        counts["vjps"] += vj
+        return z_new, status, mu_new, g_x, loss
+
     try:
         for step in range(steps):
-            x_data = x.detach()
-            with torch.no_grad():
-                z_flat, calls, fwd_status = _inner_solve(
-                    engine,
-                    forward_map,
-                    z_flat,
-                    max_iter=inner_max_iter,
-                    rtol=inner_rtol,
-                    atol=inner_atol,
-                    subset=True,
-                )
-            f_evals += calls
-            mu, g_x, loss, fe, vj = _adjoint_and_input_grad(
-                f,
-                objective,
-                layout.unflatten(z_flat),
-                x_data,
-                mu,
-                targets,
-                engine,
-                inner_max_iter,
-                inner_rtol,
-                inner_atol,
-                layout,
-            )
-            f_evals += fe
-            vjps += vj
+            z_flat, _, mu, g_x, loss = inner_solves(z_flat, x.detach(), mu)
             traces["objective"].append(loss)
             for group in opt.param_groups:
                 group["lr"] = schedule(step, steps)
@@ -523,34 +529,9 @@ def solve_nested(
 
     # Final report: one more forward solve at the final x and the three residuals.
     x_final = x.detach().clone()
-    x_data = x_final
-    with torch.no_grad():
-        z_flat, calls, fwd_status = _inner_solve(
-            engine,
-            forward_map,
-            z_flat,
-            max_iter=inner_max_iter,
-            rtol=inner_rtol,
-            atol=inner_atol,
-            subset=True,
-        )
-    f_evals += calls
+    z_flat, fwd_status, mu, _, _ = inner_solves(z_flat, x_final, mu)
     z_final = layout.unflatten(z_flat)
-    mu, _, _, fe, vj = _adjoint_and_input_grad(
-        f,
-        objective,
-        z_final,
-        x_final,
-        mu,
-        targets,
-        engine,
-        inner_max_iter,
-        inner_rtol,
-        inner_atol,
-        layout,
-    )
-    f_evals += fe
-    vjps += vj
+    f_evals, vjps = counts["f_evals"], counts["vjps"]
     aug = AugmentedMap(
         f,
         objective,

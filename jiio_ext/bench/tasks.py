@@ -32,7 +32,7 @@ from jiio_ext.schedules import StepSwitch
 from jiio_ext.solve import solve_joint, solve_nested
 from jiio_ext.solvers import Anderson, fixed_point
 
-__all__ = ["TASKS", "LatentProblem", "make_latent_problem", "run_task"]
+__all__ = ["TASKS", "LatentProblem", "first_reaching", "make_latent_problem", "run_task"]
 
 
 class PeakMemory:
@@ -168,24 +168,34 @@ def _side(name: str, time_s: float, f_evals: int, objective: float | None, mem: 
     }
 
 
-def _first_reaching(
-    problem: LatentProblem, snapshots: list[torch.Tensor], target: float, stride: int = 5
+def first_reaching(
+    measure: Callable[[torch.Tensor], float],
+    snapshots: list[torch.Tensor],
+    target: float,
+    stride: int = 5,
 ) -> int | None:
     """First iteration whose iterate's true objective is ``<= target`` (untimed).
 
     The joint trajectory is not monotone, so this scans every ``stride``-th iterate and then
-    looks back inside the stride for the first one that reaches the target.
+    looks back inside the stride for the first one that reaches the target. ``measure`` maps
+    an iterate's input to its true objective.
+
+    Example:
+        >>> import torch
+        >>> xs = [torch.tensor(v) for v in (5.0, 4.0, 2.0, 3.0, 1.0)]
+        >>> first_reaching(float, xs, target=2.5, stride=2)
+        2
     """
     for k in range(0, len(snapshots), stride):
-        if problem.true_objective(snapshots[k]) <= target:
+        if measure(snapshots[k]) <= target:
             first = k
             for j in range(k - 1, max(k - stride, -1), -1):
-                if problem.true_objective(snapshots[j]) > target:
+                if measure(snapshots[j]) > target:
                     break
                 first = j
             return first
     last = len(snapshots) - 1
-    return last if problem.true_objective(snapshots[last]) <= target else None
+    return last if measure(snapshots[last]) <= target else None
 
 
 def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
@@ -257,7 +267,7 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
         )
         _sync(device)
         jiio_total = time.perf_counter() - start
-    reach = _first_reaching(problem, snapshots, base_objective)
+    reach = first_reaching(problem.true_objective, snapshots, base_objective)
     reach_time = stamps[reach] if reach is not None else jiio_total
     jiio_objective = problem.true_objective(joint.x)
     reached_objective = (

@@ -136,7 +136,7 @@ def _true_objective(model: MultiScaleDecoder, x: torch.Tensor, objective) -> flo
 def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
     """JIIO through the adapter vs Adam through a torchdeq model, at equal objective."""
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.bench.tasks import PeakMemory, _side, _sync
+    from jiio_ext.bench.tasks import PeakMemory, _side, _sync, first_reaching
 
     batch, steps = (8, 20) if quick else (32, 80)
     torch.manual_seed(0)
@@ -205,15 +205,9 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
         )
         _sync(device)
         jiio_total = time.perf_counter() - begin
-    reach = None
-    for k in range(0, len(snapshots), 5):
-        if _true_objective(model, snapshots[k], objective) <= base_objective:
-            reach = k
-            while reach > 0 and _true_objective(model, snapshots[reach - 1], objective) <= (
-                base_objective
-            ):
-                reach -= 1
-            break
+    reach = first_reaching(
+        lambda x: _true_objective(model, x, objective), snapshots, base_objective
+    )
     reach_time = stamps[reach] if reach is not None else jiio_total
     reached_objective = _true_objective(
         model, snapshots[reach] if reach is not None else solution.x, objective
