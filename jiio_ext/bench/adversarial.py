@@ -50,6 +50,7 @@ class DEQClassifier(nn.Module):
         from torchdeq import get_deq
 
         import jiio_ext.adapters.torchdeq  # noqa: F401  (registers the 'jiio' core)
+        from jiio_ext.bench.models import scale_spectral_norm_
 
         torch.manual_seed(seed)
         stride = 2 if image_size > 16 else 1
@@ -58,8 +59,7 @@ class DEQClassifier(nn.Module):
         self.cell = nn.Conv2d(channels, channels, 3, padding=1)
         self.norm = nn.GroupNorm(2, channels)
         self.head = nn.Linear(channels * side * side, 10)
-        with torch.no_grad():
-            self.cell.weight.mul_(0.6 / torch.linalg.matrix_norm(self.cell.weight.flatten(1), 2))
+        scale_spectral_norm_(self.cell.weight, 0.6)
         self.deq = get_deq(
             core=core,
             f_solver="anderson",

@@ -18,7 +18,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ConvDEQDecoder"]
+__all__ = ["ConvDEQDecoder", "scale_spectral_norm_"]
+
+
+def scale_spectral_norm_(weight: torch.Tensor, value: float) -> torch.Tensor:
+    """Rescale a (conv or linear) weight in place so its flattened spectral norm is ``value``.
+
+    Example:
+        >>> import torch
+        >>> w = scale_spectral_norm_(torch.randn(4, 3), 0.5)
+        >>> round(float(torch.linalg.matrix_norm(w, 2)), 4)
+        0.5
+    """
+    with torch.no_grad():
+        return weight.mul_(value / torch.linalg.matrix_norm(weight.flatten(1), 2))
 
 
 class ConvDEQDecoder(nn.Module):
@@ -56,10 +69,7 @@ class ConvDEQDecoder(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.norm = nn.GroupNorm(groups, channels)
         self.head = nn.Conv2d(channels, out_channels, 3, padding=1)
-        with torch.no_grad():
-            weight = self.conv.weight
-            sigma = torch.linalg.matrix_norm(weight.flatten(1), 2)
-            weight.mul_(contraction / sigma)
+        scale_spectral_norm_(self.conv.weight, contraction)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         """Zero state for a batch of latents."""

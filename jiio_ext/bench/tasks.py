@@ -32,7 +32,14 @@ from jiio_ext.schedules import StepSwitch
 from jiio_ext.solve import solve_joint, solve_nested
 from jiio_ext.solvers import Anderson, fixed_point
 
-__all__ = ["TASKS", "LatentProblem", "first_reaching", "make_latent_problem", "run_task"]
+__all__ = [
+    "TASKS",
+    "IterateRecorder",
+    "LatentProblem",
+    "first_reaching",
+    "make_latent_problem",
+    "run_task",
+]
 
 
 class PeakMemory:
@@ -168,6 +175,44 @@ def _side(name: str, time_s: float, f_evals: int, objective: float | None, mem: 
     }
 
 
+class IterateRecorder:
+    """Joint-solve callback keeping the wall time and the full batch's x at every iteration.
+
+    The flat joint state is ``[z; x; μ]`` with ``z`` and ``μ`` of equal size, so the x-block
+    is located from ``x0``'s size alone. Call :meth:`start` right before the timed solve.
+
+    Example:
+        >>> import torch
+        >>> rec = IterateRecorder(torch.zeros(2, 3), torch.device("cpu"))
+        >>> rec.start()
+        >>> rec(0, {"index": torch.arange(2), "state": torch.ones(2, 3 + 2 * 4)})
+        >>> rec.snapshots[0].shape, len(rec.stamps)
+        (torch.Size([2, 3]), 1)
+    """
+
+    def __init__(self, x0: torch.Tensor, device: torch.device) -> None:
+        self.device = device
+        self.n_x = x0[0].numel()
+        self.latest = x0.detach().flatten(1).clone()
+        self.shape = x0.shape
+        self.stamps: list[float] = []
+        self.snapshots: list[torch.Tensor] = []
+        self.began = time.perf_counter()
+
+    def start(self) -> None:
+        """Reset the clock."""
+        self.began = time.perf_counter()
+
+    def __call__(self, k: int, info: dict) -> None:
+        """Record iteration ``k`` (the engine's callback signature)."""
+        _sync(self.device)
+        self.stamps.append(time.perf_counter() - self.began)
+        state = info["state"]
+        n_z = (state.shape[1] - self.n_x) // 2
+        self.latest.index_copy_(0, info["index"], state[:, n_z : n_z + self.n_x])
+        self.snapshots.append(self.latest.clone().view(self.shape))
+
+
 def first_reaching(
     measure: Callable[[torch.Tensor], float],
     snapshots: list[torch.Tensor],
@@ -238,21 +283,11 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
     base_time, base_objective = baseline["time_s"], baseline["objective"]
 
     max_iter = 100 if quick else 200
-    stamps: list[float] = []
-    latents = problem.x0.clone()
-    snapshots: list[torch.Tensor] = []
-    n_x = problem.x0[0].numel()
-    n_z = problem.z0()[0].numel()
-
-    def record(k: int, info: dict) -> None:
-        _sync(device)
-        stamps.append(time.perf_counter() - start)
-        latents.index_copy_(0, info["index"], info["state"][:, n_z : n_z + n_x])
-        snapshots.append(latents.clone())
-
+    record = IterateRecorder(problem.x0, device)
     _sync(device)
     with PeakMemory(device) as mem_jiio:
         start = time.perf_counter()
+        record.start()
         joint = solve_joint(
             problem.decoder.f,
             problem.objective,
@@ -267,11 +302,11 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
         )
         _sync(device)
         jiio_total = time.perf_counter() - start
-    reach = first_reaching(problem.true_objective, snapshots, base_objective)
-    reach_time = stamps[reach] if reach is not None else jiio_total
+    reach = first_reaching(problem.true_objective, record.snapshots, base_objective)
+    reach_time = record.stamps[reach] if reach is not None else jiio_total
     jiio_objective = problem.true_objective(joint.x)
     reached_objective = (
-        problem.true_objective(snapshots[reach]) if reach is not None else jiio_objective
+        problem.true_objective(record.snapshots[reach]) if reach is not None else jiio_objective
     )
     evals_to_reach = (reach + 1) if reach is not None else joint.f_evals
     return {

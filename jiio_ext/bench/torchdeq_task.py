@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from jiio_ext.bench.models import scale_spectral_norm_
+
 __all__ = ["MultiScaleDecoder", "bench_torchdeq"]
 
 
@@ -63,14 +65,13 @@ class MultiScaleDecoder(nn.Module):
         self.norm_fine = nn.GroupNorm(4, channels)
         self.norm_coarse = nn.GroupNorm(4, channels)
         self.head = nn.Conv2d(channels, 1, 3, padding=1)
-        with torch.no_grad():
-            for conv, gain in (
-                (self.conv_fine, 0.5),
-                (self.conv_coarse, 0.5),
-                (self.fuse_down, 0.25),
-                (self.fuse_up, 0.25),
-            ):
-                conv.weight.mul_(gain / torch.linalg.matrix_norm(conv.weight.flatten(1), 2))
+        for conv, gain in (
+            (self.conv_fine, 0.5),
+            (self.conv_coarse, 0.5),
+            (self.fuse_down, 0.25),
+            (self.fuse_up, 0.25),
+        ):
+            scale_spectral_norm_(conv.weight, gain)
         torchdeq.norm.apply_norm(
             self, norm_type="weight_norm", filter_out=["inject", "head", "norm_fine", "norm_coarse"]
         )
@@ -136,7 +137,7 @@ def _true_objective(model: MultiScaleDecoder, x: torch.Tensor, objective) -> flo
 def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
     """JIIO through the adapter vs Adam through a torchdeq model, at equal objective."""
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.bench.tasks import PeakMemory, _side, _sync, first_reaching
+    from jiio_ext.bench.tasks import IterateRecorder, PeakMemory, _side, _sync, first_reaching
 
     batch, steps = (8, 20) if quick else (32, 80)
     torch.manual_seed(0)
@@ -178,22 +179,12 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
     base_objective = _true_objective(model, x.detach(), objective)
 
     decorated = input_optimizable(model)
-    stamps: list[float] = []
-    snapshots: list[torch.Tensor] = []
-    n_x = x0[0].numel()
-    latest = x0.clone()
-
-    def record(k: int, info: dict) -> None:
-        _sync(device)
-        stamps.append(time.perf_counter() - begin)
-        n_z = (info["state"].shape[1] - n_x) // 2  # the flat state is [z; x; μ]
-        latest.index_copy_(0, info["index"], info["state"][:, n_z : n_z + n_x])
-        snapshots.append(latest.clone())
-
+    record = IterateRecorder(x0, device)
     max_iter = 60 if quick else 300
     _sync(device)
     with PeakMemory(device) as mem_jiio:
         begin = time.perf_counter()
+        record.start()
         solution = decorated.optimize_input(
             x0,
             objective,
@@ -206,11 +197,11 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
         _sync(device)
         jiio_total = time.perf_counter() - begin
     reach = first_reaching(
-        lambda x: _true_objective(model, x, objective), snapshots, base_objective
+        lambda x: _true_objective(model, x, objective), record.snapshots, base_objective
     )
-    reach_time = stamps[reach] if reach is not None else jiio_total
+    reach_time = record.stamps[reach] if reach is not None else jiio_total
     reached_objective = _true_objective(
-        model, snapshots[reach] if reach is not None else solution.x, objective
+        model, record.snapshots[reach] if reach is not None else solution.x, objective
     )
     return {
         "task": "torchdeq",
