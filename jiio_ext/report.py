@@ -63,17 +63,17 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .error { background: #fdecea; border-left: 4px solid #c62828; padding: 8px 12px;
          white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.9em; }
 .note { color: #666; font-size: 0.88em; }
-.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr));
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr));
            gap: 16px; }
 figure { margin: 0; border: 1px solid #e6e8eb; padding: 8px; }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { font-size: 0.9em; color: #555; text-align: center; margin-top: 4px; }
 a { color: #1a56a8; text-decoration: none; }
-ul.machine { list-style: none; padding: 0; margin: 0.6em 0; display: flex; flex-wrap: wrap;
+ul.chips { list-style: none; padding: 0; margin: 0.6em 0; display: flex; flex-wrap: wrap;
              gap: 6px; font-size: 0.86em; }
-ul.machine li { background: #f4f5f7; border: 1px solid #e1e4e8; border-radius: 4px;
+ul.chips li { background: #f4f5f7; border: 1px solid #e1e4e8; border-radius: 4px;
                 padding: 1px 8px; }
-ul.machine b { color: #555; font-weight: 600; }
+ul.chips b { color: #555; font-weight: 600; }
 """
 
 
@@ -240,7 +240,8 @@ def summary_table(record: dict, name_width: int = 34) -> str:
         name_width: baseline names longer than this are cut with an ellipsis.
 
     Returns:
-        The table, followed by one line per failed task and the total time.
+        The table, followed by one line per failed task and the total time; ``"no tasks ran"``
+        for a record without tasks.
 
     Example:
         >>> side = {"name": "Adam", "time_s": 2.0, "objective": 0.512}
@@ -254,10 +255,12 @@ def summary_table(record: dict, name_width: int = 34) -> str:
         torchdeq failed: ImportError: torchdeq
     """
     rows = _summary_rows(record)
+    if not rows:
+        return "no tasks ran"
     for row in rows:
         if len(row["baseline"]) > name_width:
             row["baseline"] = row["baseline"][: name_width - 1] + "…"
-    columns = list(rows[0]) if rows else ["task"]
+    columns = list(rows[0])
     widths = {col: max([len(col)] + [len(row[col]) for row in rows]) for col in columns}
     left = ("task", "baseline")
 
@@ -291,7 +294,7 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _cell(value: object, key: str) -> str:
-    css = ' class="num"' if _is_number(value) else ""
+    css = ' class="num"' if value is None or _is_number(value) else ""
     return f"<td{css}>{html.escape(_fmt(value, key.rsplit('.', 1)[-1]))}</td>"
 
 
@@ -319,6 +322,16 @@ def _sides_table(columns: list[tuple[str, dict]]) -> str:
     return f'<table class="sides"><tr><th></th>{head}</tr>{rows}</table>'
 
 
+def _chips(mapping: dict) -> str:
+    """Short ``name value`` facts in one wrapped row (machine, task settings)."""
+    items = "".join(
+        f"<li><b>{html.escape(_label(key))}</b> "
+        f"{html.escape(_fmt(value, key.rsplit('.', 1)[-1]))}</li>"
+        for key, value in _flatten(mapping).items()
+    )
+    return f'<ul class="chips">{items}</ul>' if items else ""
+
+
 def _report_body(report: dict) -> str:
     """The numbers of one report; nested baseline-vs-JIIO reports get their own subsection."""
     parts = []
@@ -329,8 +342,7 @@ def _report_body(report: dict) -> str:
         for key, value in report.items()
         if key not in _NOT_SCALARS and not isinstance(value, dict | list | tuple)
     }
-    if scalars:
-        parts.append(_kv_table(scalars))
+    parts.append(_chips(scalars))
     sides = [
         (title, report[key])
         for title, key in (("baseline", "baseline"), ("JIIO", "jiio"))
@@ -376,14 +388,6 @@ def _figures(paths: list[Path]) -> str:
             f"<figcaption>{caption}</figcaption></figure>"
         )
     return f'<div class="figures">{"".join(figures)}</div>' if figures else ""
-
-
-def _machine_html(machine: dict) -> str:
-    items = "".join(
-        f"<li><b>{html.escape(_label(key))}</b> {html.escape(_fmt(value))}</li>"
-        for key, value in _flatten(machine).items()
-    )
-    return f'<ul class="machine">{items}</ul>' if items else ""
 
 
 def _anchor(name: str) -> str:
@@ -446,7 +450,7 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
         f'<p class="meta">jiio-ext {html.escape(_fmt(record.get("version")))} · '
         f"{len(tasks)} tasks · total time "
         f"{html.escape(_fmt(record.get('total_time_s'), 'time_s'))} · written {stamp}</p>",
-        _machine_html(machine),
+        _chips(machine),
         "<h2>Summary</h2>",
         _summary_html(record),
         "<p class=\"note\">time ratio: the baseline's time over JIIO's, as each task measures it "
@@ -455,7 +459,9 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
     ]
     for name, report in tasks.items():
         body.append(f'<section id="{_anchor(name)}"><h2>{html.escape(name)}</h2>')
-        body.append(f'<p class="lead">JIIO: <strong>{html.escape(_ratio(report))}</strong></p>')
+        if "error" not in report:
+            lead = html.escape(_ratio(report))
+            body.append(f'<p class="lead">JIIO: <strong>{lead}</strong></p>')
         body.append(_report_body(report))
         body.append(_figures(images.get(name, [])))
         body.append("</section>")

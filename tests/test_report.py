@@ -1,0 +1,277 @@
+"""The demo's HTML report: self-contained, numbers in the tables, images that render."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from jiio_ext.report import convergence_plot, machine_info, summary_table, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATA_PNG = "data:image/png;base64,"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MAGENTA = (1.0, 0.0, 1.0)
+
+
+def side(name: str, time_s: float, f_evals: int | None, objective: float | None) -> dict:
+    return {
+        "name": name,
+        "time_s": time_s,
+        "f_evals": f_evals,
+        "objective": objective,
+        "peak_mem_mb": 12.5,
+    }
+
+
+def make_record() -> dict:
+    jiio = side("solve_joint, Anderson type I", 2.4241, 41, 0.009773)
+    jiio["full_run"] = {"time_s": 9.6963, "iterations": 100, "objective": 0.00162}
+    adversarial_jiio = side("JIIOPGD steps=5", 0.2, 20, 0.29)
+    del adversarial_jiio["peak_mem_mb"]  # a missing key
+    return {
+        "version": "9.9.9",
+        "machine": machine_info("cpu"),
+        "total_time_s": 123.456,
+        "tasks": {
+            "latent": {
+                "task": "latent",
+                "device": "cpu",
+                "dtype": "float32",
+                "batch": 16,
+                "baseline": side("nested Adam lr=0.1, 30 steps", 22.2771, 235, 0.011121),
+                "other_baselines": [side("nested L-BFGS", 30.5, 300, 0.0125)],
+                "jiio": jiio,
+                "speedup_time": 9.19,
+                "speedup_evals": 5.73,
+            },
+            "adversarial": {
+                "task": "adversarial",
+                "clean_accuracy": 0.953,
+                "baseline": side("torchattacks.PGD steps=5", 0.512, None, 0.31),
+                "jiio": adversarial_jiio,
+                "speedup_time": 2.56,
+                "l2": {
+                    "eps": 1.0,
+                    "baseline": side("torchattacks.PGDL2", 0.5, None, 0.4),
+                    "jiio": side("JIIOPGDL2", 0.3, 20, 0.38),
+                    "speedup_time": 1.67,
+                },
+            },
+            "overhead": {
+                "task": "overhead",
+                "baseline": side("one f evaluation + one VJP", 0.00123, 1, None),
+                "jiio": side("one joint iteration", 0.00151, 1, None),
+                "overhead": 1.228,
+            },
+            "torchdeq": {"task": "torchdeq", "error": "ModuleNotFoundError: torchdeq <missing>"},
+        },
+    }
+
+
+def make_images(folder: Path) -> dict[str, list[Path]]:
+    import matplotlib.image
+    import numpy as np
+
+    plot = convergence_plot(
+        {
+            "JIIO": ([0.1 * k for k in range(1, 30)], [0.5**k for k in range(1, 30)]),
+            "nested Adam": ([1.0 * k for k in range(1, 30)], [0.9**k for k in range(1, 30)]),
+        },
+        folder / "convergence_latent.png",
+        "latent",
+        "objective",
+    )
+    block = folder / "adversarial-examples.png"
+    matplotlib.image.imsave(block, np.tile(np.array(MAGENTA), (60, 90, 1)))
+    return {
+        "latent": [block, plot],
+        "adversarial": [folder / "never_written.png"],
+        "extra figures": [plot],
+    }
+
+
+class PageParser(HTMLParser):
+    """Collects tags, ids and the URLs of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.ids: set[str] = set()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.cells: list[str] = []
+        self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        attrs_dict = dict(attrs)
+        if "id" in attrs_dict:
+            self.ids.add(attrs_dict["id"])
+        if tag == "img":
+            self.images.append(attrs_dict.get("src") or "")
+        for name in ("href", "src", "srcset", "action", "data", "poster"):
+            if name in attrs_dict and not (tag == "img" and name == "src"):
+                self.links.append(attrs_dict[name] or "")
+        self._in_cell = tag in ("td", "th")
+        if self._in_cell:
+            self.cells.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            self.cells[-1] += data
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> tuple[Path, dict[str, list[Path]]]:
+    images = make_images(tmp_path / "figures")
+    return write_report(make_record(), tmp_path / "run", images), images
+
+
+def test_report_is_self_contained(report):
+    path, images = report
+    assert path == path.parent / "report.html" and path.is_file()
+    page = path.read_text(encoding="utf-8")
+    parser = PageParser()
+    parser.feed(page)
+    assert parser.tags[0] == "html" and "style" in parser.tags
+    assert not {"script", "link", "iframe", "object", "embed"} & set(parser.tags)
+    assert "url(" not in page and "@import" not in page and "://" not in page
+    # every link stays inside the page and lands on a section
+    assert parser.links, "the summary links to the task sections"
+    for link in parser.links:
+        assert link.startswith("#") and link[1:] in parser.ids, link
+    # every image is an embedded PNG: 2 for latent, 1 in the extra section, none for the
+    # missing file
+    assert len(parser.images) == 3
+    wanted = {png_size(p.read_bytes()) for p in images["latent"]}
+    for src in parser.images:
+        assert src.startswith(DATA_PNG)
+        assert png_size(base64.b64decode(src[len(DATA_PNG) :], validate=True)) in wanted
+    assert "never_written.png: missing" in page
+    assert "adversarial examples" in page and "convergence latent" in page  # captions
+
+
+def test_report_tables_hold_numbers(report):
+    path, _ = report
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    cells = [cell.strip() for cell in parser.cells]
+    for text in ("22.3 s", "2.42 s", "9.19× faster", "2.56× faster", "1.23× overhead", "0.0111"):
+        assert text in cells, text
+    assert "0.00977" in cells and "235" in cells and "12.5 MB" in cells
+    assert "9.7 s" in cells  # nested full_run time
+    assert "30.5 s" in cells  # the other baseline
+    assert "-" in cells  # missing keys and None values
+    page = path.read_text(encoding="utf-8")
+    assert "ModuleNotFoundError: torchdeq &lt;missing&gt;" in page  # the error, escaped
+    assert "9.9.9" in page and "torch</b>" in page
+
+
+def test_summary_table_text():
+    text = summary_table(make_record())
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["task", "baseline"]
+    latent = next(line for line in lines if line.startswith("latent"))
+    assert "22.3 s" in latent and "2.42 s" in latent and "9.19× faster" in latent
+    overhead = next(line for line in lines if line.startswith("overhead"))
+    assert "1.23× overhead" in overhead and overhead.endswith("-")
+    assert "torchdeq failed: ModuleNotFoundError" in text
+    assert lines[-1] == "total time: 123 s"
+    assert len({len(line) for line in lines[1:5]}) <= 2  # aligned columns (two lines end "-")
+
+
+def test_report_with_empty_record(tmp_path):
+    path = write_report({}, tmp_path)
+    assert "No tasks ran." in path.read_text(encoding="utf-8")
+    assert summary_table({}) == "no tasks ran"
+
+
+def test_convergence_plot_checks_and_skips_non_positive(tmp_path):
+    path = convergence_plot(
+        {"JIIO": ([0, 1, 2], [1.0, 0.0, float("nan")])}, tmp_path / "a" / "b.png", "t", "y"
+    )
+    png_size(path.read_bytes())
+    with pytest.raises(ValueError, match="2 xs but 1 ys"):
+        convergence_plot({"JIIO": ([0, 1], [1.0])}, tmp_path / "c.png", "t", "y")
+
+
+def test_machine_info_versions():
+    info = machine_info("cpu")
+    assert {"python", "torch", "platform", "threads", "device"} <= set(info)
+    assert "matplotlib" in info and "gpu" not in info
+    json.dumps(info)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    path, images = report
+    profile = tmp_path / "profile"
+    flags = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    # The report has no script; a test page frames it and lists each image's decoded size.
+    # File pages may read each other's DOM only with --allow-file-access-from-files.
+    harness = tmp_path / "harness.html"
+    harness.write_text(
+        '<!DOCTYPE html><html><body><pre id="result">pending</pre>'
+        f'<iframe id="report" src="{path.as_uri()}"></iframe><script>'
+        'window.addEventListener("load", () => {'
+        '  const images = Array.from(document.getElementById("report").contentDocument.images);'
+        '  document.getElementById("result").textContent = JSON.stringify('
+        "    images.map(i => [i.complete, i.naturalWidth, i.naturalHeight]));"
+        "});</script></body></html>"
+    )
+    dom = subprocess.run(
+        [*flags, "--allow-file-access-from-files", "--dump-dom", harness.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result = dom.split('<pre id="result">', 1)[1].split("</pre>", 1)[0]
+    rendered = json.loads(result)
+    expected = [png_size(p.read_bytes()) for p in images["latent"] + images["extra figures"]]
+    assert [(w, h) for _, w, h in rendered] == expected
+    assert all(complete for complete, _, _ in rendered)
+
+    # and a screenshot of the report itself: not blank, the magenta test image is on it
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, "--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={shot}"]
+        + [path.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.std() > 0.05
+    magenta = np.all(np.abs(pixels - np.array(MAGENTA)) < 0.05, axis=-1).sum()
+    assert magenta >= 0.9 * 60 * 90
