@@ -42,9 +42,8 @@ _LABELS = {
     "peak_mem_mb": "peak memory",
     "speedup_time": "time ratio (speed-up)",
     "speedup_evals": "evaluation ratio",
-    "total_time_s": "total time",
 }
-_NOT_SCALARS = ("task", "error", "baseline", "jiio")
+_SHOWN_APART = ("task", "error", "baseline", "jiio")
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        background: #eef0f3; margin: 0; }
@@ -340,7 +339,7 @@ def _report_body(report: dict) -> str:
     scalars = {
         key: value
         for key, value in report.items()
-        if key not in _NOT_SCALARS and not isinstance(value, dict | list | tuple)
+        if key not in _SHOWN_APART and not isinstance(value, dict | list | tuple)
     }
     parts.append(_chips(scalars))
     sides = [
@@ -351,7 +350,7 @@ def _report_body(report: dict) -> str:
     if sides:
         parts.append(_sides_table(sides))
     for key, value in report.items():
-        if key in _NOT_SCALARS or not isinstance(value, dict | list | tuple) or not value:
+        if key in _SHOWN_APART or not isinstance(value, dict | list | tuple) or not value:
             continue
         parts.append(f"<h3>{html.escape(_label(key))}</h3>")
         if isinstance(value, dict) and ("baseline" in value or "jiio" in value):
@@ -363,7 +362,7 @@ def _report_body(report: dict) -> str:
             parts.append(_sides_table(titled))
         else:
             parts.append(_kv_table({key: value}))
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
 
 
 def _caption(path: Path) -> str:
@@ -405,8 +404,8 @@ def _summary_html(record: dict) -> str:
         for col, text in list(row.items())[1:]:
             speedup = report.get("speedup_time")
             good = col == "time ratio" and _is_number(speedup) and speedup > 1
-            css = "num good" if good else ("num" if col != "baseline" else "")
-            cells.append(f'<td class="{css}">{html.escape(text)}</td>')
+            css = ' class="num good"' if good else ("" if col == "baseline" else ' class="num"')
+            cells.append(f"<td{css}>{html.escape(text)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -448,7 +447,7 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
     body = [
         "<h1>jiio demo report</h1>",
         f'<p class="meta">jiio-ext {html.escape(_fmt(record.get("version")))} · '
-        f"{len(tasks)} tasks · total time "
+        f"{len(tasks)} task{'' if len(tasks) == 1 else 's'} · total time "
         f"{html.escape(_fmt(record.get('total_time_s'), 'time_s'))} · written {stamp}</p>",
         _chips(machine),
         "<h2>Summary</h2>",
