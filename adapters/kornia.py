@@ -499,6 +499,12 @@ class BoxInpainting(_Inpainting):
         return (1 - holes).unsqueeze(1).to(device=clean.device, dtype=clean.dtype)
 
 
+def _reflect(coordinate: torch.Tensor, limit: int) -> torch.Tensor:
+    """``coordinate`` reflected once at 0 and ``limit``, then clamped into ``[0, limit]``."""
+    coordinate = coordinate.abs()
+    return torch.where(coordinate > limit, 2 * limit - coordinate, coordinate).clamp(0, limit)
+
+
 class IrregularInpainting(_Inpainting):
     """Inpainting with random irregular (brush-stroke) holes covering a given pixel fraction.
 
@@ -591,7 +597,11 @@ class IrregularInpainting(_Inpainting):
             length = (0.1 + 0.2 * draw[5 + 2 * k]) * side
             step = torch.stack([torch.sin(heading), torch.cos(heading)]) * length
             end = start + step
-            end = torch.stack([end[0].clamp(0, height - 1), end[1].clamp(0, width - 1)])
+            if not 0 <= end[0] <= height - 1:  # bounce off the top / bottom edge
+                heading = -heading
+            if not 0 <= end[1] <= width - 1:  # bounce off the left / right edge
+                heading = math.pi - heading
+            end = torch.stack([_reflect(end[0], height - 1), _reflect(end[1], width - 1)])
             count = max(2, math.ceil(float((end - start).norm()) * 2) + 1)
             weights = torch.linspace(0, 1, count, dtype=torch.float64)[1:, None]
             points.append(start + weights * (end - start))
