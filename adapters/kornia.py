@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -185,15 +186,16 @@ class Measurement:
 # --------------------------------------------------------------------------- base class
 
 
-class Degradation:
+class Degradation(ABC):
     """Base class: a linear forward operator ``A`` plus additive Gaussian measurement noise.
 
     Subclasses implement ``_forward`` (``A``), ``_adjoint`` (``Aᵀ``) and ``_naive`` (a simple
-    reconstruction); inpainting operators also draw a mask per image.
+    reconstruction); inpainting operators (``uses_mask``) also draw a mask per image.
 
     Attributes:
         name: the problem name (one of :data:`PROBLEMS`).
         linear: ``True``: every operator here is linear.
+        uses_mask: whether measurements carry a mask (inpainting).
         noise_sigma: measurement noise standard deviation on the ``[0, 1]`` scale (0: none).
 
     Example:
@@ -220,19 +222,24 @@ class Degradation:
 
     # ---- hooks for subclasses
     def _check_size(self, height: int, width: int) -> None:
-        """Raise ValueError if the operator cannot act on ``height × width`` images."""
+        """Raise ValueError if the operator cannot act on ``height × width`` images (any here)."""
+        return None
 
     def _draw_mask(self, clean: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover - only inpainting operators draw masks
+        """The ``(B, 1, H, W)`` mask of one measurement (operators with ``uses_mask``)."""
+        raise NotImplementedError(f"{type(self).__name__} draws no mask")
 
+    @abstractmethod
     def _forward(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover
+        """``A(image)`` on checked arguments."""
 
+    @abstractmethod
     def _adjoint(self, residual: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover
+        """``Aᵀ(residual)`` on checked arguments."""
 
+    @abstractmethod
     def _naive(self, measurement: Measurement) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover
+        """The naive reconstruction of a checked measurement."""
 
     # ---- checks shared by the public methods
     def _image(self, name: str, image: Any) -> torch.Tensor:
@@ -671,6 +678,14 @@ class _Convolution(Degradation):
         super().__init__(noise_sigma)
         self.border_type = _check_border(border_type)
         self.kernel = kernel.detach().to(torch.float64).cpu()
+        self._kernels: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _kernel_like(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The kernel on ``tensor``'s device and dtype (cached: one copy per device and dtype)."""
+        key = (tensor.device, tensor.dtype)
+        if key not in self._kernels:
+            self._kernels[key] = self.kernel.to(device=tensor.device, dtype=tensor.dtype)
+        return self._kernels[key]
 
     def _check_size(self, height: int, width: int) -> None:
         pad = self.kernel.shape[-1] // 2
@@ -686,12 +701,13 @@ class _Convolution(Degradation):
             )
 
     def _blur(self, image: torch.Tensor) -> torch.Tensor:
-        kernel = self.kernel.to(device=image.device, dtype=image.dtype)
-        return kornia.filters.filter2d(image, kernel, border_type=self.border_type)
+        return kornia.filters.filter2d(
+            image, self._kernel_like(image), border_type=self.border_type
+        )
 
     def _blur_adjoint(self, residual: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = residual.shape
-        kernel = self.kernel.to(device=residual.device, dtype=residual.dtype)
+        kernel = self._kernel_like(residual)
         pad = kernel.shape[-1] // 2
         flat = residual.reshape(batch * channels, 1, height, width)
         padded = F.conv_transpose2d(flat, kernel[None])

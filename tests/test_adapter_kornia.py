@@ -94,8 +94,7 @@ def test_consistency_is_zero_at_the_clean_image(problem):
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_consistency_gradient_matches_finite_differences(problem):
     options = {"sigma": 0.05} if problem == "denoise" else {"noise_sigma": 0.05}
-    op = make_degradation(problem, 8, kernel_size=3) if "deblur" in problem else None
-    op = op or make_degradation(problem, 8, **options)
+    op = make_degradation(problem, 8, **options)
     clean = images(2, 1, 8, 8)
     targets = op.measure(clean, seed=3).targets()
     estimate = images(2, 1, 8, 8, seed=4).requires_grad_()
