@@ -40,7 +40,7 @@ try:
     import kornia.geometry.transform
     import kornia.metrics
     import kornia.morphology
-except ImportError as err:  # pragma: no cover - exercised only without the extra
+except ImportError as err:
     raise ImportError(
         'jiio_ext.adapters.kornia needs kornia: pip install "jiio-ext[inverse]"'
     ) from err

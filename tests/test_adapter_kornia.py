@@ -1,6 +1,8 @@
 """Degradation operators and metrics of jiio_ext.adapters.kornia, against real kornia."""
 
+import importlib
 import math
+import sys
 
 import pytest
 import torch
@@ -568,3 +570,10 @@ def test_base_class_is_exported_and_subclassed():
         op = make()
         assert isinstance(op, Degradation)
         assert repr(op).startswith(type(op).__name__ + "(")
+
+
+def test_missing_kornia_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kornia", None)  # what an absent package looks like
+    monkeypatch.delitem(sys.modules, "jiio_ext.adapters.kornia")
+    with pytest.raises(ImportError, match=r'pip install "jiio-ext\[inverse\]"'):
+        importlib.import_module("jiio_ext.adapters.kornia")
