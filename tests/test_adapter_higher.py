@@ -1,0 +1,372 @@
+"""The higher adapter on real torchdeq models (float64) against independent references.
+
+References: finite differences of the query loss through a fully converged inner solution
+(the model written out with plain fixed-point iteration, Newton on the adapted parameters),
+and higher itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+torchdeq = pytest.importorskip("torchdeq")
+higher = pytest.importorskip("higher")
+from jiio_ext.adapters.higher import innerloop_ctx  # noqa: E402
+from torchdeq import get_deq  # noqa: E402
+
+D = torch.float64
+PROX = 1.0
+LR = 0.3
+ADAPT = ("context", "head.weight", "head.bias")
+TIGHT = dict(rtol=1e-12, atol=1e-14, backward_rtol=1e-12, backward_atol=1e-15)
+
+
+class FiLMDEQ(nn.Module):
+    """A FiLM-conditioned torchdeq classifier; the task context is a parameter or a keyword."""
+
+    def __init__(self, dx=3, dz=6, classes=3, ctx=2, seed=0, tol=1e-13):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.dz = dz
+        self.cell = nn.Linear(dz, dz).to(D)
+        self.inject = nn.Linear(dx, dz).to(D)
+        self.film = nn.Linear(ctx, 2 * dz).to(D)
+        self.head = nn.Linear(dz, classes).to(D)
+        self.context = nn.Parameter(0.1 * torch.randn(ctx, generator=gen, dtype=D))
+        with torch.no_grad():
+            for lin in (self.cell, self.inject, self.film, self.head):
+                lin.weight.copy_(0.5 * torch.randn(lin.weight.shape, generator=gen, dtype=D))
+                lin.bias.copy_(0.1 * torch.randn(lin.bias.shape, generator=gen, dtype=D))
+            self.cell.weight.mul_(0.5 / torch.linalg.matrix_norm(self.cell.weight, 2))
+        self.deq = get_deq(
+            f_solver="anderson",
+            f_max_iter=200,
+            f_tol=tol,
+            ift=True,
+            b_solver="anderson",
+            b_max_iter=200,
+            b_tol=tol,
+        )
+
+    def forward(self, x, context=None):
+        v = self.context if context is None else context
+        gamma, beta = self.film(v).chunk(2, -1)
+        u = self.inject(x) * (1 + gamma) + beta
+        z0 = torch.zeros(x.shape[0], self.dz, dtype=x.dtype)
+        z = self.deq(lambda z: torch.tanh(self.cell(z) + u), z0)[0][-1]
+        return self.head(z)
+
+
+def _data(seed=1, n_spt=6, n_qry=5):
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.randn(n_spt, 3, generator=gen, dtype=D)
+    ys = torch.arange(n_spt) % 3
+    xq = torch.randn(n_qry, 3, generator=gen, dtype=D)
+    yq = torch.randint(0, 3, (n_qry,), generator=gen)
+    return xs, ys, xq, yq
+
+
+def _adapted(net):
+    return [dict(net.named_parameters())[n] for n in ADAPT]
+
+
+def _jiio_meta_grad(net, xs, ys, xq, yq, steps=60, **options):
+    net.zero_grad()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, copy_initial_weights=False, prox=PROX, **options) as (
+        fnet,
+        diffopt,
+    ):
+        for _ in range(steps):
+            diffopt.step(F.cross_entropy(fnet(xs), ys))
+        F.cross_entropy(fnet(xq), yq).backward()
+        status = diffopt.status.clone()
+    return {n: p.grad.clone() for n, p in net.named_parameters()}, status
+
+
+def _reference_forward(params, x, dz=6, iters=90):
+    """FiLMDEQ's forward written out with plain fixed-point iteration (contraction 0.5)."""
+    gamma, beta = F.linear(params["context"], params["film.weight"], params["film.bias"]).chunk(
+        2, -1
+    )
+    u = F.linear(x, params["inject.weight"], params["inject.bias"]) * (1 + gamma) + beta
+    z = torch.zeros(x.shape[0], dz, dtype=x.dtype)
+    for _ in range(iters):
+        z = torch.tanh(F.linear(z, params["cell.weight"], params["cell.bias"]) + u)
+    return F.linear(z, params["head.weight"], params["head.bias"])
+
+
+def _converged_query_loss(theta, xs, ys, xq, yq, steps=None):
+    """Query loss at the inner solution: Newton to machine precision, or ``steps`` GD steps."""
+    shapes = [theta[n].shape for n in ADAPT]
+    anchor = torch.cat([theta[n].reshape(-1) for n in ADAPT])
+
+    def unflat(vec):
+        parts = torch.split(vec, [s.numel() for s in shapes])
+        return {n: p.view(s) for n, p, s in zip(ADAPT, parts, shapes)}
+
+    def inner(vec):
+        loss = F.cross_entropy(_reference_forward({**theta, **unflat(vec)}, xs), ys)
+        return loss + 0.5 * PROX * (vec - anchor).pow(2).sum()
+
+    phi = anchor.clone()
+    for _ in range(10 if steps is None else steps):
+        grad = torch.autograd.functional.jacobian(inner, phi)
+        if steps is None:
+            phi = phi - torch.linalg.solve(torch.autograd.functional.hessian(inner, phi), grad)
+        else:
+            phi = phi - LR * grad
+    return F.cross_entropy(_reference_forward({**theta, **unflat(phi)}, xq), yq)
+
+
+def _directional_fd(loss_at, theta, direction, h=1e-5):
+    plus = loss_at({n: theta[n] + h * direction[n] for n in theta})
+    minus = loss_at({n: theta[n] - h * direction[n] for n in theta})
+    return (plus - minus) / (2 * h)
+
+
+def _directions(net, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(p.shape, generator=gen, dtype=D) for n, p in net.named_parameters()}
+
+
+def test_meta_gradient_matches_finite_differences_of_converged_inner_solution():
+    net = FiLMDEQ(tol=1e-11)
+    xs, ys, xq, yq = _data()
+    grads, status = _jiio_meta_grad(net, xs, ys, xq, yq, **TIGHT)
+    assert bool((status == 0).all())
+    theta = {n: p.detach().clone() for n, p in net.named_parameters()}
+    direction = _directions(net)
+    fd = _directional_fd(lambda t: _converged_query_loss(t, xs, ys, xq, yq), theta, direction)
+    analytic = sum((grads[n] * direction[n]).sum() for n in grads)
+    assert abs(float(analytic - fd)) <= 1e-4 * abs(float(fd))
+    # the DEQ weights get a meta-gradient only through z*(x; θ) and φ*(θ)
+    assert float(grads["cell.weight"].abs().sum()) > 0
+
+
+def test_higher_meta_gradient_through_torchdeq_is_wrong_on_the_same_deq():
+    """higher through torchdeq with ift=True misses second-order terms (design.md)."""
+    net = FiLMDEQ(tol=1e-9)
+    xs, ys, xq, yq = _data()
+    steps = 3
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with higher.innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+        for _ in range(steps):
+            fast = dict(zip(dict(net.named_parameters()), fnet.parameters()))
+            prox = sum(
+                0.5 * PROX * (fast[n] - dict(net.named_parameters())[n]).pow(2).sum() for n in ADAPT
+            )
+            diffopt.step(F.cross_entropy(fnet(xs), ys) + prox)
+        F.cross_entropy(fnet(xq), yq).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    theta = {n: p.detach().clone() for n, p in net.named_parameters()}
+    direction = _directions(net)
+    fd = _directional_fd(
+        lambda t: _converged_query_loss(t, xs, ys, xq, yq, steps=steps), theta, direction
+    )
+    analytic = sum((grads[n] * direction[n]).sum() for n in grads)
+    rel = abs(float(analytic - fd)) / abs(float(fd))
+    assert rel > 0.02, f"higher unexpectedly exact here (relative error {rel:.3g})"
+
+
+def _maml_loop(module, net, xs, ys, xq, yq, steps):
+    """A MAML meta-step written against higher's API; only the module differs."""
+    inner_opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with module.innerloop_ctx(net, inner_opt, copy_initial_weights=False) as (fnet, diffopt):
+        before = float(F.cross_entropy(fnet(xq), yq).detach())
+        for _ in range(steps):
+            diffopt.step(F.cross_entropy(fnet(xs), ys))
+        query = F.cross_entropy(fnet(xq), yq)
+        query.backward()
+        fast = [p.detach().clone() for p in fnet.parameters(time=-1)]
+        listed = [p.detach().clone() for p in fnet.fast_params]
+        explicit = fnet(xq, params=fnet.fast_params).detach()
+        latest = fnet(xq).detach()
+    return before, float(query), fast, listed, explicit, latest
+
+
+@pytest.mark.parametrize("which", ["jiio", "higher"])
+def test_drop_in_maml_loop_runs_with_only_the_import_changed(which):
+    import jiio_ext.adapters.higher as jiio_higher
+
+    module = jiio_higher if which == "jiio" else higher
+    net = FiLMDEQ(tol=1e-6)
+    xs, ys, xq, yq = _data(n_qry=6)
+    yq = torch.arange(6) % 3
+    xq = xs + 0.01  # the query set resembles the support set: adaptation helps
+    steps = 15 if which == "jiio" else 3  # higher differentiates every DEQ solve: slow
+    before, after, fast, listed, explicit, latest = _maml_loop(module, net, xs, ys, xq, yq, steps)
+    assert after < before
+    for name, p in net.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+    names = list(dict(net.named_parameters()))
+    for a, b in zip(fast, listed):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(fast[names.index("head.weight")], net.head.weight.detach())
+    torch.testing.assert_close(fast[names.index("cell.weight")], net.cell.weight.detach())
+    torch.testing.assert_close(explicit, latest)
+
+
+def test_context_keyword_adaptation_matches_parameter_adaptation():
+    """Adapting a context keyword equals adapting the same vector held as a parameter."""
+    net = FiLMDEQ()
+    xs, ys, xq, yq = _data()
+    results = []
+    for as_keyword in (False, True):
+        net.zero_grad()
+        if as_keyword:
+            opt = torch.optim.SGD([net.head.weight], lr=LR)  # only its lr is read
+            ctx = innerloop_ctx(
+                net, opt, copy_initial_weights=False, prox=PROX, context=net.context
+            )
+        else:
+            opt = torch.optim.SGD([net.context], lr=LR)
+            ctx = innerloop_ctx(net, opt, copy_initial_weights=False, prox=PROX)
+        with ctx as (fnet, diffopt):
+            for _ in range(40):
+                diffopt.step(F.cross_entropy(fnet(xs), ys))
+            F.cross_entropy(fnet(xq), yq).backward()
+        results.append(net.cell.weight.grad.clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-8, atol=1e-12)
+
+
+def test_batched_tasks_equal_per_task_solves():
+    net = FiLMDEQ(tol=1e-11)
+    tasks = [_data(seed=s) for s in (3, 4, 5)]
+    xs, ys, xq, yq = (torch.stack(parts) for parts in zip(*tasks))
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    net.zero_grad()
+    with innerloop_ctx(net, opt, copy_initial_weights=False, tasks=3) as (fnet, diffopt):
+        for _ in range(25):
+            losses = torch.stack(
+                [F.cross_entropy(out, y) for out, y in zip(fnet(xs), ys)]
+            )  # per-task losses (T,)
+            diffopt.step(losses)
+        batched_fast = [p.detach().clone() for p in fnet.parameters(time=-1)]
+        query = fnet(xq)
+        sum(F.cross_entropy(out, y) for out, y in zip(query, yq)).backward()
+        assert diffopt.status.shape == (3,)
+    batched = {n: p.grad.clone() for n, p in net.named_parameters()}
+    total = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    names = list(total)
+    for t, (xs_t, ys_t, xq_t, yq_t) in enumerate(tasks):
+        net.zero_grad()
+        with innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+            for _ in range(25):
+                diffopt.step(F.cross_entropy(fnet(xs_t), ys_t))
+            fast = [p.detach() for p in fnet.parameters(time=-1)]
+            F.cross_entropy(fnet(xq_t), yq_t).backward()
+        for n in ADAPT:
+            i = names.index(n)
+            torch.testing.assert_close(batched_fast[i][t], fast[i], rtol=1e-9, atol=1e-11)
+        for n, p in net.named_parameters():
+            total[n] += p.grad
+    for n in names:
+        torch.testing.assert_close(batched[n], total[n], rtol=1e-7, atol=1e-10, msg=n)
+
+
+def test_memory_is_independent_of_the_budget():
+    """Only the latest step's graph is kept: the number of live autograd nodes is flat."""
+    import gc
+    import warnings
+
+    net = FiLMDEQ(tol=1e-8)
+    xs, ys, _, _ = _data()
+    counts = []
+    for steps in (5, 40):
+        opt = torch.optim.SGD(_adapted(net), lr=LR)
+        with innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fnet(xs), ys))
+            gc.collect()
+            with warnings.catch_warnings():  # scanning gc objects touches deprecated attributes
+                warnings.simplefilter("ignore")
+                counts.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
+    assert abs(counts[1] - counts[0]) <= 5
+
+
+def test_first_order_and_untracked_modes():
+    net = FiLMDEQ(tol=1e-10)
+    xs, ys, xq, yq = _data()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, copy_initial_weights=False, first_order=True) as (fnet, diffopt):
+        for _ in range(30):
+            diffopt.step(F.cross_entropy(fnet(xs), ys))
+        fast = [p.detach().clone().requires_grad_() for p in fnet.parameters(time=-1)]
+        F.cross_entropy(fnet(xq), yq).backward()
+    # FOMAML: the head's meta-gradient is the query gradient at the adapted head
+    names = list(dict(net.named_parameters()))
+    query = F.cross_entropy(functional_call(net, dict(zip(names, fast)), (xq,)), yq)
+    expected = torch.autograd.grad(query, fast[names.index("head.weight")])[0]
+    torch.testing.assert_close(net.head.weight.grad, expected, rtol=1e-6, atol=1e-9)
+    net.zero_grad()
+    with innerloop_ctx(net, opt, copy_initial_weights=False, track_higher_grads=False) as (
+        fnet,
+        diffopt,
+    ):
+        for _ in range(3):
+            diffopt.step(F.cross_entropy(fnet(xs), ys))
+        fast = dict(zip(dict(net.named_parameters()), fnet.parameters(time=-1)))
+        assert not fast["head.weight"].requires_grad
+        out = fnet(xq)
+    assert all(p.grad is None for p in _adapted(net)) and out.shape == (5, 3)
+
+
+def test_unconverged_tasks_are_reported_in_status():
+    net = FiLMDEQ(tol=1e-8)
+    xs, ys, _, _ = _data()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, rtol=1e-12, atol=0.0) as (fnet, diffopt):
+        diffopt.step(F.cross_entropy(fnet(xs), ys))
+        assert diffopt.status.tolist() == [1]
+        assert "MAX_ITER: 1" in diffopt.summary()
+
+
+# ----- bad arguments -----
+
+
+def test_rejects_optimizers_it_cannot_map():
+    net = FiLMDEQ()
+    with pytest.raises(TypeError, match=r"opt: cannot map torch\.optim\.adam\.Adam"):
+        with innerloop_ctx(net, torch.optim.Adam(_adapted(net))):
+            pass
+    with pytest.raises(TypeError, match="opt: param group 0 uses momentum"):
+        with innerloop_ctx(net, torch.optim.SGD(_adapted(net), lr=0.1, momentum=0.9)):
+            pass
+
+
+def test_rejects_parameters_not_in_the_model():
+    net = FiLMDEQ()
+    stranger = nn.Parameter(torch.zeros(3, dtype=D))
+    with pytest.raises(ValueError, match="opt: parameter 1 of param group 0 .* not a parameter"):
+        with innerloop_ctx(net, torch.optim.SGD([net.context, stranger], lr=0.1)):
+            pass
+
+
+def test_rejects_deq_options_for_a_model_without_a_deq():
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="alpha_z: Sequential contains no torchdeq DEQ module"):
+        with innerloop_ctx(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), alpha_z=0.5):
+            pass
+
+
+def test_rejects_misused_steps_and_times():
+    net = FiLMDEQ(tol=1e-8)
+    xs, ys, xq, yq = _data()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, tasks=2) as (fnet, diffopt):
+        out = fnet(torch.stack([xs, xs]))
+        with pytest.raises(ValueError, match=r"loss: expected per-task losses of shape \(2,\)"):
+            diffopt.step(F.cross_entropy(out.flatten(0, 1), torch.cat([ys, ys])))
+    with innerloop_ctx(net, opt) as (fnet, diffopt):
+        diffopt.step(F.cross_entropy(fnet(xs), ys))
+        with pytest.raises(ValueError, match="loss: diffopt.step needs a loss of the latest"):
+            diffopt.step(F.cross_entropy(fnet(xq), yq))
+        with pytest.raises(ValueError, match="time: only 0"):
+            list(fnet.parameters(time=3))
+        with pytest.raises(TypeError, match="params"):
+            diffopt.step(F.cross_entropy(fnet(xs), ys), params=list(net.parameters()))
