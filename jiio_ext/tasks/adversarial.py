@@ -7,7 +7,9 @@ the DEQ uses the 'jiio' core so the stock attack has real gradients in eval mode
 
 Every run writes ``log.json``, ``checkpoint.pt`` (each epoch; ``resume=True`` continues from
 it), ``curves.png`` and ``examples.png`` into its output folder and shows a tqdm bar with the
-live loss and accuracy.
+live loss and accuracy. It runs unchanged under ``torchrun`` (DistributedDataParallel over
+:mod:`jiio_ext.distributed`): each process attacks its part of every batch, the gradients are
+averaged, the metrics summed, and rank 0 writes the files.
 
 Example:
     >>> import tempfile
@@ -26,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from jiio_ext.distributed import init_from_env
 from jiio_ext.regularize import random_trajectory_iteration
 
 __all__ = ["evaluate_robustness", "load_dataset", "train_adversarial"]
@@ -138,19 +142,6 @@ def evaluate_robustness(
     return results
 
 
-def _jacobian_term(model, attack, method: str, inputs: torch.Tensor) -> torch.Tensor:
-    """Mean Hutchinson penalty of the DEQ layer (see ``train_adversarial``'s ``jac_reg``)."""
-    from jiio_ext.adapters.torchdeq import input_optimizable, trajectory_penalty
-
-    if method == "jiio":
-        return trajectory_penalty(attack.last_solution).mean()
-    # PGD-AT: at the DEQ's fixed point for the current batch (one cheap probe solve)
-    probe = input_optimizable(model).optimize_input(
-        inputs, lambda out, x: out.sum(1) * 0.0, step_size=1e-12, max_iter=60, rtol=1e-4
-    )
-    return trajectory_penalty(probe).mean()
-
-
 def _plots(folder: Path, log: dict, clean: torch.Tensor, adversarial: torch.Tensor) -> None:
     import matplotlib
 
@@ -184,6 +175,58 @@ def _plots(folder: Path, log: dict, clean: torch.Tensor, adversarial: torch.Tens
     plt.close(fig)
 
 
+class _TrainingStep(nn.Module):
+    """One training forward: attack the given samples, return per-sample losses and logits.
+
+    This module (not the bare classifier) is what :meth:`DistContext.wrap` puts under
+    DistributedDataParallel: the attack's many inner forwards and input gradients run on the
+    bare classifier inside this one forward call, so DDP sees exactly one forward per step and
+    all-reduces every parameter gradient of the training loss, whichever gradient path (PGD's
+    training forward or JIIO's envelope gradient) produced it.
+    """
+
+    def __init__(self, model: nn.Module, attack: Any, method: str, jac_reg: float) -> None:
+        super().__init__()
+        self.model = model
+        self.attack, self.method, self.jac_reg = attack, method, jac_reg
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample training losses ``(b,)`` and the logits at the adversarial images."""
+        from jiio_ext.adapters.torchattacks import adversarial_logits
+        from jiio_ext.adapters.torchdeq import input_optimizable, trajectory_penalty
+
+        if self.method == "jiio":
+            if self.jac_reg > 0:
+                budget = self.attack.iterations_per_step * self.attack.steps
+                self.attack.solve_options["trajectory"] = [random_trajectory_iteration(budget)]
+            _, logits = adversarial_logits(self.attack, images, labels)
+        else:
+            adversarial = self.attack(images, labels)
+            self.model.train()
+            logits = self.model(adversarial)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        if self.jac_reg > 0:
+            if self.method == "jiio":  # at a random point of the attack's joint trajectory
+                solution = self.attack.last_solution
+            else:  # at the DEQ's fixed point for the training input (one cheap probe solve)
+                solution = input_optimizable(self.model).optimize_input(
+                    adversarial,
+                    lambda out, x: out.sum(1) * 0.0,
+                    step_size=1e-12,
+                    max_iter=60,
+                    rtol=1e-4,
+                )
+            losses = losses + self.jac_reg * trajectory_penalty(solution)
+        return losses, logits
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch's shuffling and random starts (so a resumed run repeats them)."""
+    return seed * 1009 + epoch
+
+
 def train_adversarial(
     *,
     method: str = "jiio",
@@ -206,6 +249,7 @@ def train_adversarial(
     progress: bool = True,
     robust_eval: bool = True,
     jac_reg: float = 0.0,
+    random_start: bool = True,
 ) -> dict[str, Any]:
     """Madry adversarial training with JIIOPGD (``method='jiio'``) or PGD (``'pgd'``).
 
@@ -214,7 +258,18 @@ def train_adversarial(
     ``robust_eval``, the final :func:`evaluate_robustness` table. ``jac_reg > 0`` adds the
     Hutchinson Jacobian penalty of the DEQ layer with that weight: for ``'jiio'`` at a random
     point of the attack's joint trajectory (iteration 15 onwards), for ``'pgd'`` at the fixed
-    point of the training forward.
+    point of the training forward. ``random_start`` starts the training and evaluation attacks
+    at a random point of the threat ball (Madry's recipe; ``False`` starts at the clean image).
+
+    Under ``torchrun`` (see :mod:`jiio_ext.distributed`) every process takes an equal part of
+    each global batch of ``batch_size`` samples (it must be a multiple of the number of
+    processes; an epoch's last, smaller batch is split as evenly as possible and skipped if it
+    has fewer samples than processes), attacks its own samples, and DDP averages the
+    gradients: the parameters follow the single-process run with the same ``batch_size``
+    (exactly, up to float rounding, without ``random_start``; with it, each process draws its
+    own random starts). The test set is split the same way and the accuracies are summed over
+    the processes; a CUDA ``device`` becomes ``cuda:LOCAL_RANK``. Only rank 0 writes files and
+    shows the progress bar; ``resume`` reads the checkpoint on rank 0 and broadcasts it.
 
     Example:
         >>> import tempfile
@@ -224,7 +279,6 @@ def train_adversarial(
         >>> log["method"]
         'pgd'
     """
-    from jiio_ext.adapters.torchattacks import adversarial_logits
     from jiio_ext.bench.adversarial import DEQClassifier
 
     if method not in ("jiio", "pgd"):
@@ -234,102 +288,128 @@ def train_adversarial(
     for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    dev = torch.device(device)
-    eps = THREATS[norm] if eps is None else eps
-    train_x, train_y, test_x, test_y = load_dataset(data, data_dir, dev)
-    if train_size:
-        train_x, train_y = train_x[:train_size], train_y[:train_size]
-    if eval_size:
-        test_x, test_y = test_x[:eval_size], test_y[:eval_size]
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = DEQClassifier(
-        channels=channels, seed=seed, in_channels=train_x.shape[1], image_size=train_x.shape[-1]
-    ).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    log: dict[str, Any] = {
-        "method": method,
-        "norm": norm,
-        "eps": eps,
-        "steps": steps,
-        "data": data,
-        "epochs": [],
-    }
-    start_epoch = 0
-    checkpoint = folder / "checkpoint.pt"
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        log, start_epoch = state["log"], state["epoch"] + 1
-    pgd_cls, jiio_cls = _attacks(norm)
-    attack = (jiio_cls if method == "jiio" else pgd_cls)(model, eps=eps, alpha=eps / 4, steps=steps)
-    evaluator = pgd_cls(model, eps=eps, alpha=eps / 4, steps=eval_steps)
-    gen = torch.Generator().manual_seed(seed)
-    adversarial = test_x
-    for epoch in range(start_epoch, epochs):
-        order = torch.randperm(train_x.shape[0], generator=gen).to(dev)
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    ctx = init_from_env(device)
+    try:
+        ctx.check_batch_size(batch_size)
+        dev = ctx.device
+        eps = THREATS[norm] if eps is None else eps
+        train_x, train_y, test_x, test_y = load_dataset(data, data_dir, dev)
+        if train_size:
+            train_x, train_y = train_x[:train_size], train_y[:train_size]
+        if eval_size:
+            test_x, test_y = test_x[:eval_size], test_y[:eval_size]
+        if test_x.shape[0] < ctx.world_size:
+            raise ValueError(
+                f"eval_size: the test set has {test_x.shape[0]} samples, fewer than the "
+                f"{ctx.world_size} processes; every process needs at least one"
+            )
+        # this process's part of the test set (the accuracies are summed over processes)
+        test_rows = ctx.shard(test_x.shape[0])
+        test_x, test_y = test_x[test_rows], test_y[test_rows]
+        folder = Path(out)
+        if ctx.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+        model = DEQClassifier(
+            channels=channels, seed=seed, in_channels=train_x.shape[1], image_size=train_x.shape[-1]
+        ).to(dev)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        log: dict[str, Any] = {
+            "method": method,
+            "norm": norm,
+            "eps": eps,
+            "steps": steps,
+            "data": data,
+            "epochs": [],
+        }
+        start_epoch = 0
+        checkpoint = folder / "checkpoint.pt"
+        state = ctx.load_checkpoint(checkpoint) if resume else None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            log, start_epoch = state["log"], state["epoch"] + 1
+        pgd_cls, jiio_cls = _attacks(norm)
+        attack = (jiio_cls if method == "jiio" else pgd_cls)(
+            model, eps=eps, alpha=eps / 4, steps=steps, random_start=random_start
+        )
+        evaluator = pgd_cls(
+            model, eps=eps, alpha=eps / 4, steps=eval_steps, random_start=random_start
+        )
+        step = ctx.wrap(_TrainingStep(model, attack, method, jac_reg))
+        adversarial = test_x
+        for epoch in range(start_epoch, epochs):
+            ctx.manual_seed(_epoch_seed(seed, epoch))  # this process's random starts
+            shuffle = torch.Generator().manual_seed(_epoch_seed(seed, epoch))  # same everywhere
+            order = torch.randperm(train_x.shape[0], generator=shuffle).to(dev)
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            batches = [batch for batch in batches if len(batch) >= ctx.world_size]
+            bar = None
+            if progress and ctx.is_main:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(batches, desc=f"{method} epoch {epoch + 1}/{epochs}", leave=False)
-        total_loss, started = 0.0, time.perf_counter()
-        for batch in bar if bar is not None else batches:
-            images, labels = train_x[batch], train_y[batch]
-            model.train()
-            if method == "jiio":
-                if jac_reg > 0:
-                    budget = attack.iterations_per_step * attack.steps
-                    attack.solve_options["trajectory"] = [random_trajectory_iteration(budget)]
-                _, logits = adversarial_logits(attack, images, labels)
-            else:
-                adv = attack(images, labels)
-                model.train()
-                logits = model(adv)
-            loss = F.cross_entropy(logits, labels)
-            if jac_reg > 0:
-                inputs = images if method == "jiio" else adv
-                loss = loss + jac_reg * _jacobian_term(model, attack, method, inputs)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(batch)
+                bar = tqdm(batches, desc=f"{method} epoch {epoch + 1}/{epochs}", leave=False)
+            loss_sum, seen, started = 0.0, 0, time.perf_counter()
+            for batch in bar if bar is not None else batches:
+                rows = batch[ctx.shard(len(batch))]
+                images, labels = train_x[rows], train_y[rows]
+                step.train()
+                losses, logits = step(images, labels)
+                optimizer.zero_grad()
+                ctx.global_mean(losses, len(batch)).backward()
+                optimizer.step()
+                loss_sum += float(losses.detach().sum())
+                seen += len(rows)
+                if bar is not None:
+                    accuracy = float((logits.detach().argmax(1) == labels).float().mean())
+                    bar.set_postfix(
+                        loss=f"{float(losses.detach().mean()):.3f}", adv_acc=f"{accuracy:.2f}"
+                    )
+            epoch_time = time.perf_counter() - started
+            model.eval()
+            adversarial = evaluator(test_x, test_y)
+            with torch.no_grad():
+                clean = float((model(test_x).argmax(1) == test_y).sum())
+                robust = float((model(adversarial).argmax(1) == test_y).sum())
+            totals = ctx.all_reduce_sum(
+                {
+                    "loss": loss_sum,
+                    "samples": float(seen),
+                    "clean": clean,
+                    "robust": robust,
+                    "test": float(test_x.shape[0]),
+                }
+            )
+            log["epochs"].append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": totals["loss"] / totals["samples"],
+                    "epoch_time_s": round(epoch_time, 3),
+                    "clean_accuracy": totals["clean"] / totals["test"],
+                    "robust_accuracy": totals["robust"] / totals["test"],
+                }
+            )
+            ctx.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "log": log,
+                },
+                checkpoint,
+            )
+            if ctx.is_main:
+                (folder / "log.json").write_text(json.dumps(log, indent=2))
             if bar is not None:
-                accuracy = float((logits.detach().argmax(1) == labels).float().mean())
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", adv_acc=f"{accuracy:.2f}")
-        epoch_time = time.perf_counter() - started
-        model.eval()
-        adversarial = evaluator(test_x, test_y)
-        with torch.no_grad():
-            clean_acc = float((model(test_x).argmax(1) == test_y).float().mean())
-            robust_acc = float((model(adversarial).argmax(1) == test_y).float().mean())
-        log["epochs"].append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": total_loss / len(order),
-                "epoch_time_s": round(epoch_time, 3),
-                "clean_accuracy": clean_acc,
-                "robust_accuracy": robust_acc,
-            }
-        )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "log": log,
-            },
-            checkpoint,
-        )
-        (folder / "log.json").write_text(json.dumps(log, indent=2))
-        if bar is not None:
-            bar.close()
-    if robust_eval:
-        log["robustness"] = evaluate_robustness(
-            model, test_x, test_y, norm=norm, eps=eps, steps=eval_steps
-        )
-    (folder / "log.json").write_text(json.dumps(log, indent=2))
-    _plots(folder, log, test_x, adversarial)
-    return log
+                bar.close()
+        if robust_eval:
+            local = evaluate_robustness(model, test_x, test_y, norm=norm, eps=eps, steps=eval_steps)
+            count = float(test_x.shape[0])
+            summed = ctx.all_reduce_sum({key: value * count for key, value in local.items()})
+            total = ctx.all_reduce_sum(count)
+            log["robustness"] = {key: value / total for key, value in summed.items()}
+        if ctx.is_main:
+            (folder / "log.json").write_text(json.dumps(log, indent=2))
+            _plots(folder, log, test_x, adversarial)
+        return log
+    finally:
+        ctx.close()
