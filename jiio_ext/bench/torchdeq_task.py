@@ -47,16 +47,26 @@ class MultiScaleDecoder(nn.Module):
     Args:
         latent_dim: size of the latent.
         channels: channels at both resolutions.
-        size: the fine resolution (the coarse one is half of it).
+        size: the fine resolution (the coarse one is half of it; a multiple of 4).
+        out_channels: image channels.
+        squash: pass the image through a sigmoid (pixel values in ``[0, 1]``).
         deq_options: options of ``torchdeq.get_deq``.
     """
 
     def __init__(
-        self, latent_dim: int = 16, channels: int = 16, size: int = 16, **deq_options
+        self,
+        latent_dim: int = 16,
+        channels: int = 16,
+        size: int = 16,
+        out_channels: int = 1,
+        squash: bool = False,
+        **deq_options,
     ) -> None:
         super().__init__()
         torchdeq = _torchdeq()
-        self.channels, self.size = channels, size
+        if size % 4:
+            raise ValueError(f"size: expected a multiple of 4, got {size}")
+        self.channels, self.size, self.squash = channels, size, squash
         self.inject = nn.Linear(latent_dim, 2 * channels * (size // 4) ** 2)
         self.conv_fine = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv_coarse = nn.Conv2d(channels, channels, 3, padding=1)
@@ -64,7 +74,7 @@ class MultiScaleDecoder(nn.Module):
         self.fuse_up = nn.Conv2d(channels, channels, 1)
         self.norm_fine = nn.GroupNorm(4, channels)
         self.norm_coarse = nn.GroupNorm(4, channels)
-        self.head = nn.Conv2d(channels, 1, 3, padding=1)
+        self.head = nn.Conv2d(channels, out_channels, 3, padding=1)
         for conv, gain in (
             (self.conv_fine, 0.5),
             (self.conv_coarse, 0.5),
@@ -102,7 +112,7 @@ class MultiScaleDecoder(nn.Module):
         return self.norm_fine(u_fine), self.norm_coarse(u_coarse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent → image ``(B, 1, size, size)``."""
+        """Latent → image ``(B, out_channels, size, size)``."""
         _torchdeq().reset_deq(self)
         u_fine, u_coarse = self.injection(x)
 
@@ -118,7 +128,8 @@ class MultiScaleDecoder(nn.Module):
         z_out, self.last_info = self.deq(cell, start)
         z_fine, z_coarse = z_out[-1]
         self._last = (z_fine.detach(), z_coarse.detach())
-        return self.head(z_fine)
+        image = self.head(z_fine)
+        return torch.sigmoid(image) if self.squash else image
 
 
 def _true_objective(model: MultiScaleDecoder, x: torch.Tensor, objective) -> float:
