@@ -266,10 +266,11 @@ def train_adversarial(
     processes; an epoch's last, smaller batch is split as evenly as possible and skipped if it
     has fewer samples than processes), attacks its own samples, and DDP averages the
     gradients: the parameters follow the single-process run with the same ``batch_size``
-    (exactly, up to float rounding, without ``random_start``; with it, each process draws its
-    own random starts). The test set is split the same way and the accuracies are summed over
-    the processes; a CUDA ``device`` becomes ``cuda:LOCAL_RANK``. Only rank 0 writes files and
-    shows the progress bar; ``resume`` reads the checkpoint on rank 0 and broadcasts it.
+    (exactly, up to float rounding, without ``random_start`` and ``jac_reg``; with them,
+    each process draws its own random starts and trajectory points). The test set is split
+    the same way and the accuracies are summed over the processes; a CUDA ``device`` becomes
+    ``cuda:LOCAL_RANK``. Only rank 0 writes files and shows the progress bar; ``resume``
+    reads the checkpoint on rank 0 and broadcasts it.
 
     Example:
         >>> import tempfile
