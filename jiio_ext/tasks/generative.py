@@ -29,8 +29,8 @@ Example:
     >>> log = train_generative(epochs=1, train_size=16, eval_size=8, batch_size=8,
     ...                        inner_iters=3, eval_iters=3, out=tempfile.mkdtemp(),
     ...                        progress=False, sample=False)
-    >>> sorted(log["epochs"][0])
-    ['epoch', 'epoch_time_s', 'inner_iterations', 'measurement_psnr', 'test_psnr', 'test_reconstruction_time_s', 'test_ssim', 'train_loss']
+    >>> sorted(log["epochs"][0])[4:]
+    ['test_psnr', 'test_reconstruction_time_s', 'test_ssim', 'train_loss']
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jiio_ext.distributed import DistContext, init_from_env
 from jiio_ext.regularize import random_trajectory_iteration
 from jiio_ext.tasks.images import DATASETS, load_images
 from jiio_ext.tasks.latent import Encoder, build_decoder, infer_jiio, infer_nested, latent_objective
@@ -164,6 +165,8 @@ def _check(method: str, problem: str, hypergrad: str, options: dict[str, Any]) -
     for name in ("lr", "inner_lr"):
         if not options[name] > 0:
             raise ValueError(f"{name}: expected a positive number, got {options[name]!r}")
+    if not options["deq_tol"] > 0:
+        raise ValueError(f"deq_tol: expected a positive tolerance, got {options['deq_tol']!r}")
     for name in ("latent_reg", "jac_reg", "kl_weight"):
         if not options[name] >= 0:
             raise ValueError(f"{name}: expected a number ≥ 0, got {options[name]!r}")
@@ -173,10 +176,69 @@ def _batch_seed(seed: int, epoch: int, batch: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**31)
 
 
-def _psnr_ssim(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    from jiio_ext.adapters.kornia import psnr, ssim
+class _TrainingStep(nn.Module):
+    """One training forward: infer the latents of the given samples, return per-sample losses.
 
-    return float(psnr(estimate, reference).mean()), float(ssim(estimate, reference).mean())
+    This module is what :meth:`~jiio_ext.distributed.DistContext.wrap` puts under
+    DistributedDataParallel: the joint solves (or nested inner loops) run on the bare decoder
+    inside this one forward, so DDP sees one forward per step and all-reduces every
+    parameter gradient of the outer loss, whichever path produced it.
+    """
+
+    def __init__(
+        self, decoder: nn.Module, encoder: nn.Module | None, operator, settings: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.decoder, self.encoder = decoder, encoder
+        self.operator, self.settings = operator, settings
+        self.last_traces: dict[str, list[float]] = {}
+
+    def forward(
+        self, clean: torch.Tensor, measurement, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Per-sample outer losses ``(b,)``, the inferred latents and solver statistics."""
+        s = self.settings
+        objective = _objective(self.operator, measurement, s["latent_reg"])
+        x0 = clean.new_zeros(clean.shape[0], s["latent_dim"])
+        stats: dict[str, float] = {}
+        penalty = clean.new_zeros(clean.shape[0])
+        if s["method"] == "jiio":
+            trajectory = [random_trajectory_iteration(s["inner_iters"])] if s["jac_reg"] else []
+            grad = s["hypergrad"] if s["problem"] != "reconstruct" else "envelope"
+            solution = infer_jiio(
+                self.decoder,
+                objective,
+                x0,
+                max_iter=s["inner_iters"],
+                grad=grad,
+                trajectory=trajectory,
+            )
+            image, x_star = solution.output, solution.x.detach()
+            if trajectory:
+                from jiio_ext.adapters.torchdeq import trajectory_penalty
+
+                penalty = s["jac_reg"] * trajectory_penalty(solution)
+            stats["residual"] = float(solution.residuals["z"].mean())
+            stats["iterations"] = float(solution.nstep.float().mean())
+            self.last_traces = {
+                key: trace.mean(1).tolist() for key, trace in solution.traces.items()
+            }
+        elif s["method"] == "nested":
+            result = infer_nested(
+                self.decoder, objective, x0, steps=s["inner_iters"], lr=s["inner_lr"]
+            )
+            x_star = result.x
+            image = self.decoder(x_star)
+            stats["iterations"] = float(result.forward_iterations)
+        else:
+            mean, log_var = self.encoder(self.operator.naive_inverse(measurement))
+            image = self.decoder(mean + noise * (0.5 * log_var).exp())
+            kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1)
+            penalty = s["kl_weight"] * kl / clean[0].numel()
+            x_star = mean.detach()
+        reconstruction = (image - clean).pow(2).flatten(1).mean(1)
+        stats["loss"] = float(reconstruction.detach().mean())
+        return reconstruction + penalty, x_star, stats
 
 
 class _Run:
@@ -197,7 +259,12 @@ class _Run:
         size, channels = train_x.shape[-1], train_x.shape[1]
         self.operator = make_problem(settings["problem"], size, **settings["problem_options"])
         self.decoder = build_decoder(
-            settings["latent_dim"], settings["channels"], size, channels, settings["seed"]
+            settings["latent_dim"],
+            settings["channels"],
+            size,
+            channels,
+            settings["seed"],
+            settings["deq_tol"],
         ).to(device)
         parameters = list(self.decoder.parameters())
         self.encoder = None
@@ -206,9 +273,11 @@ class _Run:
             parameters += list(self.encoder.parameters())
         self.optimiser = torch.optim.Adam(parameters, lr=settings["lr"])
         self.latents = torch.zeros(train_x.shape[0], settings["latent_dim"], device=device)
+        self.updated = torch.zeros(train_x.shape[0], dtype=torch.bool, device=device)
+        self.module = _TrainingStep(self.decoder, self.encoder, self.operator, settings)
+        self.training_step: nn.Module = self.module
         self.log: dict[str, Any] = {"settings": settings, "epochs": []}
         self.epoch = 0
-        self.last_traces: dict[str, list[float]] = {}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -221,7 +290,8 @@ class _Run:
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        if state["log"]["settings"] != self.settings:
+        saved = {k: v for k, v in state["log"]["settings"].items() if k != "epochs"}
+        if saved != {k: v for k, v in self.settings.items() if k != "epochs"}:
             raise ValueError(
                 "resume: the checkpoint was written with other settings; start a new run folder"
             )
@@ -231,65 +301,46 @@ class _Run:
         self.optimiser.load_state_dict(state["optimiser"])
         self.latents = state["latents"].to(self.device)
         self.log, self.epoch = state["log"], state["epoch"]
+        self.log["settings"] = self.settings
 
-    def step(self, index: torch.Tensor, seed: int) -> dict[str, float]:
-        s = self.settings
+    def step(self, index: torch.Tensor, seed: int, ctx: DistContext) -> dict[str, float]:
+        """One training step on the global batch ``index``; this rank solves its own part."""
+        torch.manual_seed(seed)  # Hutchinson probes: the same draws after a resume
+        random.seed(seed)  # the trajectory iteration of the Jacobian penalty
         clean = self.train_x[index]
         measurement = self.operator.measure(clean, seed=seed)
-        objective = _objective(self.operator, measurement, s["latent_reg"])
-        x0 = clean.new_zeros(clean.shape[0], s["latent_dim"])
-        stats: dict[str, float] = {}
-        penalty = clean.new_zeros(())
-        if s["method"] == "jiio":
-            random.seed(seed)
-            trajectory = [random_trajectory_iteration(s["inner_iters"])] if s["jac_reg"] else []
-            grad = s["hypergrad"] if s["problem"] != "reconstruct" else "envelope"
-            solution = infer_jiio(
-                self.decoder,
-                objective,
-                x0,
-                max_iter=s["inner_iters"],
-                grad=grad,
-                trajectory=trajectory,
-            )
-            image, x_star = solution.output, solution.x.detach()
-            if trajectory:
-                from jiio_ext.adapters.torchdeq import trajectory_penalty
-
-                penalty = s["jac_reg"] * trajectory_penalty(solution).mean()
-            stats["residual"] = float(solution.residuals["z"].mean())
-            stats["iterations"] = float(solution.nstep.float().mean())
-            self.last_traces = {
-                key: trace.mean(1).tolist() for key, trace in solution.traces.items()
-            }
-        elif s["method"] == "nested":
-            result = infer_nested(
-                self.decoder, objective, x0, steps=s["inner_iters"], lr=s["inner_lr"]
-            )
-            x_star = result.x
-            image = self.decoder(x_star)
-            stats["iterations"] = float(result.forward_iterations)
-        else:
-            generator = torch.Generator().manual_seed(seed)
-            mean, log_var = self.encoder(self.operator.naive_inverse(measurement))
-            noise = torch.randn(mean.shape, generator=generator).to(mean)
-            x_star = mean + noise * (0.5 * log_var).exp()
-            image = self.decoder(x_star)
-            kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1)
-            penalty = s["kl_weight"] * kl.mean() / clean[0].numel()
-            x_star = mean.detach()
-        reconstruction = (image - clean).pow(2).flatten(1).mean(1).mean()
-        loss = reconstruction + penalty
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(clean.shape[0], self.settings["latent_dim"], generator=generator)
+        rows = ctx.shard(index.shape[0])
+        losses, x_star, stats = self.training_step(
+            clean[rows], measurement.index_select(rows), noise.to(clean)[rows]
+        )
         self.optimiser.zero_grad()
-        loss.backward()
+        ctx.global_mean(losses, index.shape[0]).backward()
         self.optimiser.step()
-        self.latents[index] = x_star.detach()
-        stats["loss"] = float(reconstruction.detach())
+        self.latents[index[rows]] = x_star
+        self.updated[index[rows]] = True
         return stats
 
-    def evaluate(self) -> dict[str, Any]:
+    def sync_latents(self, ctx: DistContext) -> None:
+        """Every rank's latents of this epoch on every rank (each row came from one rank)."""
+        if not ctx.is_distributed:
+            return
+        mine = self.updated.unsqueeze(1).to(self.latents.dtype)
+        values = ctx.all_reduce_sum(self.latents * mine)
+        counts = ctx.all_reduce_sum(mine)
+        self.latents = torch.where(counts > 0, values / counts.clamp_min(1), self.latents)
+        self.updated.zero_()
+
+    def evaluate(self, ctx: DistContext) -> dict[str, Any]:
+        """Test PSNR/SSIM of the method's own inference; each rank takes part of the test set."""
+        from jiio_ext.adapters.kornia import psnr, ssim
+
         s = self.settings
+        rows = ctx.shard(self.test_x.shape[0])
+        clean = self.test_x[rows]
         measurement = self.operator.measure(self.test_x, seed=s["seed"] + 12_345)
+        measurement = measurement.index_select(rows)
         start = time.perf_counter()
         images = reconstruct(
             s["method"],
@@ -303,13 +354,19 @@ class _Run:
             encoder=self.encoder,
         )
         elapsed = time.perf_counter() - start
-        test_psnr, test_ssim = _psnr_ssim(images, self.test_x)
-        naive_psnr, _ = _psnr_ssim(self.operator.naive_inverse(measurement), self.test_x)
-        self.eval_images = (self.test_x, measurement, images)
+        naive = self.operator.naive_inverse(measurement)
+        sums = ctx.all_reduce_sum(
+            {
+                "test_psnr": float(psnr(images, clean).sum()),
+                "test_ssim": float(ssim(images, clean).sum()),
+                "measurement_psnr": float(psnr(naive, clean).sum()),
+                "count": float(clean.shape[0]),
+            }
+        )
+        count = sums.pop("count")
+        self.eval_images = (clean, measurement, images)
         return {
-            "test_psnr": test_psnr,
-            "test_ssim": test_ssim,
-            "measurement_psnr": naive_psnr,
+            **{key: value / count for key, value in sums.items()},
             "test_reconstruction_time_s": elapsed,
         }
 
@@ -346,9 +403,9 @@ def _save_plots(run: _Run, folder: Path) -> None:
     fig.savefig(folder / "reconstructions.png", dpi=100)
     plt.close(fig)
 
-    if run.last_traces:
+    if run.module.last_traces:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        for key, trace in run.last_traces.items():
+        for key, trace in run.module.last_traces.items():
             ax.plot(trace, label=key)
         ax.set(xlabel="joint iteration", yscale="log", title="JIIO traces (last batch, mean)")
         ax.legend()
@@ -405,12 +462,13 @@ def train_generative(
     eval_size: int | None = 128,
     inner_iters: int = 40,
     eval_iters: int | None = None,
-    inner_lr: float = 0.1,
+    inner_lr: float = 0.3,
     lr: float = 2e-3,
     latent_reg: float = 1e-3,
     hypergrad: str = "envelope",
     jac_reg: float = 0.0,
     kl_weight: float = 1.0,
+    deq_tol: float = 1e-3,
     problem_options: dict[str, Any] | None = None,
     seed: int = 0,
     out: str | Path = "jiio-runs/generative",
@@ -441,6 +499,7 @@ def train_generative(
         hypergrad: JIIO's θ-gradient on inverse problems: ``'envelope'`` or ``'implicit'``.
         jac_reg: weight of the trajectory Jacobian penalty (JIIO).
         kl_weight: the VAE's KL weight.
+        deq_tol: tolerance of the decoder's own forward and backward solves (torchdeq).
         problem_options: options of the degradation (``sigma``, ``factor``, ...).
         seed: seed of the initialisation, the data order and the measurements.
         out: run folder.
@@ -486,61 +545,89 @@ def train_generative(
         "hypergrad": hypergrad,
         "jac_reg": jac_reg,
         "kl_weight": kl_weight,
+        "deq_tol": deq_tol,
         "problem_options": dict(problem_options or {}),
         "seed": seed,
     }
     _check(method, problem, hypergrad, settings)
     if data not in DATASETS:
         raise ValueError(f"data: unknown data set {data!r}; expected one of {DATASETS}")
-    device = torch.device(device)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    run = _Run(settings, device)
+    ctx = init_from_env(device)
+    try:
+        ctx.check_batch_size(batch_size)
+        return _train(settings, ctx, Path(out), resume, progress, sample)
+    finally:
+        ctx.close()
+
+
+def _train(
+    settings: dict[str, Any],
+    ctx: DistContext,
+    folder: Path,
+    resume: bool,
+    progress: bool,
+    sample: bool,
+) -> dict[str, Any]:
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    run = _Run(settings, ctx.device)
+    if run.test_x.shape[0] < ctx.world_size:
+        raise ValueError(
+            f"eval_size: {run.test_x.shape[0]} test images for {ctx.world_size} processes; "
+            "every process needs at least one"
+        )
     checkpoint = folder / "checkpoint.pt"
     if resume:
-        if not checkpoint.is_file():
+        state = ctx.load_checkpoint(checkpoint)
+        if state is None:
             raise ValueError(f"resume: no checkpoint at {checkpoint}")
-        run.load(torch.load(checkpoint, map_location=device, weights_only=False))
+        run.load(state)
+    run.training_step = ctx.wrap(run.module, find_unused_parameters=True)
+    seed, epochs, batch_size = settings["seed"], settings["epochs"], settings["batch_size"]
     size = run.train_x.shape[0]
     steps_per_epoch = size // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size: {batch_size} is larger than the training set ({size})")
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=(epochs - run.epoch) * steps_per_epoch, desc=f"{method} {problem}")
+        bar = tqdm(
+            total=(epochs - run.epoch) * steps_per_epoch,
+            desc=f"{settings['method']} {settings['problem']}",
+        )
     for epoch in range(run.epoch, epochs):
         order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7 + epoch))
-        order = order.to(device)
+        order = order.to(ctx.device)
         totals = {"loss": 0.0, "iterations": 0.0}
         start = time.perf_counter()
         for batch in range(steps_per_epoch):
             index = order[batch * batch_size : (batch + 1) * batch_size]
-            stats = run.step(index, _batch_seed(seed, epoch, batch))
+            stats = run.step(index, _batch_seed(seed, epoch, batch), ctx)
             for key in totals:
                 totals[key] += stats.get(key, 0.0)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(
-                    {k: f"{v:.3g}" for k, v in stats.items()}, refresh=False
-                )
+                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
         epoch_time = time.perf_counter() - start
+        run.sync_latents(ctx)
+        totals = ctx.all_reduce_mean(totals)
         run.epoch = epoch + 1
         entry = {
             "epoch": run.epoch,
             "train_loss": totals["loss"] / steps_per_epoch,
             "inner_iterations": totals["iterations"] / steps_per_epoch,
             "epoch_time_s": epoch_time,
-            **run.evaluate(),
+            **run.evaluate(ctx),
         }
         run.log["epochs"].append(entry)
-        torch.save(run.state(), checkpoint)
-        (folder / "log.json").write_text(json.dumps(run.log, indent=2))
-        _save_plots(run, folder)
+        ctx.save_checkpoint(run.state(), checkpoint)
+        if ctx.is_main:
+            (folder / "log.json").write_text(json.dumps(run.log, indent=2))
+            _save_plots(run, folder)
     if bar is not None:
         bar.close()
-    if sample and run.epoch > 0:
+    if sample and run.epoch > 0 and ctx.is_main:
         run.log["samples"] = _save_samples(run, folder)
         (folder / "log.json").write_text(json.dumps(run.log, indent=2))
     return run.log

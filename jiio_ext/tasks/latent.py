@@ -49,11 +49,13 @@ def build_decoder(
     image_size: int = 16,
     image_channels: int = 1,
     seed: int = 0,
+    deq_tol: float = 1e-3,
 ) -> nn.Module:
     """A decoder-only multi-scale torchdeq DEQ, input-optimisable, pixels in ``[0, 1]``.
 
-    Forward: torchdeq's Anderson (30 iterations, tolerance 1e-3); backward: implicit (IFT)
-    with Anderson, warm-started from the joint adjoint after ``optimize_input`` ('jiio' core).
+    Forward: torchdeq's Anderson (tolerance ``deq_tol``, at most 30 iterations, or 100 when
+    ``deq_tol < 1e-4``); backward: implicit (IFT) with Anderson to the same tolerance,
+    warm-started from the joint adjoint after ``optimize_input`` ('jiio' core).
 
     Args:
         latent_dim: size of the latent.
@@ -61,6 +63,7 @@ def build_decoder(
         image_size: image side (a multiple of 4).
         image_channels: 1 (grey) or 3 (RGB).
         seed: initialisation seed.
+        deq_tol: tolerance of the DEQ's forward and backward solves.
 
     Returns:
         The decoder (``decoder(x) -> (B, image_channels, image_size, image_size)``).
@@ -81,6 +84,10 @@ def build_decoder(
         out_channels=image_channels,
         squash=True,
         core="jiio",
+        f_tol=deq_tol,
+        b_tol=deq_tol,
+        f_max_iter=30 if deq_tol >= 1e-4 else 100,
+        b_max_iter=30 if deq_tol >= 1e-4 else 100,
     )
     return adapter.input_optimizable(decoder)
 
