@@ -404,8 +404,15 @@ def _bench_adversarial(device: torch.device, **options) -> dict:
     return bench_adversarial(device, **options)
 
 
+def _bench_inverse(device: torch.device, **options) -> dict:
+    from jiio_ext.bench.inverse import bench_inverse
+
+    return bench_inverse(device, **options)
+
+
 TASKS: dict[str, Callable[..., dict]] = {
     "adversarial": _bench_adversarial,
+    "inverse": _bench_inverse,
     "latent": bench_latent,
     "overhead": bench_overhead,
     "torchdeq": _bench_torchdeq,
