@@ -61,6 +61,15 @@ class FiLMDEQ(nn.Module):
         return self.head(z)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread avoids oversubscribing the shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _data(seed=1, n_spt=6, n_qry=5):
     gen = torch.Generator().manual_seed(seed)
     xs = torch.randn(n_spt, 3, generator=gen, dtype=D)
@@ -186,7 +195,7 @@ def _maml_loop(module, net, xs, ys, xq, yq, steps):
         listed = [p.detach().clone() for p in fnet.fast_params]
         explicit = fnet(xq, params=fnet.fast_params).detach()
         latest = fnet(xq).detach()
-    return before, float(query), fast, listed, explicit, latest
+    return before, float(query.detach()), fast, listed, explicit, latest
 
 
 @pytest.mark.parametrize("which", ["jiio", "higher"])

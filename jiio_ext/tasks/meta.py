@@ -11,11 +11,10 @@ epoch (``resume=True`` continues from it), ``log.json``, ``curves.png`` and, for
 ``sinusoid_fits.png`` into its output folder.
 
 Example:
-    >>> import tempfile
-    >>> log = train_meta("sinusoid", "jiio", epochs=1, steps_per_epoch=2, tasks_per_batch=2,
-    ...                  eval_tasks=2, hidden=8, out=tempfile.mkdtemp(), progress=False)
-    >>> sorted(log["epochs"][0])[:4]
-    ['epoch', 'epoch_time_s', 'meta_test_loss', 'meta_test_metric']
+    >>> from jiio_ext.tasks.meta import TASKS, train_meta
+    >>> TASKS
+    ('sinusoid', 'digits', 'omniglot')
+    >>> log = train_meta("digits", "jiio", epochs=2, out="runs/meta")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -44,11 +43,18 @@ from jiio_ext.tasks.meta_methods import (
 )
 from jiio_ext.tasks.meta_models import FiLMDEQNet
 
-__all__ = ["TASKS", "add_meta_arguments", "evaluate_meta", "run_meta_cli", "train_meta"]
+__all__ = [
+    "TASKS",
+    "add_meta_arguments",
+    "evaluate_meta",
+    "make_meta_problem",
+    "run_meta_cli",
+    "train_meta",
+]
 
 TASKS = ("sinusoid", "digits", "omniglot")
 # inner step sizes (best of a small sweep per task; see docs/meta.md)
-DEFAULT_INNER_LR = {"sinusoid": 0.02, "digits": 0.5, "omniglot": 0.5}
+DEFAULT_INNER_LR = {"sinusoid": 1.0, "digits": 0.5, "omniglot": 0.5}
 
 
 class _Sampler:
@@ -67,7 +73,28 @@ class _Sampler:
         return self.pool.sample(self.n_way, self.k_shot, self.k_query, tasks, train, generator)
 
 
-def _make(task: str, n_way: int, k_shot: int, k_query: int, data_dir, device, hidden, context_dim):
+def make_meta_problem(
+    task: str,
+    n_way: int = 5,
+    k_shot: int = 1,
+    k_query: int = 5,
+    data_dir: str | None = None,
+    device: torch.device | str = "cpu",
+    hidden: int = 32,
+    context_dim: int = 16,
+):
+    """The model and the task sampler of a task family.
+
+    Returns:
+        ``(model, sampler)`` where ``sampler(tasks, train, generator) -> TaskBatch``.
+
+    Example:
+        >>> import torch
+        >>> model, sampler = make_meta_problem("digits", hidden=8)
+        >>> sampler(2, True, torch.Generator().manual_seed(0)).x_spt.shape
+        torch.Size([2, 5, 64])
+    """
+    device = torch.device(device)
     if task not in TASKS:
         raise ValueError(f"task: unknown meta-learning task {task!r}; expected one of {TASKS}")
     if task == "sinusoid":
@@ -75,7 +102,15 @@ def _make(task: str, n_way: int, k_shot: int, k_query: int, data_dir, device, hi
     else:
         pool = digits_pool(device) if task == "digits" else omniglot_pool(data_dir, device)
         in_dim, out_dim = pool.dim, n_way
-    model = FiLMDEQNet(in_dim, out_dim, hidden=hidden, context_dim=context_dim).to(device)
+    # sinusoid: context only (CAVIA-style); classification: context and head
+    model = FiLMDEQNet(
+        in_dim,
+        out_dim,
+        hidden=hidden,
+        context_dim=context_dim,
+        adapt_head=task != "sinusoid",
+        input_scale=0.2 if task == "sinusoid" else 1.0,
+    ).to(device)
     return model, _Sampler(task, pool, n_way, k_shot, k_query, device)
 
 
@@ -89,6 +124,12 @@ def evaluate_meta(
     seed: int = 1234,
 ) -> dict[str, float]:
     """Meta-test: adapt to ``tasks`` held-out tasks with the method's own inner loop.
+
+    Example:
+        >>> model, sampler = make_meta_problem("sinusoid", hidden=8)
+        >>> cfg = MetaConfig(regression=True)
+        >>> sorted(evaluate_meta(model, "fomaml", sampler, cfg, tasks=1))
+        ['loss', 'metric']
 
     Returns:
         ``{"loss": mean query loss, "metric": accuracy or MSE}`` over the tasks (a fixed set:
@@ -208,6 +249,14 @@ def train_meta(
 
     Raises:
         ValueError: unknown task or method, or unreadable data.
+
+    Example:
+        >>> import tempfile
+        >>> log = train_meta("sinusoid", "fomaml", epochs=1, steps_per_epoch=1, hidden=8,
+        ...                  tasks_per_batch=1, eval_tasks=1, out=tempfile.mkdtemp(),
+        ...                  progress=False)  # doctest: +SKIP
+        >>> sorted(log["epochs"][0])[:3]  # doctest: +SKIP
+        ['epoch', 'epoch_time_s', 'meta_step_time_s']
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
@@ -228,7 +277,9 @@ def train_meta(
     if inner_steps is not None:
         cfg.jiio_steps = cfg.maml_steps = cfg.imaml_steps = inner_steps
     torch.manual_seed(seed)
-    model, sampler = _make(task, n_way, k_shot, k_query, data_dir, dev, hidden, context_dim)
+    model, sampler = make_meta_problem(
+        task, n_way, k_shot, k_query, data_dir, dev, hidden, context_dim
+    )
     meta_opt = torch.optim.Adam(model.parameters(), lr=meta_lr)
     generator = torch.Generator().manual_seed(seed)
     config = {
@@ -346,7 +397,14 @@ def add_meta_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def run_meta_cli(args: argparse.Namespace) -> int:
-    """Run ``jiio train meta`` from parsed arguments; print a summary; return the exit code."""
+    """Run ``jiio train meta`` from parsed arguments; print a summary; return the exit code.
+
+    Example:
+        >>> import argparse
+        >>> args = add_meta_arguments(argparse.ArgumentParser()).parse_args([])
+        >>> run_meta_cli(args)  # doctest: +SKIP
+        0
+    """
     try:
         log = train_meta(
             args.task,

@@ -255,7 +255,7 @@ def omniglot_pool(
         ...     omniglot_pool("/nonexistent", torch.device("cpu"))
         ... except ValueError as err:
         ...     print(str(err)[:40])
-        data_dir: '/nonexistent' is not a re
+        data_dir: '/nonexistent' is not a readab
     """
     if not data_dir or not Path(data_dir).is_dir():
         raise ValueError(f"data_dir: {data_dir!r} is not a readable folder (needed for omniglot)")

@@ -36,7 +36,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from jiio_ext.tasks.meta_data import TaskBatch
-from jiio_ext.tasks.meta_models import ADAPTED, adapted_parameters
+from jiio_ext.tasks.meta_models import adapted_parameters
 
 __all__ = ["METHODS", "MetaConfig", "adapt_and_predict", "meta_step", "task_losses"]
 
@@ -135,8 +135,8 @@ def _maml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
 
 def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float):
     """Inner gradient descent on the adapted parameters (first-order, DEQ warm-started)."""
-    anchor = {n: params[n].detach() for n in ADAPTED}
-    fast = {n: anchor[n].clone().requires_grad_() for n in ADAPTED}
+    anchor = {n: params[n].detach() for n in model.adapted}
+    fast = {n: anchor[n].clone().requires_grad_() for n in model.adapted}
     frozen = {n: p.detach() for n, p in params.items()}
     z = None
     for _ in range(steps):
@@ -144,7 +144,9 @@ def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float):
         z = model.last_z
         loss = task_losses(out[None], y[None], cfg.regression).sum()
         if prox:
-            loss = loss + sum(0.5 * prox * (fast[n] - anchor[n]).pow(2).sum() for n in ADAPTED)
+            loss = loss + sum(
+                0.5 * prox * (fast[n] - anchor[n]).pow(2).sum() for n in model.adapted
+            )
         grads = torch.autograd.grad(loss, list(fast.values()))
         fast = {
             n: (fast[n] - cfg.inner_lr * g).detach().requires_grad_() for n, g in zip(fast, grads)
@@ -164,7 +166,7 @@ def _fomaml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) ->
         if train:
             loss = task_losses(out[None], batch.y_qry[t : t + 1], cfg.regression).sum() / tasks
             loss.backward()
-            for n in ADAPTED:
+            for n in model.adapted:
                 params[n].grad = (
                     fast[n].grad if params[n].grad is None else params[n].grad + fast[n].grad
                 )
@@ -178,14 +180,16 @@ def _flat(tensors) -> torch.Tensor:
 
 def _support_grads(model, params, vec, x, y, z, cfg: MetaConfig, wrt_theta: bool):
     """Support-loss gradient at adapted values ``vec``: wrt φ, or wrt the other weights."""
-    shapes = [params[n].shape for n in ADAPTED]
+    shapes = [params[n].shape for n in model.adapted]
     pieces = torch.split(vec, [s.numel() for s in shapes])
-    leaves = {n: p.view(s).requires_grad_() for n, p, s in zip(ADAPTED, pieces, shapes)}
+    leaves = {n: p.view(s).requires_grad_() for n, p, s in zip(model.adapted, pieces, shapes)}
     base = {n: (p if wrt_theta else p.detach()) for n, p in params.items()}
     out = functional_call(model, {**base, **leaves}, (x,), {"z0": z})
     loss = task_losses(out[None], y[None], cfg.regression).sum()
     inputs = (
-        [p for n, p in params.items() if n not in ADAPTED] if wrt_theta else list(leaves.values())
+        [p for n, p in params.items() if n not in model.adapted]
+        if wrt_theta
+        else list(leaves.values())
     )
     return torch.autograd.grad(loss, inputs, allow_unused=True)
 
@@ -205,8 +209,8 @@ def _conjugate_gradients(apply, b: torch.Tensor, steps: int) -> torch.Tensor:
 
 def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig) -> None:
     """Add one task's implicit meta-gradient, given ``fast[n].grad`` = query gradient at φ*."""
-    g_query = _flat(fast[n].grad for n in ADAPTED)
-    phi = _flat(fast[n].detach() for n in ADAPTED)
+    g_query = _flat(fast[n].grad for n in model.adapted)
+    phi = _flat(fast[n].detach() for n in model.adapted)
 
     def hvp(v: torch.Tensor) -> torch.Tensor:  # (H + λI) v, H by central differences
         eps = 1e-2 / float(v.norm().clamp_min(1e-12))
@@ -217,7 +221,7 @@ def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig) -> None:
     w = _conjugate_gradients(hvp, g_query, cfg.cg_steps)
     # θ_φ gets λ w; the other weights the mixed term −∂²L/∂θ∂φ · w
     offset = 0
-    for n in ADAPTED:
+    for n in model.adapted:
         size = params[n].numel()
         piece = cfg.prox * w[offset : offset + size].view_as(params[n])
         params[n].grad = piece if params[n].grad is None else params[n].grad + piece
@@ -225,7 +229,7 @@ def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig) -> None:
     eps = 1e-2 / float(w.norm().clamp_min(1e-12))
     plus = _support_grads(model, params, phi + eps * w, x, y, z, cfg, True)
     minus = _support_grads(model, params, phi - eps * w, x, y, z, cfg, True)
-    others = [n for n in params if n not in ADAPTED]
+    others = [n for n in params if n not in model.adapted]
     for n, a, b in zip(others, plus, minus):
         if a is not None and b is not None:
             params[n].grad = params[n].grad - (a - b) / (2 * eps)

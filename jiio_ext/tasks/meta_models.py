@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ADAPTED", "FiLMDEQNet", "adapted_parameters"]
-
-ADAPTED = ("context", "head.weight", "head.bias")
+__all__ = ["FiLMDEQNet", "adapted_parameters"]
 
 
 class FiLMDEQNet(nn.Module):
@@ -34,8 +32,12 @@ class FiLMDEQNet(nn.Module):
         f_max_iter: forward solver budget (torchdeq Anderson).
         f_tol: forward solver tolerance (relative).
         seed: initialisation seed.
+        adapt_head: whether the inner loops adapt the head as well as the context.
+        input_scale: inputs are multiplied by this first (keeps ``tanh`` out of saturation,
+            where torchdeq's solvers slow down a lot: the sinusoid's ``x ∈ [−5, 5]`` uses 0.2).
 
     Attributes:
+        adapted: names of the parameters the inner loops adapt.
         last_z: the latest fixed point (detached), for warm starts (``forward(z0=...)``).
     """
 
@@ -49,6 +51,8 @@ class FiLMDEQNet(nn.Module):
         f_max_iter: int = 30,
         f_tol: float = 1e-4,
         seed: int = 0,
+        adapt_head: bool = True,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
         from torchdeq import get_deq
@@ -57,6 +61,7 @@ class FiLMDEQNet(nn.Module):
 
         torch.manual_seed(seed)
         self.hidden = hidden
+        self.input_scale = input_scale
         self.inject = nn.Linear(in_dim, hidden)
         self.cell = nn.Linear(hidden, hidden)
         self.film = nn.Linear(context_dim, 2 * hidden)
@@ -78,6 +83,7 @@ class FiLMDEQNet(nn.Module):
             b_stop_mode="rel",
         )
         self.last_z: torch.Tensor | None = None
+        self.adapted = ("context", "head.weight", "head.bias") if adapt_head else ("context",)
 
     def forward(
         self,
@@ -88,7 +94,7 @@ class FiLMDEQNet(nn.Module):
         """Inputs ``(N, in_dim)`` → outputs ``(N, out_dim)``; ``z0`` warm-starts the solver."""
         c = self.context if context is None else context
         gamma, beta = self.film(c).chunk(2, dim=-1)
-        u = (1 + gamma) * self.inject(x) + beta
+        u = (1 + gamma) * self.inject(self.input_scale * x) + beta
         start = torch.zeros(x.shape[0], self.hidden, dtype=x.dtype, device=x.device)
         if z0 is not None and z0.shape == start.shape:
             start = z0
@@ -98,11 +104,11 @@ class FiLMDEQNet(nn.Module):
 
 
 def adapted_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters the inner loops adapt (context and head), in a fixed order.
+    """The parameters the inner loops adapt (``model.adapted``), in a fixed order.
 
     Example:
         >>> [p.shape for p in adapted_parameters(FiLMDEQNet(2, 1, hidden=4, context_dim=3))]
         [torch.Size([3]), torch.Size([1, 4]), torch.Size([1])]
     """
     named = dict(model.named_parameters())
-    return [named[name] for name in ADAPTED]
+    return [named[name] for name in model.adapted]
