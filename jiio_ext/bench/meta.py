@@ -27,7 +27,7 @@ import time
 import torch
 
 from jiio_ext.bench.tasks import PeakMemory, _sync
-from jiio_ext.tasks.meta import DEFAULT_INNER_LR, evaluate_meta, make_meta_problem
+from jiio_ext.tasks.meta import DEFAULT_INNER_LR, DEFAULT_PROX, evaluate_meta, make_meta_problem
 from jiio_ext.tasks.meta_data import TaskBatch
 from jiio_ext.tasks.meta_methods import MetaConfig, meta_step
 
@@ -150,7 +150,7 @@ def _bench(device, quick, dtype, meta_steps, eval_tasks) -> dict:
     evals = eval_tasks or (8 if quick else 200)
     hidden = 16 if quick else 32
     methods = ("jiio", "maml") if quick else ("jiio", "maml", "imaml", "fomaml")
-    cfg = MetaConfig(inner_lr=DEFAULT_INNER_LR["digits"])
+    cfg = MetaConfig(inner_lr=DEFAULT_INNER_LR["digits"], prox=DEFAULT_PROX["digits"])
     report = {
         "task": "meta",
         "device": str(device),
@@ -162,7 +162,9 @@ def _bench(device, quick, dtype, meta_steps, eval_tasks) -> dict:
     }
     if quick:
         return report
-    sine_cfg = MetaConfig(regression=True, inner_lr=DEFAULT_INNER_LR["sinusoid"])
+    sine_cfg = MetaConfig(
+        regression=True, inner_lr=DEFAULT_INNER_LR["sinusoid"], prox=DEFAULT_PROX["sinusoid"]
+    )
     report["sinusoid"] = {
         "setting": f"sinusoid 10-shot, 4 tasks per meta-step, {steps} meta-steps; objective = "
         "meta-test MSE",

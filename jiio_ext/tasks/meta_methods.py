@@ -62,7 +62,7 @@ class MetaConfig:
     inner_lr: float = 0.5
     maml_steps: int = 5
     jiio_steps: int = 20
-    imaml_steps: int = 15
+    imaml_steps: int = 20
     cg_steps: int = 5
     prox: float = 1.0
     backward_rtol: float = 1e-4
