@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,8 +50,9 @@ def format_report(report: dict) -> str:
     for key in ("baseline", "jiio"):
         side = report[key]
         lines.append(
-            f"  {key:<9}{_fmt(side['time_s']):>10}{_fmt(side['f_evals']):>9}"
-            f"{_fmt(side['objective']):>12}{_fmt(side['peak_mem_mb']):>9}  {side['name']}"
+            f"  {key:<9}{_fmt(side.get('time_s')):>10}{_fmt(side.get('f_evals')):>9}"
+            f"{_fmt(side.get('objective')):>12}{_fmt(side.get('peak_mem_mb')):>9}  "
+            f"{side.get('name', '')}"
         )
     for key in ("speedup_time", "speedup_evals", "overhead"):
         if key in report:
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", help="torch device")
     demo.add_argument("--quick", action="store_true", help="small batch and budget")
     demo.add_argument("--out", default="jiio-runs", help="folder for the run record")
+    demo.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
     return parser
 
 
@@ -141,6 +143,11 @@ def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) ->
     parser.add_argument("--device", default="cpu")
 
 
+def _is_main_process() -> bool:
+    """Under torchrun only rank 0 prints the results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _check_device(device: str) -> None:
     try:
         dev = torch.device(device)
@@ -160,28 +167,13 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(args.out) / stamp
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {
-        "version": __version__,
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "threads": torch.get_num_threads(),
-            "device": args.device,
-        },
-        "tasks": {},
-    }
-    for name in sorted(TASKS):
-        print(f"== {name} ==", flush=True)
-        report = run_task(name, device=args.device, quick=args.quick)
-        record["tasks"][name] = report
-        print(format_report(report), flush=True)
-    path = folder / "record.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"record written to {path}")
+    from jiio_ext.demo import run_demo
+
+    budget = "quick" if args.quick else "full"
+    try:
+        run_demo(args.out, device=args.device, budget=budget, tasks=args.tasks)
+    except ValueError as err:
+        raise SystemExit(f"jiio demo: {err}") from None
     return 0
 
 
@@ -221,6 +213,8 @@ def _run_train_generative(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as err:
         raise SystemExit(f"jiio train {args.task}: {err}") from None
+    if not _is_main_process():
+        return 0
     for entry in log["epochs"]:
         print(
             f"epoch {entry['epoch']}: {entry['epoch_time_s']:.2f} s, train MSE "
@@ -255,6 +249,8 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise SystemExit(f"jiio train adversarial: {err}") from None
+    if not _is_main_process():
+        return 0
     for entry in log["epochs"]:
         print(
             f"epoch {entry['epoch']}: {entry['epoch_time_s']:.2f} s, loss "
