@@ -49,7 +49,8 @@ class MetaConfig:
 
     Attributes:
         regression: mean squared error (sinusoid) instead of cross-entropy.
-        inner_lr: step size of the adapted quantity (every method).
+        inner_lr: step size of the adapted quantity (JIIO, iMAML; MAML too unless ``maml_lr``).
+        maml_lr: step size of MAML / FOMAML (``None``: ``inner_lr``).
         maml_steps: SGD steps of MAML / FOMAML.
         jiio_steps: joint iterations of JIIO (``diffopt.step`` calls).
         imaml_steps: inner gradient steps of nested iMAML (run to convergence).
@@ -60,6 +61,7 @@ class MetaConfig:
 
     regression: bool = False
     inner_lr: float = 0.5
+    maml_lr: float | None = None
     maml_steps: int = 5
     jiio_steps: int = 20
     imaml_steps: int = 20
@@ -113,7 +115,7 @@ def _jiio(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
 def _maml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> torch.Tensor:
     import higher
 
-    opt = torch.optim.SGD(adapted_parameters(model), lr=cfg.inner_lr)
+    opt = torch.optim.SGD(adapted_parameters(model), lr=_maml_lr(cfg))
     tasks = batch.x_spt.shape[0]
     outs = []
     for t in range(tasks):
@@ -133,7 +135,11 @@ def _maml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
     return torch.stack(outs)
 
 
-def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float):
+def _maml_lr(cfg: MetaConfig) -> float:
+    return cfg.inner_lr if cfg.maml_lr is None else cfg.maml_lr
+
+
+def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float, lr: float):
     """Inner gradient descent on the adapted parameters (first-order, DEQ warm-started)."""
     anchor = {n: params[n].detach() for n in model.adapted}
     fast = {n: anchor[n].clone().requires_grad_() for n in model.adapted}
@@ -148,9 +154,7 @@ def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float):
                 0.5 * prox * (fast[n] - anchor[n]).pow(2).sum() for n in model.adapted
             )
         grads = torch.autograd.grad(loss, list(fast.values()))
-        fast = {
-            n: (fast[n] - cfg.inner_lr * g).detach().requires_grad_() for n, g in zip(fast, grads)
-        }
+        fast = {n: (fast[n] - lr * g).detach().requires_grad_() for n, g in zip(fast, grads)}
     return fast, z
 
 
@@ -160,7 +164,7 @@ def _fomaml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) ->
     outs = []
     for t in range(tasks):
         fast, _ = _sgd_inner(
-            model, params, batch.x_spt[t], batch.y_spt[t], cfg, cfg.maml_steps, 0.0
+            model, params, batch.x_spt[t], batch.y_spt[t], cfg, cfg.maml_steps, 0.0, _maml_lr(cfg)
         )
         out = functional_call(model, {**params, **fast}, (batch.x_qry[t],))
         if train:
@@ -241,7 +245,7 @@ def _imaml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> 
     outs = []
     for t in range(tasks):
         x, y = batch.x_spt[t], batch.y_spt[t]
-        fast, z = _sgd_inner(model, params, x, y, cfg, cfg.imaml_steps, cfg.prox)
+        fast, z = _sgd_inner(model, params, x, y, cfg, cfg.imaml_steps, cfg.prox, cfg.inner_lr)
         out = functional_call(model, {**params, **fast}, (batch.x_qry[t],))
         outs.append(out.detach())
         if train:
