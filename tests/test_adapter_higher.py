@@ -379,3 +379,19 @@ def test_rejects_misused_steps_and_times():
             list(fnet.parameters(time=3))
         with pytest.raises(TypeError, match="params"):
             diffopt.step(F.cross_entropy(fnet(xs), ys), params=list(net.parameters()))
+
+
+def test_copy_initial_weights_sends_the_meta_gradient_to_time_zero():
+    net = FiLMDEQ(tol=1e-10)
+    xs, ys, xq, yq = _data()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, copy_initial_weights=True) as (fnet, diffopt):
+        for _ in range(20):
+            diffopt.step(F.cross_entropy(fnet(xs), ys))
+        F.cross_entropy(fnet(xq), yq).backward()
+        initial = list(fnet.parameters(time=0))
+    assert all(p.grad is None for p in net.parameters())
+    copied = dict(zip(dict(net.named_parameters()), initial))
+    expected, _ = _jiio_meta_grad(net, xs, ys, xq, yq, steps=20)
+    for name, tensor in copied.items():
+        torch.testing.assert_close(tensor.grad, expected[name], rtol=1e-8, atol=1e-12)
