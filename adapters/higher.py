@@ -508,7 +508,7 @@ class _InnerLoop:
         self.weights: torch.Tensor | None = None
         self.last: _Forward | None = None
         self.step_record: tuple[_Forward, torch.Tensor, torch.Tensor] | None = None
-        self.final: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.final: tuple[int, list[torch.Tensor]] | None = None
         ref = self.slots[0].anchor
         self.status = torch.full((self.rows,), int(Status.MAX_ITER), dtype=torch.long)
         self.residuals: dict[str, torch.Tensor] = {}
@@ -520,11 +520,6 @@ class _InnerLoop:
         )
 
     # ----- the adapted quantity -----
-    def _phi0(self) -> torch.Tensor:
-        """Initial adapted values, one row per task ``(T, n_φ)``."""
-        flat = torch.cat([s.anchor.detach().reshape(-1) for s in self.slots])
-        return flat.unsqueeze(0).expand(self.rows, -1).clone()
-
     def current_params(self) -> dict[str, torch.Tensor]:
         """Fast parameters now: model parameters with the adapted ones replaced (per task)."""
         adapted = self._adapted_now()
