@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import enum
 import importlib
 import inspect
 import pkgutil
@@ -336,8 +335,11 @@ def _data_doc(module_name: str, name: str, seen: set[tuple[str, str]] | None = N
 
 
 def _origin(module_name: str, name: str, obj: Any) -> tuple[str, ...]:
-    """An identity for the documented thing: the object for functions and classes, else the
-    module and name where the value is assigned."""
+    """An identity for the documented thing.
+
+    The object itself for functions and classes; for data, the module and name where the
+    value is assigned (following re-exports).
+    """
     if inspect.isclass(obj) or callable(obj) or inspect.ismodule(obj):
         return ("object", str(id(obj)))
     try:
