@@ -132,8 +132,10 @@ class AugmentedMap:
         alpha_z: float = 0.8,
         alpha_mu: float = 0.6,
         targets: Targets = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.f = f
+        self.autocast = autocast
         self.objective = objective
         self.z_layout = Layout.of(z_like)
         self.x_layout = Layout.of(x_like)
@@ -195,6 +197,15 @@ class AugmentedMap:
         z, x, mu = (part.contiguous() for part in torch.split(flat, list(self.blocks), dim=1))
         return self.z_layout.unflatten(z), self.x_layout.unflatten(x), self.z_layout.unflatten(mu)
 
+    def _call_f(self, z: State, x: torch.Tensor) -> State:
+        """``f(z, x)``, under autocast when asked (its outputs cast back to the state dtype)."""
+        if self.autocast is None:
+            return self.f(z, x)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast):
+            out = self.f(z, x)
+        parts = tuple(o.to(t.dtype) for o, t in zip(as_tuple(out), as_tuple(z)))
+        return parts if isinstance(out, tuple) else parts[0]
+
     def evaluate(
         self,
         z: State,
@@ -222,7 +233,7 @@ class AugmentedMap:
             x = x.detach().requires_grad_()
         z_parts = as_tuple(z)
         with torch.enable_grad():
-            z_out = self.f(z, x)
+            z_out = self._call_f(z, x)
             check_f_output(z_out, self.z_layout, x.shape[0])
             loss = self._objective(z, x, index)
             out_parts = as_tuple(z_out)

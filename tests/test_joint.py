@@ -314,3 +314,27 @@ def test_best_iterate_returns_lowest_objective_of_budgeted_run():
     assert bool(matches.all())
     assert bool((best.objective <= last.objective).all())
     assert bool((best.objective < last.objective).any())
+
+
+def test_bf16_autocast_keeps_the_state_in_float32_and_solves():
+    torch.manual_seed(0)
+    W = 0.4 * torch.randn(6, 6) / 6**0.5
+    f = lambda z, x: torch.tanh(z @ W + x)  # noqa: E731
+    target = 0.3 * torch.rand(5, 6)
+    objective = lambda z, x: (z - target).pow(2).sum(1)  # noqa: E731
+    x0 = torch.zeros(5, 6)
+    exact = solve_joint(f, objective, x0, torch.zeros_like(x0), step_size=0.3, max_iter=300)
+    mixed = solve_joint(
+        f,
+        objective,
+        x0,
+        torch.zeros_like(x0),
+        step_size=0.3,
+        max_iter=300,
+        autocast=torch.bfloat16,
+        rtol=1e-2,
+    )
+    assert mixed.x.dtype == mixed.z.dtype == torch.float32
+    assert float(mixed.objective.max()) < 1e-3 and float(exact.objective.max()) < 1e-6
+    with pytest.raises(ValueError, match="autocast"):
+        solve_joint(f, objective, x0, torch.zeros_like(x0), autocast=torch.float64)

@@ -35,6 +35,7 @@ from jiio_ext.solvers import Anderson, fixed_point
 __all__ = [
     "TASKS",
     "IterateRecorder",
+    "bench_autocast",
     "LatentProblem",
     "first_reaching",
     "make_latent_problem",
@@ -392,6 +393,57 @@ def bench_overhead(
     }
 
 
+def bench_autocast(
+    device: torch.device, *, quick: bool = False, dtype=torch.float32, max_iter: int = 100
+) -> dict:
+    """The latent problem solved with ``f`` in float32 and under bf16 autocast, same budget.
+
+    The solver state, Anderson and the objective stay in float32 in both runs; the objective
+    of each result is measured at a tight float32 fixed point. On CPUs without native bf16
+    kernels autocast is usually no faster; the comparison is meant for GPUs.
+
+    Example:
+        >>> import torch
+        >>> report = bench_autocast(torch.device("cpu"), quick=True, max_iter=3)
+        >>> report["jiio"]["name"].startswith("bf16")
+        True
+    """
+    batch = 16 if quick else 64
+    problem = make_latent_problem(batch, device, dtype=dtype)
+    sides = []
+    for name, autocast in (("float32 f", None), ("bf16 autocast f", torch.bfloat16)):
+        _sync(device)
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            solution = solve_joint(
+                problem.decoder.f,
+                problem.objective,
+                problem.x0,
+                problem.z0(),
+                step_size=StepSwitch(3.0, 1.0),
+                solver=Anderson(memory=5, kind="I"),
+                max_iter=max_iter,
+                rtol=0.0,
+                atol=0.0,
+                autocast=autocast,
+            )
+            _sync(device)
+            elapsed = time.perf_counter() - start
+        objective = problem.true_objective(solution.x)
+        sides.append(
+            _side(f"{name}, {max_iter} joint iterations", elapsed, max_iter, objective, mem)
+        )
+    return {
+        "task": "autocast",
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "batch": batch,
+        "baseline": sides[0],
+        "jiio": sides[1],
+        "speedup_time": round(sides[0]["time_s"] / sides[1]["time_s"], 2),
+    }
+
+
 def _bench_torchdeq(device: torch.device, **options) -> dict:
     from jiio_ext.bench.torchdeq_task import bench_torchdeq
 
@@ -412,6 +464,7 @@ def _bench_inverse(device: torch.device, **options) -> dict:
 
 TASKS: dict[str, Callable[..., dict]] = {
     "adversarial": _bench_adversarial,
+    "autocast": bench_autocast,
     "inverse": _bench_inverse,
     "latent": bench_latent,
     "overhead": bench_overhead,
