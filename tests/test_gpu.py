@@ -56,3 +56,41 @@ def test_joint_solve_on_cuda_matches_cpu():
 def test_bench_runs_on_cuda(task):
     report = run_task(task, device="cuda", quick=True)
     assert report["device"].startswith("cuda")
+
+
+def test_generative_training_step_on_cuda(tmp_path):
+    pytest.importorskip("kornia")
+    from jiio_ext.tasks.generative import train_generative
+
+    log = train_generative(
+        problem="inpaint",
+        epochs=1,
+        train_size=32,
+        eval_size=8,
+        batch_size=16,
+        inner_iters=5,
+        out=tmp_path,
+        progress=False,
+        sample=False,
+        device="cuda",
+    )
+    assert log["epochs"][0]["test_psnr"] > 0
+
+
+def test_bf16_autocast_on_cuda():
+    report = run_task("autocast", device="cuda", quick=True)
+    assert report["jiio"]["objective"] < 10 * report["baseline"]["objective"] + 1e-3
+
+
+def test_demo_on_cuda(tmp_path):
+    pytest.importorskip("torchattacks")
+    from jiio_ext.demo import run_demo
+
+    folder = run_demo(
+        tmp_path,
+        device="cuda",
+        budget="tiny",
+        tasks=["adversarial-training", "generative-training"],
+        verbose=False,
+    )
+    assert (folder / "report.html").is_file()
