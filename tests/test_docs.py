@@ -1,0 +1,210 @@
+"""Documentation checks: the generated API reference, the docstring standard, relative links.
+
+* ``docs/api.md`` matches the docstrings (``scripts/make_api_docs.py --check``, in-process;
+  modules whose optional dependency is missing are skipped).
+* Every name in every public module's ``__all__`` is documented, and every public function
+  and class has an ``Example:`` section (the project standard).
+* Every relative link in ``README.md`` and ``docs/*.md`` points to an existing file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+# Guides announced in docs/index.md that another change is still writing: a link to one of
+# these may dangle until the file lands (the link test is an expected failure meanwhile).
+PENDING = {"docs/generative.md"}
+
+# Names that did not meet the docstring standard when this test was written (owned by other
+# modules' authors). The standard test below is an expected failure while any remain; the
+# ratchet test fails on any *new* offender. Remove entries as they are fixed.
+KNOWN_OFFENDERS = frozenset(
+    {
+        "jiio_ext.GradMode: no Example: section",
+        "jiio_ext.JointSolution: no Example: section",
+        "jiio_ext.Status: no Example: section",
+        "jiio_ext.adapters.kornia.PROBLEMS: undocumented data",
+        "jiio_ext.adapters.torchdeq.JIIODEQ: no Example: section",
+        "jiio_ext.augmented.AugmentedMap: no Example: section",
+        "jiio_ext.augmented.Objective: undocumented data",
+        "jiio_ext.bench.TASKS: undocumented data",
+        "jiio_ext.bench.adversarial.DEQClassifier: no Example: section",
+        "jiio_ext.bench.adversarial.bench_adversarial: no Example: section",
+        "jiio_ext.bench.inverse.bench_inverse: no Example: section",
+        "jiio_ext.bench.meta.bench_meta: no Example: section",
+        "jiio_ext.bench.models.ConvDEQDecoder: no Example: section",
+        "jiio_ext.bench.run_task: no Example: section",
+        "jiio_ext.bench.tasks.LatentProblem: no Example: section",
+        "jiio_ext.bench.torchdeq_task.MultiScaleDecoder: no Example: section",
+        "jiio_ext.bench.torchdeq_task.bench_torchdeq: no Example: section",
+        "jiio_ext.cli.main: no Example: section",
+        "jiio_ext.demo.BUDGETS: undocumented data",
+        "jiio_ext.demo.TRAINING: undocumented data",
+        "jiio_ext.solvers.AndersonState: no Example: section",
+        "jiio_ext.solvers.FixedPointResult: no Example: section",
+        "jiio_ext.solvers.fixed_point.MapFn: undocumented data",
+        "jiio_ext.steps.STEP_RULES: undocumented data",
+        "jiio_ext.steps.StepRule: undocumented data",
+        "jiio_ext.tasks.TRAIN_TASKS: undocumented data",
+        "jiio_ext.tasks.generative.METHODS: undocumented data",
+        "jiio_ext.tasks.generative.PROBLEMS: undocumented data",
+        "jiio_ext.tasks.images.DATASETS: undocumented data",
+        "jiio_ext.tasks.latent.NestedResult: no Example: section",
+        "jiio_ext.tasks.meta.TASKS: undocumented data",
+        "jiio_ext.tasks.meta_data.TaskBatch: no Example: section",
+        "jiio_ext.tasks.meta_methods.METHODS: undocumented data",
+        "jiio_ext.tasks.meta_methods.MetaConfig: no Example: section",
+        "jiio_ext.tasks.meta_methods.meta_step: no Example: section",
+        "jiio_ext.tasks.meta_models.FiLMDEQNet: no Example: section",
+    }
+)
+
+_EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.MULTILINE)
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location(
+        "make_api_docs", ROOT / "scripts" / "make_api_docs.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return _load_generator()
+
+
+@pytest.fixture(scope="module")
+def modules(generator):
+    return generator.discover()
+
+
+def test_api_reference_is_up_to_date(generator, modules):
+    importable = [info for info in modules if info.module is not None]
+    assert importable, "no public module imports"
+    problems = generator.stale(generator.OUTPUT)
+    assert not problems, (
+        "docs/api.md is stale (" + "; ".join(problems) + "): run python scripts/make_api_docs.py"
+    )
+    missing = [info.name for info in modules if info.module is None]
+    if missing:
+        pytest.skip(f"checked all but {missing} (optional dependencies missing)")
+
+
+def test_api_generator_check_mode(generator, tmp_path, capsys):
+    assert generator.main(["--check"]) == 0
+    stale_copy = tmp_path / "api.md"
+    stale_copy.write_text(generator.OUTPUT.read_text(encoding="utf-8") + "\nextra\n")
+    assert generator.main(["--check", "--output", str(stale_copy)]) == 1
+    assert "stale" in capsys.readouterr().err
+
+
+def test_api_reference_is_deterministic(generator, modules):
+    text = generator.render(modules)
+    assert text == generator.render(modules)
+    assert not re.search(r" at 0x[0-9a-fA-F]+", text), "memory addresses in the reference"
+
+
+def _offenders(generator, modules) -> set[str]:
+    found, seen = set(), set()
+    for info in modules:
+        if info.module is None:
+            continue
+        for name in info.names:
+            obj = getattr(info.module, name)
+            key = generator._origin(info.name, name, obj)
+            if key in seen:  # a re-export: judged once, under its first public name
+                continue
+            seen.add(key)
+            where = f"{info.name}.{name}"
+            kind = generator.kind_of(obj)
+            if kind == "data":
+                if not generator._data_doc(info.name, name):
+                    found.add(f"{where}: undocumented data")
+                continue
+            doc = generator.own_doc(obj)
+            if not doc:
+                found.add(f"{where}: no docstring")
+            elif not _EXAMPLE.search(doc):
+                found.add(f"{where}: no Example: section")
+    return found
+
+
+def test_no_new_docstring_offenders(generator, modules):
+    new = sorted(_offenders(generator, modules) - KNOWN_OFFENDERS)
+    assert not new, "public names without a docstring / Example: section:\n" + "\n".join(new)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="public names in other modules still lack an Example: section or a comment "
+    "documenting a constant (KNOWN_OFFENDERS)",
+)
+def test_every_public_name_meets_the_docstring_standard(generator, modules):
+    found = sorted(_offenders(generator, modules))
+    assert not found, "public names below the docstring standard:\n" + "\n".join(found)
+
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.MULTILINE)
+
+
+def _relative_links(path: Path) -> list[str]:
+    text = _FENCE.sub("", path.read_text(encoding="utf-8"))
+    text = _INLINE_CODE.sub("", text)
+    targets = _LINK.findall(text) + _REFERENCE.findall(text)
+    out = []
+    for target in targets:
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith(("#", "/")):
+            continue  # URL, mail address, same-page anchor or site-absolute path
+        out.append(target)
+    return out
+
+
+def _link_cases():
+    cases = []
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        if not path.is_file():
+            continue
+        source = path.relative_to(ROOT).as_posix()
+        for target in _relative_links(path):
+            resolved = (path.parent / target.split("#", 1)[0]).resolve()
+            try:
+                shown = resolved.relative_to(ROOT).as_posix()
+            except ValueError:
+                shown = str(resolved)
+            marks = []
+            if shown in PENDING and not resolved.exists():
+                marks = [pytest.mark.xfail(strict=False, reason=f"{shown} is being written")]
+            cases.append(
+                pytest.param(source, target, resolved, id=f"{source}->{target}", marks=marks)
+            )
+    return cases
+
+
+@pytest.mark.parametrize(("source", "target", "resolved"), _link_cases())
+def test_relative_link_points_to_a_file(source, target, resolved):
+    assert resolved.exists(), f"{source}: link target {target!r} does not exist ({resolved})"
+
+
+def test_link_extraction(tmp_path):
+    sample = (
+        "[a](docs/x.md) [b](https://e.org) [c](#top) ![i](img.png)\n"
+        "`[not](code.md)`\n```\n[no](fenced.md)\n```\n[ref]: other.md\n"
+    )
+    path = tmp_path / "sample.md"
+    path.write_text(sample, encoding="utf-8")
+    assert _relative_links(path) == ["docs/x.md", "img.png", "other.md"]
