@@ -338,3 +338,21 @@ def test_bf16_autocast_keeps_the_state_in_float32_and_solves():
     assert float(mixed.objective.max()) < 1e-3 and float(exact.objective.max()) < 1e-6
     with pytest.raises(ValueError, match="autocast"):
         solve_joint(f, objective, x0, torch.zeros_like(x0), autocast=torch.float64)
+
+
+def test_best_iterate_never_returns_worse_than_the_last_iterate():
+    # z0 = 0 is the exact fixed point at x0 = 0: the starting point is a "consistent" iterate
+    # with a high objective; it must not replace a better last iterate
+    torch.manual_seed(0)
+    W = 0.5 * torch.eye(8)
+    f = lambda z, x: torch.tanh(z @ W + x)  # noqa: E731
+    target = torch.rand(16, 8)
+    objective = lambda z, x: (z - target).pow(2).sum(1)  # noqa: E731
+    x0 = torch.zeros(16, 8)
+    runs = [
+        solve_joint(
+            f, objective, x0, torch.zeros_like(x0), step_size=0.5, max_iter=100, best_iterate=best
+        )
+        for best in (True, False)
+    ]
+    assert bool((runs[0].objective <= runs[1].objective + 1e-7).all())

@@ -106,6 +106,8 @@ class _BestIterate:
 
     def substitute(self, wanted, state, res, aux):
         use = wanted & torch.isfinite(self.score)
+        if "objective" in aux:  # never trade the last iterate for a worse one
+            use = use & (self.score < aux["objective"].detach())
         if not bool(use.any()):
             return state, res, aux
         rows = use.unsqueeze(1)
