@@ -48,7 +48,7 @@ from jiio_ext.adapters.torchdeq import input_optimizable
 from torch import nn
 from torch.nn import functional as F
 
-from jiio_ext.constraints import Box, L2Ball, LinfBall
+from jiio_ext.constraints import Box, ComposedProjection, L2Ball, LinfBall
 from jiio_ext.schedules import StepSwitch
 
 try:
@@ -111,6 +111,7 @@ class _JIIOAttack(Attack):
         self.random_start = bool(random_start)
         self.iterations_per_step = iterations_per_step
         self.solve_options = solve_options
+        self.projection = "exact"
         self.supported_mode = ["default", "targeted"]
         self.last_solution = None
         try:
@@ -147,8 +148,12 @@ class _JIIOAttack(Attack):
         def objective(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             return sign * F.cross_entropy(logits, targets, reduction="none")
 
-        ball = LinfBall(images, self.eps) if self.norm == "linf" else L2Ball(images, self.eps)
-        threat = ball & Box(0.0, 1.0)
+        if self.norm == "linf":  # L∞ ball ∩ box: sequential clamps are exact
+            threat = LinfBall(images, self.eps) & Box(0.0, 1.0)
+        elif self.projection == "exact":
+            threat = L2Ball(images, self.eps) & Box(0.0, 1.0)
+        else:
+            threat = ComposedProjection(L2Ball(images, self.eps), Box(0.0, 1.0))
         start = self._random_start(images) if self.random_start else images
         options = {
             "solver": "damped",
@@ -210,6 +215,8 @@ class JIIOPGDL2(_JIIOAttack):
         steps: PGD-equivalent budget (``iterations_per_step × steps`` joint iterations).
         random_start: start from a random point of the ball.
         iterations_per_step: joint iterations per PGD step of budget.
+        projection: ``"composed"`` (default; ball then pixel box, as torchattacks' PGDL2
+            does — feasible, cheaper) or ``"exact"`` (the nearest point of ball ∩ box).
         **solve_options: further options of :func:`jiio_ext.solve_joint`.
 
     Example:
@@ -227,8 +234,11 @@ class JIIOPGDL2(_JIIOAttack):
         steps: int = 10,
         random_start: bool = True,
         iterations_per_step: int = 4,
+        projection: str = "composed",
         **solve_options: Any,
     ) -> None:
+        if projection not in ("composed", "exact"):
+            raise ValueError(f"projection: expected 'composed' or 'exact', got {projection!r}")
         super().__init__(
             "JIIOPGDL2",
             model,
@@ -239,6 +249,7 @@ class JIIOPGDL2(_JIIOAttack):
             iterations_per_step,
             **solve_options,
         )
+        self.projection = projection
 
 
 def adversarial_logits(

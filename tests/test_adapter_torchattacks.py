@@ -153,3 +153,21 @@ def test_adversarial_logits_give_the_training_gradient_at_x_adv():
     reference = torch.autograd.grad(F.cross_entropy(model(adv), labels), params)
     for a, b in zip(ours, reference):  # float32, solver tolerances ~1e-5: compare norms
         assert (a - b).norm() <= 1e-2 * b.norm()
+
+
+@pytest.mark.parametrize("projection", ["composed", "exact"])
+def test_l2_projections_stay_feasible_and_strong(projection):
+    model, images, labels = _trained_model()
+    attack = JIIOPGDL2(
+        model, eps=0.5, alpha=0.125, steps=10, random_start=False, projection=projection
+    )
+    adv = attack(images, labels)
+    assert float((adv - images).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+    assert 0 <= float(adv.min()) and float(adv.max()) <= 1
+    theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.125, steps=10, random_start=False)(
+        images, labels
+    )
+    with torch.no_grad():
+        assert F.cross_entropy(model(adv), labels) >= 0.9 * F.cross_entropy(model(theirs), labels)
+    with pytest.raises(ValueError, match="projection"):
+        JIIOPGDL2(model, projection="nearest")

@@ -427,3 +427,20 @@ def test_intersection_keeps_float64_precision_of_scalar_parameters(threat):
     p = threat.project(y)
     for part in threat.parts:
         assert part.contains(p, tol=1e-15).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), radius=st.floats(0.05, 3.0), scale=st.floats(0.1, 10.0))
+def test_composed_projection_is_feasible_and_idempotent(seed, radius, scale):
+    from jiio_ext.constraints import ComposedProjection
+
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.rand(4, 6, generator=gen, dtype=torch.float64)
+    x = centre + scale * torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    composed = ComposedProjection(L2Ball(centre, radius), Box(0.0, 1.0))
+    y = composed.project(x)
+    assert bool(composed.contains(y, tol=1e-9).all())
+    torch.testing.assert_close(composed.project(y), y)
+    # never closer to x than the exact projection onto the intersection
+    exact = Intersection([L2Ball(centre, radius), Box(0.0, 1.0)]).project(x)
+    assert bool(((x - exact).norm(dim=1) <= (x - y).norm(dim=1) + 1e-9).all())
