@@ -11,7 +11,14 @@ Example:
     True
 """
 
-from jiio_ext.constraints import Box, Constraint, Intersection, L2Ball, LinfBall
+from jiio_ext.constraints import (
+    Box,
+    ComposedProjection,
+    Constraint,
+    Intersection,
+    L2Ball,
+    LinfBall,
+)
 from jiio_ext.grad import EnvelopeGrad, GradMode, ImplicitGrad
 from jiio_ext.regularize import jacobian_penalty, random_trajectory_iteration, trajectory_penalty
 from jiio_ext.schedules import Constant, Cosine, Schedule, StepSwitch
@@ -22,6 +29,7 @@ from jiio_ext.solvers import Anderson, DampedIteration
 __all__ = [
     "Anderson",
     "Box",
+    "ComposedProjection",
     "Constant",
     "Constraint",
     "Cosine",
