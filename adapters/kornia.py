@@ -60,6 +60,7 @@ __all__ = [
     "ssim",
 ]
 
+# Problem names accepted by make_degradation (one degradation operator each).
 PROBLEMS = ("denoise", "inpaint", "inpaint-irregular", "deblur", "deblur-motion", "superres")
 
 Seed = int | torch.Generator | None

@@ -581,6 +581,20 @@ def _make_jiio_core():
         zero. In eval mode with gradients enabled (``differentiable_eval=True``, the default)
         it returns the fixed point with an implicit backward, so attacks and input gradients
         work on a model in ``eval()``; torchdeq's own eval returns a fixed point with no graph.
+
+        Example:
+            >>> import torch
+            >>> from torchdeq import get_deq
+            >>> deq = get_deq(core="jiio", f_solver="anderson", f_max_iter=50, f_tol=1e-6)
+            >>> type(deq).__name__
+            'JIIODEQ'
+            >>> cell = torch.nn.Linear(3, 3)
+            >>> x = torch.randn(2, 3, requires_grad=True)
+            >>> _ = deq.eval()
+            >>> z_out, info = deq(lambda z: torch.tanh(0.5 * cell(z) + x), torch.zeros(2, 3))
+            >>> z_out[-1].sum().backward()  # an implicit backward even in eval mode
+            >>> x.grad.shape
+            torch.Size([2, 3])
         """
 
         def __init__(self, args=None, **kwargs: Any) -> None:

@@ -31,6 +31,7 @@ from jiio_ext.steps import StepRule, raw_step
 
 __all__ = ["AugmentedMap", "Objective", "call_objective", "check_f_output"]
 
+# Per-sample objective: objective(z, x) or objective(z, x, targets) -> losses of shape (b,).
 Objective = Callable[..., torch.Tensor]
 Targets = torch.Tensor | tuple[torch.Tensor, ...] | None
 
@@ -116,6 +117,19 @@ class AugmentedMap:
     samples alone (the expensive part), while the objective sees a full batch in which the
     frozen samples keep their last state; so an objective that closes over batch data (targets,
     labels, masks) works unchanged. With ``targets``, the objective runs on the active rows.
+
+    Example:
+        >>> import torch
+        >>> f = lambda z, x: 0.5 * z + x
+        >>> objective = lambda z, x: (z - 1.0).pow(2).sum(dim=1)
+        >>> aug = AugmentedMap(f, objective, torch.zeros(2, 3), torch.zeros(2, 3), alpha_z=1.0)
+        >>> aug.blocks  # sizes of the z, x and μ blocks of the flat state
+        (3, 3, 3)
+        >>> state = aug.join(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3))
+        >>> new_state, losses = aug.apply(state, None, 0)
+        >>> z, x, mu = aug.split(new_state)
+        >>> z[0].tolist(), losses.tolist()  # z⁺ = f(0, 1) with α_z = 1; L at z = 0
+        ([1.0, 1.0, 1.0], [3.0, 3.0])
     """
 
     def __init__(

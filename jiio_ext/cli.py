@@ -271,6 +271,16 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         The exit code.
+
+    Example:
+        >>> main(["--version"])  # prints "jiio-ext <version>" and exits with status 0
+        Traceback (most recent call last):
+            ...
+        SystemExit: 0
+        >>> main(["bench", "no-such-task"])  # a usage error: argparse exits with status 2
+        Traceback (most recent call last):
+            ...
+        SystemExit: 2
     """
     args = build_parser().parse_args(argv)
     _check_device(args.device)

@@ -30,6 +30,7 @@ from typing import Any
 
 __all__ = ["BUDGETS", "TRAINING", "run_demo"]
 
+# Demo budgets: "tiny" (tests), "quick" (a few minutes on 2 CPU cores), "full".
 BUDGETS = ("tiny", "quick", "full")
 # the "tiny" budget (tests) shrinks the benches that take options beyond quick=
 TINY_BENCH_OPTIONS: dict[str, dict[str, Any]] = {
@@ -135,6 +136,7 @@ def _generative_training(budget: str, device: str, folder: Path) -> dict[str, An
     }
 
 
+# Training comparisons of the demo by name: each maps (budget, device, folder) to a report.
 TRAINING: dict[str, Callable[[str, str, Path], dict[str, Any]]] = {
     "adversarial-training": _adversarial_training,
     "generative-training": _generative_training,

@@ -54,6 +54,16 @@ class GradMode:
 
     Attributes:
         last_backward: the :class:`~jiio_ext.solvers.FixedPointResult` of the latest backward.
+
+    Example:
+        >>> import torch
+        >>> mode = EnvelopeGrad(max_iter=50)  # a concrete GradMode, as grad="envelope" builds
+        >>> isinstance(mode, GradMode), mode.last_backward is None
+        (True, True)
+        >>> W = torch.nn.Parameter(torch.tensor([[0.5]]))
+        >>> mode.attach_fixed_point(lambda z: z @ W + 1.0, torch.tensor([[2.0]])).sum().backward()
+        >>> mode.last_backward.status.tolist()  # the backward fixed point converged
+        [0]
     """
 
     name = "base"

@@ -26,6 +26,14 @@ class Status(enum.IntEnum):
         MAX_ITER: the iteration budget ran out first.
         DIVERGED: the residual grew by more than the divergence factor.
         NONFINITE: the map produced NaN or infinity; the last finite iterate is returned.
+
+    Example:
+        >>> import torch
+        >>> status = torch.tensor([0, 1, 3])  # a solution's per-sample codes
+        >>> [Status(int(code)).name for code in status]
+        ['CONVERGED', 'MAX_ITER', 'NONFINITE']
+        >>> (status == Status.CONVERGED).tolist()
+        [True, False, False]
     """
 
     CONVERGED = 0
@@ -72,6 +80,17 @@ class JointSolution:
         trajectory: ``{iteration: (z, x)}`` snapshots for trajectory regularisation.
         output: optional extra output (adapters store the model output at ``x`` here).
         info: solver-specific extras (e.g. Anderson fallbacks, time).
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import solve_joint
+        >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
+        >>> objective = lambda z, x: (z - 1.0).pow(2).sum(1)
+        >>> sol = solve_joint(f, objective, torch.zeros(2, 3), torch.zeros(2, 3), step_size=0.3)
+        >>> sol.success, sol.status.tolist(), sorted(sol.residuals)
+        (True, [0, 0], ['mu', 'x', 'z'])
+        >>> bool((sol.z - 1.0).abs().max() < 1e-3)  # x* makes the fixed point hit the target
+        True
     """
 
     z: State

@@ -19,6 +19,7 @@ import torch
 
 __all__ = ["STEP_RULES", "StepRule", "get_step_rule", "l2_step", "raw_step", "sign_step"]
 
+# A step rule maps the x-gradient (B, ...) to a step direction of the same shape.
 StepRule = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -57,6 +58,7 @@ def l2_step(grad: torch.Tensor) -> torch.Tensor:
     return grad / norms.view(-1, *([1] * (grad.dim() - 1)))
 
 
+# The built-in step rules by name (as accepted by get_step_rule).
 STEP_RULES: dict[str, StepRule] = {"l2": l2_step, "raw": raw_step, "sign": sign_step}
 
 

@@ -36,6 +36,17 @@ class DEQClassifier(nn.Module):
         seed: initialisation seed.
         in_channels: image channels.
         image_size: image height (= width).
+
+    Example:
+        >>> import torch
+        >>> model = DEQClassifier(channels=8).eval()
+        >>> images = torch.rand(2, 1, 8, 8, requires_grad=True)
+        >>> logits = model(images)
+        >>> logits.shape
+        torch.Size([2, 10])
+        >>> logits.sum().backward()  # the 'jiio' core: input gradients in eval mode
+        >>> images.grad.shape
+        torch.Size([2, 1, 8, 8])
     """
 
     def __init__(
@@ -117,7 +128,15 @@ def _train(model: DEQClassifier, images, labels, epochs: int) -> None:
 
 
 def bench_adversarial(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
-    """PGD-k (torchattacks) vs JIIOPGD with the same ``steps``, L∞ and L2, on the digits."""
+    """PGD-k (torchattacks) vs JIIOPGD with the same ``steps``, L∞ and L2, on the digits.
+
+    Example:
+        >>> import inspect
+        >>> # a run trains the classifier first (seconds even with quick=True), e.g.
+        >>> # bench_adversarial(torch.device("cpu"), quick=True)["jiio"]["objective"]
+        >>> list(inspect.signature(bench_adversarial).parameters)
+        ['device', 'quick', 'dtype']
+    """
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2

@@ -207,6 +207,15 @@ def bench_inverse(
 
     Returns:
         The bench report (``objective`` = test PSNR in dB, higher is better).
+
+    Example:
+        >>> import inspect
+        >>> # a run trains a decoder first (seconds even with quick=True and small sizes), e.g.
+        >>> # bench_inverse(torch.device("cpu"), quick=True,
+        >>> #               sizes=dict(train_size=64, batch=2, steps=2, max_iter=3))["jiio"]
+        >>> params = inspect.signature(bench_inverse).parameters
+        >>> params["problem"].default, params["sizes"].default, params["quick"].default
+        ('inpaint', None, False)
     """
     from jiio_ext.tasks.generative import make_problem, train_generative
     from jiio_ext.tasks.images import load_images

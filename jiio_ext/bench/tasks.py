@@ -100,7 +100,18 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class LatentProblem:
-    """A latent-inversion problem: decoder, targets and the per-sample objective."""
+    """A latent-inversion problem: decoder, targets and the per-sample objective.
+
+    Example:
+        >>> import torch
+        >>> problem = make_latent_problem(2, torch.device("cpu"))
+        >>> problem.x0.shape, problem.z0().shape
+        (torch.Size([2, 32]), torch.Size([2, 32, 16, 16]))
+        >>> problem.objective(problem.z0(), problem.x0).shape  # one loss per sample
+        torch.Size([2])
+        >>> problem.true_objective(problem.x0) > 0  # the zero latent misses the targets
+        True
+    """
 
     decoder: ConvDEQDecoder
     targets: torch.Tensor
@@ -462,6 +473,7 @@ def _bench_inverse(device: torch.device, **options) -> dict:
     return bench_inverse(device, **options)
 
 
+# Benchmark tasks by name: each maps (device, **options) to a JSON-ready report.
 TASKS: dict[str, Callable[..., dict]] = {
     "adversarial": _bench_adversarial,
     "autocast": bench_autocast,
@@ -485,6 +497,15 @@ def run_task(name: str, device: str = "cpu", **options) -> dict:
 
     Raises:
         ValueError: unknown task or unavailable device.
+
+    Example:
+        >>> report = run_task("overhead", quick=True, repeats=1)
+        >>> report["task"], report["baseline"]["f_evals"], report["jiio"]["f_evals"]
+        ('overhead', 1, 1)
+        >>> run_task("no-such-task")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: task: unknown benchmark 'no-such-task'; expected one of ['adversarial', ...]
     """
     if name not in TASKS:
         raise ValueError(f"task: unknown benchmark {name!r}; expected one of {sorted(TASKS)}")

@@ -51,6 +51,19 @@ class MultiScaleDecoder(nn.Module):
         out_channels: image channels.
         squash: pass the image through a sigmoid (pixel values in ``[0, 1]``).
         deq_options: options of ``torchdeq.get_deq``.
+
+    Example:
+        >>> import torch
+        >>> model = MultiScaleDecoder(latent_dim=8, channels=8, size=8, squash=True)
+        >>> x = torch.randn(2, 8)
+        >>> images = model(x)
+        >>> images.shape, bool(((images >= 0) & (images <= 1)).all())
+        (torch.Size([2, 1, 8, 8]), True)
+        >>> cold = model.last_info["nstep"]  # torchdeq's solver statistics of the last call
+        >>> model.warm_start = True  # start from the previous call's fixed point
+        >>> _ = model(x)
+        >>> bool((model.last_info["nstep"] < cold).all())
+        True
     """
 
     def __init__(
@@ -146,7 +159,15 @@ def _true_objective(model: MultiScaleDecoder, x: torch.Tensor, objective) -> flo
 
 
 def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
-    """JIIO through the adapter vs Adam through a torchdeq model, at equal objective."""
+    """JIIO through the adapter vs Adam through a torchdeq model, at equal objective.
+
+    Example:
+        >>> import inspect
+        >>> # a run takes seconds even with quick=True, e.g.
+        >>> # bench_torchdeq(torch.device("cpu"), quick=True)["speedup_time"]
+        >>> list(inspect.signature(bench_torchdeq).parameters)
+        ['device', 'quick', 'dtype']
+    """
     from jiio_ext.adapters.torchdeq import input_optimizable
     from jiio_ext.bench.tasks import IterateRecorder, PeakMemory, _side, _sync, first_reaching
 

@@ -51,6 +51,15 @@ class AndersonState:
         force_accept: rows whose next evaluation is accepted unconditionally.
         fallbacks: number of safeguard or singular-system fallbacks per row.
         started: whether a first iterate has been seen (differences start after it).
+
+    Example:
+        >>> import torch
+        >>> solver = Anderson(memory=3, kind="II")
+        >>> buf = solver.init(torch.zeros(2, 4), torch.ones(2, 4))  # batch of 2, n = 4
+        >>> buf.d_resid.shape, buf.count, buf.d_state is None  # type II keeps no ΔS
+        (torch.Size([2, 3, 4]), 0, True)
+        >>> buf.select(torch.tensor([1])).gram.shape  # the rows of the samples still active
+        torch.Size([1, 3, 3])
     """
 
     d_resid: torch.Tensor

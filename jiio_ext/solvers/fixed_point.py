@@ -27,6 +27,7 @@ from jiio_ext.solvers.anderson import Anderson, DampedIteration
 
 __all__ = ["FixedPointResult", "MapFn", "fixed_point"]
 
+# The iterated map: map_fn(state (b, n), sample indices (b,), iteration) -> (new state, aux).
 MapFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Solver = Anderson | DampedIteration
 
@@ -46,6 +47,15 @@ class FixedPointResult:
         n_calls: number of batched calls of the map.
         snapshots: ``{k: state}`` at the requested iterations ``(B, n)``.
         fallbacks: safeguard / singular-system fallbacks per sample ``(B,)``.
+
+    Example:
+        >>> import torch
+        >>> result = fixed_point(lambda s, idx, k: (0.5 * s + 1, {}), torch.zeros(2, 1),
+        ...                      max_iter=100, rtol=1e-8, atol=1e-8)
+        >>> result.state.round(decimals=4).tolist(), result.status.tolist()
+        ([[2.0], [2.0]], [0, 0])
+        >>> result.residuals.shape  # one residual block
+        torch.Size([2, 1])
     """
 
     state: torch.Tensor

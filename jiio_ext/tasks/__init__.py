@@ -8,4 +8,5 @@ Example:
 
 __all__ = ["TRAIN_TASKS"]
 
+# Training tasks of ``jiio train`` by name: "module:function" of the entry point.
 TRAIN_TASKS = {"adversarial": "jiio_ext.tasks.adversarial:train_adversarial"}

@@ -51,7 +51,9 @@ from jiio_ext.tasks.latent import Encoder, build_decoder, infer_jiio, infer_nest
 
 __all__ = ["METHODS", "PROBLEMS", "make_problem", "reconstruct", "train_generative"]
 
+# Training methods: joint JIIO inference, the nested (Adam) inner loop, a VAE baseline.
 METHODS = ("jiio", "nested", "vae")
+# Problems: plain reconstruction or an inverse problem of jiio_ext.adapters.kornia.
 PROBLEMS = (
     "reconstruct",
     "denoise",

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 __all__ = ["DATASETS", "load_images"]
 
+# Supported data sets ("digits" is bundled; the others are read from a data folder).
 DATASETS = ("digits", "mnist", "cifar10", "celeba")
 
 

@@ -205,6 +205,16 @@ class NestedResult:
         x: the final latents (detached).
         forward_iterations: torchdeq forward-solver iterations spent, summed over steps.
         steps: Adam steps taken.
+
+    Example:
+        >>> import torch
+        >>> decoder = build_decoder(latent_dim=4, channels=8, image_size=8)
+        >>> result = infer_nested(decoder, lambda im, x: im.flatten(1).mean(1),
+        ...                       torch.zeros(2, 4), steps=2)
+        >>> isinstance(result, NestedResult), result.x.shape, result.steps
+        (True, torch.Size([2, 4]), 2)
+        >>> result.forward_iterations > result.steps  # each step solves the forward anew
+        True
     """
 
     def __init__(self, x: torch.Tensor, forward_iterations: int, steps: int) -> None:
