@@ -135,6 +135,13 @@ def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) ->
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--inner-iters", type=int, default=40, help="JIIO iterations / Adam steps")
     parser.add_argument("--inner-lr", type=float, default=0.3, help="nested Adam lr on latents")
+    parser.add_argument("--eval-iters", type=int, default=100, help="test-time inference budget")
+    parser.add_argument(
+        "--eval-inference",
+        choices=("jiio", "nested"),
+        default="jiio",
+        help="test-time inference of the jiio and nested decoders (the same for both)",
+    )
     parser.add_argument("--lr", type=float, default=2e-3, help="model learning rate")
     parser.add_argument("--jac-reg", type=float, default=0.0, help="trajectory Jacobian penalty")
     parser.add_argument("--seed", type=int, default=0)
@@ -202,6 +209,8 @@ def _run_train_generative(args: argparse.Namespace) -> int:
             train_size=args.train_size,
             inner_iters=args.inner_iters,
             inner_lr=args.inner_lr,
+            eval_iters=args.eval_iters,
+            eval_inference=args.eval_inference,
             lr=args.lr,
             hypergrad=getattr(args, "hypergrad", "envelope"),
             jac_reg=args.jac_reg,

@@ -96,7 +96,9 @@ def _generative_training(budget: str, device: str, folder: Path) -> dict[str, An
     from jiio_ext.tasks.generative import train_generative
 
     sizes = {
-        "tiny": dict(epochs=1, train_size=32, eval_size=16, batch_size=16, inner_iters=5),
+        "tiny": dict(
+            epochs=1, train_size=32, eval_size=16, batch_size=16, inner_iters=5, eval_iters=5
+        ),
         "quick": dict(epochs=1, train_size=384, eval_size=64, batch_size=64, inner_iters=40),
         "full": dict(epochs=2, train_size=None, eval_size=128, batch_size=64, inner_iters=40),
     }[budget]

@@ -24,6 +24,7 @@ TINY = dict(
     eval_size=6,
     batch_size=8,
     inner_iters=4,
+    eval_iters=4,
     lr=1e-2,
     progress=False,
     sample=False,

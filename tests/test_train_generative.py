@@ -24,6 +24,7 @@ TINY = dict(
     eval_size=8,
     batch_size=16,
     inner_iters=8,
+    eval_iters=8,
     progress=False,
     sample=False,
 )
@@ -185,6 +186,10 @@ def test_cli_trains_an_inverse_problem(tmp_path, capsys):
             "8",
             "--inner-iters",
             "4",
+            "--eval-iters",
+            "4",
+            "--eval-inference",
+            "nested",
             "--image-size",
             "8",
             "--latent-dim",
@@ -212,6 +217,7 @@ def test_cli_trains_an_inverse_problem(tmp_path, capsys):
         ({"batch_size": 64}, "batch_size"),
         ({"inner_iters": 0}, "inner_iters"),
         ({"hypergrad": "unrolled"}, "hypergrad"),
+        ({"eval_inference": "oracle"}, "eval_inference"),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, kwargs, message):
