@@ -42,7 +42,7 @@ def test_every_method_meta_trains_on_digits(tmp_path, method):
 
 def test_imaml_baseline_agrees_with_the_exact_jiio_meta_gradient():
     """Both target the converged iMAML objective: the nested baseline is checked against JIIO."""
-    net = FiLMDEQNet(1, 1, hidden=6, context_dim=3, f_tol=1e-10, f_max_iter=60, input_scale=0.2)
+    net = FiLMDEQNet(1, 1, hidden=6, context_dim=3, f_tol=1e-10, f_max_iter=60)
     net = net.double()
     net.adapted = ("context",)
     batch = sample_sinusoid(1, 6, 6, torch.Generator().manual_seed(0), dtype=torch.float64)

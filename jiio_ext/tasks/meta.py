@@ -112,7 +112,6 @@ def make_meta_problem(
         hidden=hidden,
         context_dim=context_dim,
         adapt_head=task != "sinusoid",
-        input_scale=0.2 if task == "sinusoid" else 1.0,
     ).to(device)
     return model, _Sampler(task, pool, n_way, k_shot, k_query, device)
 

@@ -199,12 +199,17 @@ def _support_grads(model, params, vec, x, y, z, cfg: MetaConfig, wrt_theta: bool
 
 
 def _conjugate_gradients(apply, b: torch.Tensor, steps: int) -> torch.Tensor:
-    """``steps`` CG iterations on ``apply(w) = b`` from zero."""
+    """``steps`` CG iterations on ``apply(w) = b`` from zero; stops at non-positive curvature."""
     w, r = torch.zeros_like(b), b.clone()
     p, rr = r.clone(), b.dot(b)
     for _ in range(steps):
+        if float(rr) == 0.0:
+            break
         ap = apply(p)
-        alpha = rr / p.dot(ap).clamp_min(1e-20)
+        curvature = p.dot(ap)
+        if not float(curvature) > 0:  # the proximal objective is not convex here: stop
+            break
+        alpha = rr / curvature
         w, r = w + alpha * p, r - alpha * ap
         rr_new = r.dot(r)
         p, rr = r + (rr_new / rr.clamp_min(1e-30)) * p, rr_new
@@ -230,7 +235,9 @@ def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig) -> None:
         piece = cfg.prox * w[offset : offset + size].view_as(params[n])
         params[n].grad = piece if params[n].grad is None else params[n].grad + piece
         offset += size
-    eps = 1e-2 / float(w.norm().clamp_min(1e-12))
+    if float(w.norm()) == 0.0:
+        return
+    eps = 1e-2 / float(w.norm())
     plus = _support_grads(model, params, phi + eps * w, x, y, z, cfg, True)
     minus = _support_grads(model, params, phi - eps * w, x, y, z, cfg, True)
     others = [n for n in params if n not in model.adapted]

@@ -33,8 +33,6 @@ class FiLMDEQNet(nn.Module):
         f_tol: forward solver tolerance (relative).
         seed: initialisation seed.
         adapt_head: whether the inner loops adapt the head as well as the context.
-        input_scale: inputs are multiplied by this first (keeps ``tanh`` out of saturation,
-            where torchdeq's solvers slow down a lot: the sinusoid's ``x ∈ [−5, 5]`` uses 0.2).
 
     Attributes:
         adapted: names of the parameters the inner loops adapt.
@@ -52,7 +50,6 @@ class FiLMDEQNet(nn.Module):
         f_tol: float = 1e-4,
         seed: int = 0,
         adapt_head: bool = True,
-        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
         from torchdeq import get_deq
@@ -61,7 +58,6 @@ class FiLMDEQNet(nn.Module):
 
         torch.manual_seed(seed)
         self.hidden = hidden
-        self.input_scale = input_scale
         self.inject = nn.Linear(in_dim, hidden)
         self.cell = nn.Linear(hidden, hidden)
         self.film = nn.Linear(context_dim, 2 * hidden)
@@ -94,7 +90,7 @@ class FiLMDEQNet(nn.Module):
         """Inputs ``(N, in_dim)`` → outputs ``(N, out_dim)``; ``z0`` warm-starts the solver."""
         c = self.context if context is None else context
         gamma, beta = self.film(c).chunk(2, dim=-1)
-        u = (1 + gamma) * self.inject(self.input_scale * x) + beta
+        u = (1 + gamma) * self.inject(x) + beta
         start = torch.zeros(x.shape[0], self.hidden, dtype=x.dtype, device=x.device)
         if z0 is not None and z0.shape == start.shape:
             start = z0
