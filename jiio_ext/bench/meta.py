@@ -135,6 +135,12 @@ def bench_meta(
         The report: ``task``, ``device``, ``dtype``, ``baseline`` (higher MAML), ``jiio``,
         ``other_baselines``, ``speedup_time`` (and vs iMAML), for the digits task; the same
         for the sinusoid under ``"sinusoid"`` and ``memory_vs_budget`` (full run only).
+
+    Example:
+        >>> import torch
+        >>> report = bench_meta(torch.device("cpu"), quick=True)  # doctest: +SKIP
+        >>> report["speedup_time"] > 1  # doctest: +SKIP
+        True
     """
     threads = torch.get_num_threads()
     if device.type == "cpu":

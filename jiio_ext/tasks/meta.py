@@ -52,6 +52,7 @@ __all__ = [
     "train_meta",
 ]
 
+# task families of ``jiio train meta``
 TASKS = ("sinusoid", "digits", "omniglot")
 # inner step sizes (best of a small sweep per task; see docs/meta.md)
 DEFAULT_INNER_LR = {"sinusoid": 1.0, "digits": 0.5, "omniglot": 0.5}

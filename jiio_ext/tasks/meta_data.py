@@ -40,7 +40,14 @@ __all__ = [
 
 @dataclass
 class TaskBatch:
-    """A batch of tasks, task dimension first: support and query inputs and targets."""
+    """A batch of tasks, task dimension first: support and query inputs and targets.
+
+    Example:
+        >>> import torch
+        >>> TaskBatch(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.zeros(2, 4, 1),
+        ...           torch.zeros(2, 4, 1)).x_qry.shape
+        torch.Size([2, 4, 1])
+    """
 
     x_spt: torch.Tensor
     y_spt: torch.Tensor

@@ -40,6 +40,7 @@ from jiio_ext.tasks.meta_models import adapted_parameters
 
 __all__ = ["METHODS", "MetaConfig", "adapt_and_predict", "meta_step", "task_losses"]
 
+# meta-gradient methods: JIIO and the three baselines
 METHODS = ("jiio", "maml", "fomaml", "imaml")
 
 
@@ -57,6 +58,10 @@ class MetaConfig:
         cg_steps: conjugate-gradient iterations of iMAML's meta-gradient.
         prox: proximal weight ``λ`` (JIIO and iMAML).
         backward_rtol: tolerance of JIIO's backward fixed points.
+
+    Example:
+        >>> MetaConfig(regression=True).jiio_steps
+        20
     """
 
     regression: bool = False
@@ -275,6 +280,15 @@ def meta_step(model: nn.Module, method: str, batch: TaskBatch, cfg: MetaConfig) 
 
     Returns:
         ``{"loss": mean query loss, "metric": accuracy (classification) or MSE}``.
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext.tasks.meta_data import sample_sinusoid
+        >>> from jiio_ext.tasks.meta_models import FiLMDEQNet
+        >>> net = FiLMDEQNet(1, 1, hidden=4, context_dim=2, adapt_head=False)
+        >>> batch = sample_sinusoid(1, 4, 4, torch.Generator().manual_seed(0))
+        >>> sorted(meta_step(net, "fomaml", batch, MetaConfig(regression=True, maml_steps=1)))
+        ['loss', 'metric']
     """
     _check_method(method)
     model.train()

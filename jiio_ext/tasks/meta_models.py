@@ -34,6 +34,10 @@ class FiLMDEQNet(nn.Module):
         seed: initialisation seed.
         adapt_head: whether the inner loops adapt the head as well as the context.
 
+    Example:
+        >>> FiLMDEQNet(in_dim=2, out_dim=1, adapt_head=False).adapted
+        ('context',)
+
     Attributes:
         adapted: names of the parameters the inner loops adapt.
         last_z: the latest fixed point (detached), for warm starts (``forward(z0=...)``).
