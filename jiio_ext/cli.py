@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
 
     train = sub.add_parser("train", help="train a model with JIIO or its baseline in the loop")
-    train_sub = train.add_subparsers(dest="task", required=True)
+    train_sub = train.add_subparsers(dest="train_task", required=True)
     adv = train_sub.add_parser("adversarial", help="Madry adversarial training of a DEQ")
     adv.add_argument("--method", choices=("jiio", "pgd"), default="jiio")
     adv.add_argument("--norm", choices=("linf", "l2"), default="linf")
@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("inverse", "train a DEQ decoder for an inverse problem (denoise, inpaint, ...)"),
     ):
         _add_generative_arguments(train_sub.add_parser(name, help=helptext), name == "inverse")
+
+    from jiio_ext.tasks.meta import add_meta_arguments
+
+    add_meta_arguments(
+        train_sub.add_parser("meta", help="meta-learning of a FiLM DEQ: JIIO, MAML, FOMAML, iMAML")
+    )
 
     demo = sub.add_parser("demo", help="run every available task on the default data")
     demo.add_argument("--device", default="cpu", help="torch device")
@@ -194,7 +200,7 @@ def _run_train_generative(args: argparse.Namespace) -> int:
     if getattr(args, "factor", None) is not None:
         options["factor"] = args.factor
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out or str(Path("jiio-runs") / f"{stamp}-{args.task}-{args.method}")
+    out = args.out or str(Path("jiio-runs") / f"{stamp}-{args.train_task}-{args.method}")
     try:
         log = train_generative(
             problem=problem,
@@ -221,7 +227,7 @@ def _run_train_generative(args: argparse.Namespace) -> int:
             device=args.device,
         )
     except (ValueError, TypeError) as err:
-        raise SystemExit(f"jiio train {args.task}: {err}") from None
+        raise SystemExit(f"jiio train {args.train_task}: {err}") from None
     if not _is_main_process():
         return 0
     for entry in log["epochs"]:
@@ -237,8 +243,12 @@ def _run_train_generative(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from jiio_ext.tasks.adversarial import train_adversarial
 
-    if args.task in ("generative", "inverse"):
+    if args.train_task in ("generative", "inverse"):
         return _run_train_generative(args)
+    if args.train_task == "meta":
+        from jiio_ext.tasks.meta import run_meta_cli
+
+        return run_meta_cli(args)
 
     out = args.out or str(Path("jiio-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-adversarial")
     try:

@@ -190,6 +190,39 @@ class DistContext:
             raise ValueError(f"global_count: expected an integer >= 1, got {global_count!r}")
         return per_sample.sum() * (self.world_size / global_count)
 
+    def average_gradients(self, parameters: Any) -> None:
+        """Average the ``.grad`` of ``parameters`` over the ranks (one all-reduce).
+
+        For gradients that are assembled outside autograd's accumulation — implicit
+        meta-gradients written into ``.grad``, conjugate-gradient solves — which DDP's reducer
+        hooks cannot see; everything else should go through :meth:`wrap`. Every rank must
+        hold gradients for the same parameters. A no-op in a single process.
+
+        Args:
+            parameters: an iterable of parameters (those without ``.grad`` are skipped).
+
+        Example:
+            >>> import torch
+            >>> layer = torch.nn.Linear(2, 1)
+            >>> layer(torch.ones(1, 2)).sum().backward()
+            >>> init_from_env("cpu").average_gradients(layer.parameters())
+            >>> layer.bias.grad.tolist()
+            [1.0]
+        """
+        if not self.is_distributed:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(self._comm_device)
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for grad in grads:
+            count = grad.numel()
+            grad.copy_(flat[offset : offset + count].view_as(grad))
+            offset += count
+
     def wrap(self, module: nn.Module, **ddp_options: Any) -> nn.Module:
         """``DistributedDataParallel(module)`` when distributed, else ``module`` itself.
 

@@ -3,7 +3,7 @@
 Example:
     >>> from jiio_ext.bench import TASKS
     >>> sorted(TASKS)
-    ['adversarial', 'latent', 'overhead', 'torchdeq']
+    ['adversarial', 'autocast', 'inverse', 'latent', 'meta', 'overhead', 'torchdeq']
 """
 
 from jiio_ext.bench.tasks import TASKS, run_task

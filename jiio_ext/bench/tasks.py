@@ -474,11 +474,18 @@ def _bench_inverse(device: torch.device, **options) -> dict:
 
 
 # Benchmark tasks by name: each maps (device, **options) to a JSON-ready report.
+def _bench_meta(device: torch.device, **options) -> dict:
+    from jiio_ext.bench.meta import bench_meta
+
+    return bench_meta(device, **options)
+
+
 TASKS: dict[str, Callable[..., dict]] = {
     "adversarial": _bench_adversarial,
     "autocast": bench_autocast,
     "inverse": _bench_inverse,
     "latent": bench_latent,
+    "meta": _bench_meta,
     "overhead": bench_overhead,
     "torchdeq": _bench_torchdeq,
 }

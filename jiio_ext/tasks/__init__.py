@@ -3,10 +3,15 @@
 Example:
     >>> from jiio_ext.tasks import TRAIN_TASKS
     >>> sorted(TRAIN_TASKS)
-    ['adversarial']
+    ['adversarial', 'generative', 'inverse', 'meta']
 """
 
 __all__ = ["TRAIN_TASKS"]
 
 # Training tasks of ``jiio train`` by name: "module:function" of the entry point.
-TRAIN_TASKS = {"adversarial": "jiio_ext.tasks.adversarial:train_adversarial"}
+TRAIN_TASKS = {
+    "adversarial": "jiio_ext.tasks.adversarial:train_adversarial",
+    "generative": "jiio_ext.tasks.generative:train_generative",
+    "inverse": "jiio_ext.tasks.generative:train_generative",
+    "meta": "jiio_ext.tasks.meta:train_meta",
+}

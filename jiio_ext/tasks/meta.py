@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from jiio_ext.distributed import DistContext, init_from_env
 from jiio_ext.tasks.meta_data import (
     ClassPool,
     TaskBatch,
@@ -268,14 +270,34 @@ def train_meta(
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    ctx = init_from_env(device)
+    try:
+        ctx.check_batch_size(tasks_per_batch)
+        return _train_meta(ctx, **{k: v for k, v in locals().items() if k != "ctx"})
+    finally:
+        ctx.close()
+
+
+def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
+    """The meta-training loop of :func:`train_meta`; each rank meta-steps its share of tasks."""
+    task, method = settings["task"], settings["method"]
+    epochs, steps_per_epoch = settings["epochs"], settings["steps_per_epoch"]
+    tasks_per_batch, n_way = settings["tasks_per_batch"], settings["n_way"]
+    k_shot, k_query = settings["k_shot"], settings["k_query"]
+    inner_lr, inner_steps, prox = settings["inner_lr"], settings["inner_steps"], settings["prox"]
+    meta_lr, hidden, context_dim = settings["meta_lr"], settings["hidden"], settings["context_dim"]
+    eval_tasks, data_dir, out = settings["eval_tasks"], settings["data_dir"], settings["out"]
+    resume, device, seed = settings["resume"], settings["device"], settings["seed"]
+    progress = settings["progress"] and ctx.is_main
     regression = task == "sinusoid"
     k_shot = k_shot or (10 if regression else 1)
     k_query = k_query or (10 if regression else 5)
-    dev = torch.device(device)
+    dev = ctx.device
     folder = Path(
         out or Path("jiio-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-meta-{task}-{method}"
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
     prox = DEFAULT_PROX[task] if prox is None else prox
     cfg = MetaConfig(regression=regression, inner_lr=inner_lr or DEFAULT_INNER_LR[task], prox=prox)
     if inner_steps is not None:
@@ -310,8 +332,8 @@ def train_meta(
     log: dict[str, Any] = {"config": config, "epochs": []}
     start_epoch = 0
     checkpoint = folder / "checkpoint.pt"
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+    state = ctx.load_checkpoint(checkpoint) if resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         meta_opt.load_state_dict(state["meta_opt"])
         generator.set_state(state["generator"])
@@ -326,11 +348,17 @@ def train_meta(
         losses, metrics, step_times = [], [], []
         began = time.perf_counter()
         for _ in range(steps_per_epoch):
-            batch = sampler(tasks_per_batch, True, generator)
+            batch = sampler(tasks_per_batch, True, generator)  # the same on every rank
+            rows = ctx.shard(tasks_per_batch).to(batch.x_spt.device)
+            mine = TaskBatch(*(t.index_select(0, rows) for t in dataclasses.astuple(batch)))
             tick = time.perf_counter()
             meta_opt.zero_grad()
-            result = meta_step(model, method, batch, cfg)
+            result = meta_step(model, method, mine, cfg)
+            # meta-gradients are written into .grad by implicit / CG solves, outside autograd's
+            # accumulation that DDP's hooks watch: average them over the ranks directly
+            ctx.average_gradients(model.parameters())
             meta_opt.step()
+            result = ctx.all_reduce_mean({"loss": result["loss"], "metric": result["metric"]})
             step_times.append(time.perf_counter() - tick)
             losses.append(result["loss"])
             metrics.append(result["metric"])
@@ -351,7 +379,7 @@ def train_meta(
                 "meta_test_metric": test["metric"],
             }
         )
-        torch.save(
+        ctx.save_checkpoint(
             {
                 "model": model.state_dict(),
                 "meta_opt": meta_opt.state_dict(),
@@ -361,10 +389,12 @@ def train_meta(
             },
             checkpoint,
         )
-        (folder / "log.json").write_text(json.dumps(log, indent=2))
+        if ctx.is_main:
+            (folder / "log.json").write_text(json.dumps(log, indent=2))
     log["final"] = log["epochs"][-1] if log["epochs"] else {}
-    (folder / "log.json").write_text(json.dumps(log, indent=2))
-    _plot(folder, log, model, method, sampler, cfg)
+    if ctx.is_main:
+        (folder / "log.json").write_text(json.dumps(log, indent=2))
+        _plot(folder, log, model, method, sampler, cfg)
     return log
 
 
