@@ -473,13 +473,13 @@ def _bench_inverse(device: torch.device, **options) -> dict:
     return bench_inverse(device, **options)
 
 
-# Benchmark tasks by name: each maps (device, **options) to a JSON-ready report.
 def _bench_meta(device: torch.device, **options) -> dict:
     from jiio_ext.bench.meta import bench_meta
 
     return bench_meta(device, **options)
 
 
+# Benchmark tasks by name: each maps (device, **options) to a JSON-ready report.
 TASKS: dict[str, Callable[..., dict]] = {
     "adversarial": _bench_adversarial,
     "autocast": bench_autocast,
