@@ -223,7 +223,7 @@ def bench_inverse(
 
     latent_dim = 16
     chosen = dict(epochs=1, train_size=256, batch=32) if quick else dict(epochs=4, batch=128)
-    chosen = {"train_size": None, "steps": 40, "max_iter": 100 if quick else 200, **chosen}
+    chosen = {"train_size": None, "steps": 40, "max_iter": 200, **chosen}
     chosen.update(sizes or {})
     epochs, batch = chosen["epochs"], chosen["batch"]
     with tempfile.TemporaryDirectory() as folder:
