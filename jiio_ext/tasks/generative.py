@@ -591,7 +591,7 @@ def _train(
         if state is None:
             raise ValueError(f"resume: no checkpoint at {checkpoint}")
         run.load(state)
-    run.training_step = ctx.wrap(run.module, find_unused_parameters=True)
+    run.training_step = ctx.wrap(run.module)
     seed, epochs, batch_size = settings["seed"], settings["epochs"], settings["batch_size"]
     size = run.train_x.shape[0]
     steps_per_epoch = size // batch_size
