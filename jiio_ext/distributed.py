@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from dataclasses import dataclass
@@ -414,6 +415,11 @@ class DistContext:
         Example:
             >>> init_from_env("cpu").close()
         """
+        if self.is_distributed and dist.is_initialized():
+            # release DDP wrappers (their reducers hold the group) while the group is alive,
+            # and let every rank finish its collectives before anyone tears down
+            gc.collect()
+            dist.barrier()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -636,6 +636,7 @@ def _train(
             _save_plots(run, folder)
     if bar is not None:
         bar.close()
+    run.training_step = run.module  # drop the DDP wrapper before the group can go
     if sample and run.epoch > 0 and ctx.is_main:
         run.log["samples"] = _save_samples(run, folder)
         (folder / "log.json").write_text(json.dumps(run.log, indent=2))
