@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import free_port, join_gloo_group
 
 from jiio_ext.distributed import DistContext, init_from_env
 
@@ -39,12 +39,6 @@ TINY = dict(
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _jobs() -> dict[str, list[dict]]:
     """Training runs done by the two processes, in order, with rank-specific output folders."""
     return {
@@ -57,17 +51,8 @@ def _jobs() -> dict[str, list[dict]]:
 
 
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
     # the group is created here once: train_adversarial joins it and leaves it open
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    join_gloo_group(rank, world_size, port)
     folder = Path(root)
     ctx = init_from_env("cpu")
     reduced = {
@@ -101,7 +86,7 @@ def _parameters(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
     return root
 
 
@@ -252,7 +237,7 @@ def test_jiio_command_under_torchrun(tmp_path):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "jiio_ext.cli",
         "train",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import free_port, join_gloo_group
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("kornia")
@@ -40,22 +39,8 @@ JOBS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    join_gloo_group(rank, world_size, port)
     try:
         for name, job in JOBS.items():
             folder = Path(root) / f"{name}-rank{rank}"
@@ -79,7 +64,7 @@ def _single(tmp_path: Path, name: str) -> Path:
 # barrier before teardown, 11 of 11 runs passed (3 under load); kept here until confirmed.
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for name in JOBS:
         single = torch.load(_single(tmp_path, name) / "checkpoint.pt", weights_only=False)
         double = torch.load(tmp_path / f"{name}-rank0" / "checkpoint.pt", weights_only=False)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import free_port, join_gloo_group
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
@@ -27,22 +26,8 @@ TINY = dict(
 METHODS = ("jiio", "maml")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    join_gloo_group(rank, world_size, port)
     try:
         for method in METHODS:
             folder = Path(root) / f"{method}-rank{rank}"
@@ -54,7 +39,7 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
 
 def test_two_processes_match_one(tmp_path):
     torch.set_num_threads(1)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for method in METHODS:
         single_log = train_meta("sinusoid", method, out=str(tmp_path / f"{method}-1"), **TINY)
         single = torch.load(tmp_path / f"{method}-1" / "checkpoint.pt", weights_only=False)
