@@ -48,6 +48,34 @@ def _copy_images(source: Path, target: Path, names: Sequence[str], prefix: str) 
             shutil.copy(source / name, target / f"{prefix}{name}")
 
 
+def _training_side(name: str, log: dict[str, Any], objective: float, **extra: Any) -> dict:
+    """One side of a training comparison: mean epoch time and the final quality."""
+    epochs = log["epochs"]
+    mean_epoch = sum(e["epoch_time_s"] for e in epochs) / len(epochs)
+    return {
+        "name": name,
+        "time_s": round(mean_epoch, 3),
+        "f_evals": None,
+        "objective": objective,
+        **extra,
+    }
+
+
+def _training_report(
+    task: str, device: str, objective_name: str, epochs: int, baseline: dict, jiio: dict
+) -> dict[str, Any]:
+    """A training comparison in the bench report schema (time = mean epoch time)."""
+    return {
+        "task": task,
+        "device": device,
+        "objective_name": objective_name,
+        "epochs": epochs,
+        "baseline": baseline,
+        "jiio": jiio,
+        "speedup_time": round(baseline["time_s"] / jiio["time_s"], 2),
+    }
+
+
 def _adversarial_training(budget: str, device: str, folder: Path) -> dict[str, Any]:
     """JIIOPGD vs PGD in Madry adversarial training (digits, L∞ 0.1), epoch time and accuracy."""
     from jiio_ext.tasks.adversarial import train_adversarial
@@ -69,29 +97,27 @@ def _adversarial_training(budget: str, device: str, folder: Path) -> dict[str, A
                 **sizes,
             )
         _copy_images(Path(scratch) / "jiio", folder, ("examples.png", "curves.png"), "jiio_")
-    sides = {}
-    for method, log in logs.items():
-        last = log["epochs"][-1]
-        sides[method] = {
-            "name": (
-                f"torchattacks PGD-{sizes['steps']} in the loop"
-                if method == "pgd"
-                else f"JIIOPGD ({sizes['steps']} PGD-equivalent steps) in the loop"
-            ),
-            "time_s": round(sum(e["epoch_time_s"] for e in log["epochs"]) / len(log["epochs"]), 3),
-            "f_evals": None,
-            "objective": last["robust_accuracy"],
-            "clean_accuracy": last["clean_accuracy"],
-        }
-    return {
-        "task": "adversarial-training",
-        "device": device,
-        "objective_name": f"robust accuracy under PGD-{sizes['eval_steps']} (higher is better)",
-        "epochs": sizes["epochs"],
-        "baseline": sides["pgd"],
-        "jiio": sides["jiio"],
-        "speedup_time": round(sides["pgd"]["time_s"] / sides["jiio"]["time_s"], 2),
+    names = {
+        "pgd": f"torchattacks PGD-{sizes['steps']} in the loop",
+        "jiio": f"JIIOPGD ({sizes['steps']} PGD-equivalent steps) in the loop",
     }
+    sides = {
+        method: _training_side(
+            names[method],
+            log,
+            log["epochs"][-1]["robust_accuracy"],
+            clean_accuracy=log["epochs"][-1]["clean_accuracy"],
+        )
+        for method, log in logs.items()
+    }
+    return _training_report(
+        "adversarial-training",
+        device,
+        f"robust accuracy under PGD-{sizes['eval_steps']} (higher is better)",
+        sizes["epochs"],
+        sides["pgd"],
+        sides["jiio"],
+    )
 
 
 def _generative_training(budget: str, device: str, folder: Path) -> dict[str, Any]:
@@ -118,27 +144,22 @@ def _generative_training(budget: str, device: str, folder: Path) -> dict[str, An
             )
         names = ("reconstructions.png", "samples.png", "residuals.png")
         _copy_images(Path(scratch) / "jiio", folder, names, "jiio_")
-    sides = {}
-    for method, log in logs.items():
-        sides[method] = {
-            "name": (
-                f"nested: Adam, {sizes['inner_iters']} steps through torchdeq solves"
-                if method == "nested"
-                else f"JIIO, {sizes['inner_iters']} joint iterations"
-            ),
-            "time_s": round(sum(e["epoch_time_s"] for e in log["epochs"]) / len(log["epochs"]), 3),
-            "f_evals": None,
-            "objective": round(log["epochs"][-1]["test_psnr"], 3),
-        }
-    return {
-        "task": "generative-training",
-        "device": device,
-        "objective_name": "test PSNR of inpainted digits (dB; higher is better)",
-        "epochs": sizes["epochs"],
-        "baseline": sides["nested"],
-        "jiio": sides["jiio"],
-        "speedup_time": round(sides["nested"]["time_s"] / sides["jiio"]["time_s"], 2),
+    names = {
+        "nested": f"nested: Adam, {sizes['inner_iters']} steps through torchdeq solves",
+        "jiio": f"JIIO, {sizes['inner_iters']} joint iterations",
     }
+    sides = {
+        method: _training_side(names[method], log, round(log["epochs"][-1]["test_psnr"], 3))
+        for method, log in logs.items()
+    }
+    return _training_report(
+        "generative-training",
+        device,
+        "test PSNR of inpainted digits (dB; higher is better)",
+        sizes["epochs"],
+        sides["nested"],
+        sides["jiio"],
+    )
 
 
 # Training comparisons of the demo by name: each maps (budget, device, folder) to a report.
