@@ -278,6 +278,37 @@ def test_batched_tasks_equal_per_task_solves():
         torch.testing.assert_close(batched[n], total[n], rtol=1e-7, atol=1e-10, msg=n)
 
 
+class _Unvmappable(FiLMDEQ):
+    """FiLMDEQ with a host sync in its forward: torch.func.vmap cannot trace it."""
+
+    def forward(self, x, context=None):
+        if float(x.abs().sum()) < 0:  # never true; .item() under vmap raises
+            raise AssertionError
+        return super().forward(x, context)
+
+
+def _batched_meta_grad(net, tasks, **options):
+    xs, ys, xq, yq = (torch.stack(parts) for parts in zip(*tasks))
+    net.zero_grad()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, copy_initial_weights=False, tasks=3, **options) as (fnet, diffopt):
+        for _ in range(10):
+            diffopt.step(torch.stack([F.cross_entropy(o, y) for o, y in zip(fnet(xs), ys)]))
+        sum(F.cross_entropy(o, y) for o, y in zip(fnet(xq), yq)).backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_vmapped_tasks_equal_the_task_loop_and_unvmappable_models_fall_back():
+    tasks = [_data(seed=s) for s in (3, 4, 5)]
+    vmapped = _batched_meta_grad(FiLMDEQ(tol=1e-11), tasks)
+    looped = _batched_meta_grad(FiLMDEQ(tol=1e-11), tasks, vectorize=False)
+    with pytest.warns(RuntimeWarning, match="vmap could not evaluate the tasks together"):
+        fallback = _batched_meta_grad(_Unvmappable(tol=1e-11), tasks)
+    for n in vmapped:
+        torch.testing.assert_close(vmapped[n], looped[n], rtol=1e-9, atol=1e-12, msg=n)
+        torch.testing.assert_close(fallback[n], looped[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
 def test_memory_is_independent_of_the_budget():
     """Only the latest step's graph is kept: the number of live autograd nodes is flat."""
     import gc

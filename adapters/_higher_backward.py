@@ -1,0 +1,183 @@
+"""Implicit backward passes of the higher adapter: adjoint fixed points and the DEQ's IFT hook.
+
+Internal to :mod:`jiio_ext.adapters.higher`.
+
+Example:
+    >>> import torch
+    >>> solve = AdjointSolve(max_iter=50, rtol=1e-8, atol=1e-12)
+    >>> w = solve.solve(lambda w: 0.5 * w, torch.ones(1, 2), "example")  # w = 0.5 w + 1
+    >>> torch.allclose(w, torch.full((1, 2), 2.0))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from jiio_ext.solution import Status
+from jiio_ext.solvers import Anderson, fixed_point
+
+__all__ = ["AdjointSolve", "Gate", "attach_ift", "attach_ift_vmapped"]
+
+
+class Gate:
+    """Switches the implicit-backward hooks of one forward off while the adapter differentiates.
+
+    Example:
+        >>> gate = Gate()
+        >>> with gate.off():
+        ...     gate.active
+        False
+    """
+
+    def __init__(self) -> None:
+        self.active = True
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        """Hooks pass gradients through unchanged inside this block."""
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
+
+
+@dataclass
+class AdjointSolve:
+    """Settings of the adjoint fixed points solved in backward passes.
+
+    Example:
+        >>> AdjointSolve(max_iter=10, rtol=1e-6, atol=1e-10).max_iter
+        10
+    """
+
+    max_iter: int
+    rtol: float
+    atol: float
+
+    def solve(self, vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, what: str):
+        """Solve ``w = vjp(w) + v`` row by row; warn about rows that did not converge."""
+        result = fixed_point(
+            lambda w, index, k: (vjp(w) + v, {}),
+            v,
+            solver=Anderson(memory=5, kind="II"),
+            max_iter=self.max_iter,
+            rtol=self.rtol,
+            atol=self.atol,
+            subset=False,
+            balance=False,
+        )
+        failed = int((result.status != Status.CONVERGED).sum())
+        if failed:
+            warnings.warn(
+                f"{what}: adjoint fixed point did not converge for {failed} row(s) in "
+                f"{self.max_iter} iterations",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return result.state
+
+
+def attach_ift(
+    state: tuple[torch.Tensor, ...],
+    image: tuple[torch.Tensor, ...],
+    gate: Gate,
+    backward: AdjointSolve,
+    lead: int = 1,
+) -> tuple[torch.Tensor, ...]:
+    """``image = f(state)`` at a fixed point, with an implicit (IFT) backward per DEQ sample.
+
+    The first ``lead`` dimensions of every tensor index the samples (2 under ``vmap``: tasks
+    and the DEQ's batch); each sample is one row of the adjoint solve.
+
+    Example:
+        >>> import torch
+        >>> z = torch.zeros(1, 2, requires_grad=True)
+        >>> theta = torch.ones(1, 2, requires_grad=True)
+        >>> image = (0.5 * z + theta,)  # fixed point z* = 2 θ
+        >>> out = attach_ift((z,), image, Gate(), AdjointSolve(50, 1e-10, 1e-12))
+        >>> out[0].sum().backward()
+        >>> theta.grad  # dz*/dθ = 2
+        tensor([[2., 2.]])
+    """
+    samples = math.prod(image[0].shape[:lead])
+    flat = torch.cat([p.reshape(samples, -1) for p in image], dim=1)
+    if not flat.requires_grad:
+        return image
+    sizes = [math.prod(p.shape[lead:]) for p in image]
+
+    def vjp(w: torch.Tensor) -> torch.Tensor:
+        grad_outputs = [g.reshape(p.shape) for g, p in zip(torch.split(w, sizes, dim=1), image)]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                image, state, grad_outputs, retain_graph=True, allow_unused=True
+            )
+        grads = [torch.zeros_like(s) if g is None else g for g, s in zip(grads, state)]
+        return torch.cat([g.reshape(samples, -1) for g in grads], dim=1)
+
+    def hook(v: torch.Tensor) -> torch.Tensor | None:
+        if not gate.active:
+            return None
+        return backward.solve(vjp, v, "DEQ backward")
+
+    attached = flat.view_as(flat)
+    attached.register_hook(hook)
+    return tuple(a.view_as(p) for a, p in zip(torch.split(attached, sizes, dim=1), image))
+
+
+class _VmappedIFT(torch.autograd.Function):
+    """:func:`attach_ift` inside ``torch.func.vmap``: applied once to the physical batch."""
+
+    @staticmethod
+    def forward(count: int, gate: Gate, backward: AdjointSolve, *tensors: torch.Tensor):
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        """Nothing to save: only the vmap rule is used."""
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor):
+        raise RuntimeError("attach_ift_vmapped: only valid inside torch.func.vmap")
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, count: int, gate: Gate, backward: AdjointSolve, *tensors):
+        dims = in_dims[3:]
+        if any(d != 0 for d in dims[count:]):
+            raise RuntimeError("attach_ift_vmapped: the DEQ states must be batched along dim 0")
+        if any(d is None for d in dims[:count]):
+            raise RuntimeError("attach_ift_vmapped: the DEQ images must be batched")
+        image = tuple(t.movedim(d, 0) for t, d in zip(tensors[:count], dims[:count]))
+        out = attach_ift(tuple(tensors[count:]), image, gate, backward, lead=2)
+        return out, (0,) * count
+
+
+def attach_ift_vmapped(
+    state: tuple[torch.Tensor, ...],
+    image: tuple[torch.Tensor, ...],
+    gate: Gate,
+    backward: AdjointSolve,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`attach_ift` for per-task tensors inside ``torch.func.vmap`` (one batched solve).
+
+    Example:
+        >>> import torch
+        >>> from torch.func import vmap
+        >>> z = torch.zeros(3, 1, 2, requires_grad=True)  # 3 tasks, 1 sample each
+        >>> theta = torch.ones(3, 1, 2, requires_grad=True)
+        >>> solve = AdjointSolve(50, 1e-10, 1e-12)
+        >>> def task(z, theta):
+        ...     return attach_ift_vmapped((z,), (0.5 * z + theta,), Gate(), solve)[0]
+        >>> vmap(task)(z, theta).sum().backward()
+        >>> theta.grad.flatten().tolist()
+        [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    """
+    return _VmappedIFT.apply(len(image), gate, backward, *image, *state)

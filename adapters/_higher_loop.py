@@ -1,0 +1,371 @@
+"""State of one ``innerloop_ctx`` block: the joint iteration and its implicit meta-gradient.
+
+Internal to :mod:`jiio_ext.adapters.higher`. The joint state is one ``(T, n)`` tensor, a row
+``[z; φ; μ]`` per task (DEQ states of the support forward, adapted values, DEQ adjoint).
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 1)
+    >>> loop = InnerLoop(net, torch.optim.SGD(net.parameters(), lr=0.1), copy_initial_weights=False,
+    ...                  override=None, track_higher_grads=True, first_order=False, context=None,
+    ...                  context_arg="context", prox=1.0, tasks=None, alpha_z=None,
+    ...                  alpha_mu=None, memory=5, rtol=1e-4, atol=1e-6,
+    ...                  backward=AdjointSolve(50, 1e-6, 1e-10), vectorize=True)
+    >>> [s.name for s in loop.slots]
+    ['weight', 'bias']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jiio_ext.adapters._higher_backward import AdjointSolve, Gate
+from jiio_ext.adapters._higher_forward import joint_forward, solve_forward
+from jiio_ext.adapters._higher_slots import make_slots
+from jiio_ext.adapters._higher_tap import Forward, Tap, find_deqs
+from torch import nn
+from torch.func import functional_call
+
+from jiio_ext.layout import Layout
+from jiio_ext.solution import Status
+from jiio_ext.solvers import Anderson
+
+__all__ = ["InnerLoop"]
+
+
+class InnerLoop:
+    """State of one ``innerloop_ctx`` block (see :func:`jiio_ext.adapters.higher.innerloop_ctx`).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 1)
+        >>> loop = InnerLoop(net, torch.optim.SGD([net.bias], lr=0.1), copy_initial_weights=True,
+        ...                  override=None, track_higher_grads=True, first_order=False,
+        ...                  context=None, context_arg="context", prox=1.0, tasks=2, alpha_z=None,
+        ...                  alpha_mu=None, memory=5, rtol=1e-4, atol=1e-6,
+        ...                  backward=AdjointSolve(50, 1e-6, 1e-10), vectorize=True)
+        >>> loop.rows, loop.n_steps
+        (2, 0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: Any,
+        *,
+        copy_initial_weights: bool,
+        override: dict[str, list[Any]] | None,
+        track_higher_grads: bool,
+        first_order: bool,
+        context: int | torch.Tensor | None,
+        context_arg: str,
+        prox: float,
+        tasks: int | None,
+        alpha_z: float | None,
+        alpha_mu: float | None,
+        memory: int,
+        rtol: float,
+        atol: float,
+        backward: AdjointSolve,
+        vectorize: bool,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if tasks is not None and (
+            isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1
+        ):
+            raise ValueError(f"tasks: expected None or an integer >= 1, got {tasks!r}")
+        if not (isinstance(prox, (int, float)) and math.isfinite(prox) and prox >= 0):
+            raise ValueError(f"prox: expected a finite number >= 0, got {prox!r}")
+        self.model = model
+        self.tasks = tasks
+        self.rows = tasks or 1
+        self.vectorize = bool(vectorize)
+        deqs = find_deqs(model)
+        for name, value in (("alpha_z", alpha_z), ("alpha_mu", alpha_mu)):
+            if value is not None and not deqs:
+                raise TypeError(
+                    f"{name}: {type(model).__name__} contains no torchdeq DEQ module (DEQBase); "
+                    f"{name} applies only to DEQ models"
+                )
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name}: expected a damping in (0, 1], got {value!r}")
+        self.alpha_z = 0.8 if alpha_z is None else float(alpha_z)
+        self.alpha_mu = 0.6 if alpha_mu is None else float(alpha_mu)
+        self.prox = float(prox)
+        self.exact = track_higher_grads and not first_order
+        self.track = track_higher_grads
+        self.first_order = first_order
+        self.rtol, self.atol = rtol, atol
+        self.backward = AdjointSolve(**vars(backward))
+        self.solver = Anderson(memory=memory, kind="II")
+        self.tap = Tap(deqs, self.backward)
+
+        named = dict(model.named_parameters())
+        if copy_initial_weights:
+            self.initial = {
+                n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in named.items()
+            }
+        else:
+            self.initial = named
+        # what functional_call must swap in besides the adapted values (nothing: the model's own)
+        self.overrides = self.initial if copy_initial_weights else {}
+        self.slots = make_slots(model, opt, override, context, context_arg, self.initial)
+        self.slot_layout = Layout(tuple(tuple(s.anchor.shape) for s in self.slots), True)
+        ref = self.slots[0].anchor
+        self.lr_vec = torch.cat(
+            [torch.full((s.anchor.numel(),), s.lr, dtype=ref.dtype) for s in self.slots]
+        ).to(ref.device)
+        decay = [
+            torch.full((s.anchor.numel(),), s.weight_decay, dtype=ref.dtype) for s in self.slots
+        ]
+        self.wd_vec = (
+            torch.cat(decay).to(ref.device) if any(s.weight_decay for s in self.slots) else None
+        )
+        self.n_steps = 0
+        self.support: tuple[torch.Tensor, torch.Tensor] | None = None  # (as passed, detached)
+        self.state: torch.Tensor | None = None  # (T, n) joint state [z; φ; μ]
+        self.nz = 0
+        self.z_shapes: list[tuple[int, ...]] = []
+        self.buffers = None
+        self.weights: torch.Tensor | None = None
+        self.last: Forward | None = None
+        self.step_record: tuple[Forward, torch.Tensor, torch.Tensor] | None = None
+        self.final: tuple[int, list[torch.Tensor]] | None = None
+        self._status = torch.full((self.rows,), int(Status.MAX_ITER), dtype=torch.long)
+        self._residuals: dict[str, torch.Tensor] = {}
+        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    # ----- the adapted quantity -----
+    def current_params(self) -> dict[str, torch.Tensor]:
+        """Fast parameters now: model parameters with the adapted ones replaced (per task)."""
+        adapted = self.adapted_now()
+        values = dict(self.initial)
+        for slot, value in zip(self.slots, adapted):
+            if not slot.is_context:
+                values[slot.name] = value if self.tasks else value[0]
+        return values
+
+    def adapted_now(self) -> list[torch.Tensor]:
+        """Per slot ``(T, ...)`` adapted tensors, differentiable as the mode asks."""
+        if self.n_steps == 0:
+            return [s.anchor.unsqueeze(0).expand(self.rows, *s.anchor.shape) for s in self.slots]
+        if self.final is None or self.final[0] != self.n_steps:
+            self.final = (self.n_steps, self._finalise())
+        return self.final[1]
+
+    def _finalise(self) -> list[torch.Tensor]:
+        record, state_e, mapped_e = self.step_record
+        parts = self.split_phi(self.split_state(mapped_e)[1].detach())
+        if not self.track:
+            return parts
+        if self.first_order:
+            return [
+                p if s.is_context else s.anchor + (p - s.anchor.detach())
+                for p, s in zip(parts, self.slots)
+            ]
+        mapped, leaves = self._map_with_graph(record, state_e)
+        backward = self.backward
+
+        def vjp(w: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad(), record.gate.off():
+                grads = torch.autograd.grad(mapped, leaves, w, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+            return torch.cat([record.flat(grads[:-1], w), grads[-1]], dim=1)
+
+        def hook(v: torch.Tensor) -> torch.Tensor:
+            return backward.solve(vjp, v, "meta-gradient backward")
+
+        attached = mapped.view_as(mapped)
+        attached.register_hook(hook)
+        return self.split_phi(self.split_state(attached)[1])
+
+    def split_phi(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per slot ``(T, ...)`` views of the ``φ`` block."""
+        return list(self.slot_layout.unflatten(flat))
+
+    # ----- forward -----
+    def _is_support(self, args: tuple) -> bool:
+        """Whether a call's first argument is the support input (same tensor or equal values)."""
+        x = args[0] if args else None
+        if self.n_steps == 0 or not isinstance(x, torch.Tensor) or self.support is None:
+            return False
+        passed, ref = self.support
+        if x is passed:
+            return True
+        same = x.shape == ref.shape and x.dtype == ref.dtype and x.device == ref.device
+        return same and bool(torch.equal(x.detach(), ref))
+
+    def forward(self, args: tuple, kwargs: dict, params: Sequence[torch.Tensor] | None):
+        """One ``fnet`` call: a joint evaluation on the support input, else a DEQ solve."""
+        if params is not None:
+            values = list(params)
+            if len(values) != len(self.initial):
+                raise ValueError(
+                    f"params: expected {len(self.initial)} tensors (model.parameters() order), "
+                    f"got {len(values)}"
+                )
+            with self.tap.active("solve", [], Gate()):
+                return functional_call(self.model, dict(zip(self.initial, values)), args, kwargs)
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        support = None if first is None else (first, first.detach())
+        if self._is_support(args):
+            out = joint_forward(self, args, kwargs, support)
+        else:
+            out = solve_forward(self, args, kwargs, support)
+        return out
+
+    # ----- the joint state -----
+    def split_state(self, state: torch.Tensor):
+        """``(z, φ, μ)`` column blocks of a ``(T, n)`` joint state."""
+        nz, n = self.nz, state.shape[1]
+        return state[:, :nz], state[:, nz : n - nz], state[:, n - nz :]
+
+    def _init_state(self, record: Forward) -> None:
+        like = self.slots[0].anchor
+        self.z_shapes = record.z_shapes()
+        z = record.flat([t.detach() for t in record.z], like)
+        phi = record.flat([p.detach() for p in record.phi], like)
+        self.state = torch.cat([z, phi, torch.zeros_like(z)], dim=1)
+        self.nz = z.shape[1]
+        sizes = [s for s in (z.shape[1], phi.shape[1], z.shape[1]) if s]
+        self.weights = torch.cat(
+            [torch.full((s,), 1.0 / math.sqrt(s), dtype=z.dtype, device=z.device) for s in sizes]
+        ).unsqueeze(0)
+
+    def _objective(self, record: Forward, loss: torch.Tensor) -> torch.Tensor:
+        """Per-task inner objective: the user's loss plus the proximal / L2 term."""
+        if self.tasks:
+            if loss.shape != (self.rows,):
+                raise ValueError(
+                    f"loss: expected per-task losses of shape ({self.rows},) with tasks="
+                    f"{self.rows}, got shape {tuple(loss.shape)}"
+                )
+        elif loss.numel() != 1:
+            raise ValueError(f"loss: expected a scalar support loss, got shape {tuple(loss.shape)}")
+        loss = loss.reshape(self.rows)
+        if not self.prox and self.wd_vec is None:
+            return loss
+        phi = record.flat(record.phi, loss)
+        total = loss
+        if self.prox:
+            anchor = torch.cat([s.anchor.reshape(-1) for s in self.slots])
+            anchor = anchor if self.exact else anchor.detach()
+            total = total + 0.5 * self.prox * (phi - anchor).pow(2).sum(dim=1)
+        if self.wd_vec is not None:
+            total = total + 0.5 * (self.wd_vec * phi.pow(2)).sum(dim=1)
+        return total
+
+    def _grads(self, record: Forward, total: torch.Tensor, mu: torch.Tensor, create_graph: bool):
+        """One VJP of ``[total, f(z)]`` with ``[1, μ]``: ``(g_z, g_φ, f(z), z, φ)`` as rows."""
+        inputs = [*record.z, *record.phi]
+        mu_parts = record.split(mu, self.z_shapes)
+        with torch.enable_grad(), record.gate.off():
+            outputs = [total.sum(), *record.images]
+            grad_outputs = [torch.ones_like(outputs[0]), *mu_parts]
+            keep = [i for i, o in enumerate(outputs) if o.requires_grad]
+            grads = torch.autograd.grad(
+                [outputs[i] for i in keep],
+                inputs,
+                [grad_outputs[i] for i in keep],
+                allow_unused=True,
+                retain_graph=self.exact or create_graph,
+                create_graph=create_graph,
+            )
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+        nz = len(record.z)
+        return (
+            record.flat(grads[:nz], mu),
+            record.flat(grads[nz:], mu),
+            record.flat(record.images, mu),
+            record.flat(record.z, mu),
+            record.flat(record.phi, mu),
+        )
+
+    def _apply(self, z, phi, mu, image, g_z, g_phi) -> torch.Tensor:
+        z_new = z + self.alpha_z * (image - z)
+        mu_new = mu + self.alpha_mu * (g_z - mu)
+        phi_new = phi - self.lr_vec * g_phi
+        return torch.cat([z_new, phi_new, mu_new], dim=1)
+
+    def _map_with_graph(self, record: Forward, state_e: torch.Tensor):
+        """``F`` at the last evaluated state with a graph to the state and the meta-parameters."""
+        mu = self.split_state(state_e)[2].detach().requires_grad_()
+        with torch.enable_grad():
+            g_z, g_phi, image, z, phi = self._grads(record, record.total, mu, create_graph=True)
+            mapped = self._apply(z, phi, mu, image, g_z, g_phi)
+        return mapped, record.leaves(mu)
+
+    def step(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        """One joint iteration from the latest support forward; the adapted values after it."""
+        record = self.last
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss: expected a tensor, got {type(loss).__name__}")
+        if record is None:
+            raise RuntimeError("diffopt.step: call fnet on the support set before the first step")
+        if self.n_steps == 0:
+            self.support = record.support
+            self._init_state(record)
+        elif record.mode != "joint":
+            raise ValueError(
+                "loss: diffopt.step needs a loss of the latest support forward; the latest "
+                "fnet call was on another input than the first step's (pass the support set, "
+                "unchanged, to fnet before every step)"
+            )
+        total = self._objective(record, loss)
+        record.total = total
+        state = self.state
+        mu = self.split_state(state)[2]
+        with torch.no_grad():
+            g_z, g_phi, image, z, phi = self._grads(record, total, mu, create_graph=False)
+            mapped = self._apply(z, phi, mu, image, g_z, g_phi)
+            resid = mapped - state
+            if self.buffers is None:
+                self.buffers = self.solver.init(state, resid, self.weights)
+            w_norm = (resid * self.weights).norm(dim=1)
+            nxt, self.buffers = self.solver.step(self.buffers, state, resid, w_norm)
+        self._pending = (state, resid, total.detach())
+        self.step_record = (record, state, mapped)
+        self.state = nxt
+        self.n_steps += 1
+        return [p.detach() for p in self.split_phi(self.split_state(mapped)[1])]
+
+    # ----- status (computed when read: no per-step synchronisation) -----
+    @property
+    def status(self) -> torch.Tensor:
+        """Per-task status codes after the latest step ``(T,)`` (on the CPU)."""
+        self._settle()
+        return self._status
+
+    @property
+    def residuals(self) -> dict[str, torch.Tensor]:
+        """Per-task RMS residuals of the ``z``, ``x`` and ``mu`` blocks after the latest step."""
+        self._settle()
+        return self._residuals
+
+    def _settle(self) -> None:
+        if self._pending is None:
+            return
+        state, resid, total = self._pending
+        self._pending = None
+        nz = self.nz
+        sizes = [nz, state.shape[1] - 2 * nz, nz]
+        scale = (1.0 / self.alpha_z, 1.0, 1.0 / self.alpha_mu)
+        ok = torch.isfinite(resid).all(dim=1) & torch.isfinite(total)
+        converged = ok.clone()
+        for name, r, s, c in zip(
+            ("z", "x", "mu"),
+            torch.split(resid, sizes, dim=1),
+            torch.split(state, sizes, dim=1),
+            scale,
+        ):
+            if r.shape[1] == 0:
+                continue
+            rms = r.pow(2).mean(dim=1).sqrt() * c
+            self._residuals[name] = rms
+            converged &= rms <= self.atol + self.rtol * s.pow(2).mean(dim=1).sqrt()
+        status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
+        self._status = torch.where(ok, status, int(Status.NONFINITE)).long().cpu()

@@ -1,0 +1,215 @@
+"""DEQ interception of the higher adapter: what one ``fnet`` forward evaluates and records.
+
+Internal to :mod:`jiio_ext.adapters.higher`. :class:`Tap` replaces the ``forward`` of every
+torchdeq ``DEQBase`` submodule during an ``fnet`` call; :class:`Forward` is the record of one
+call (DEQ states, their images ``f(state)`` and the adapted leaves).
+
+Example:
+    >>> import torch
+    >>> record = Forward(None, "joint", Gate(), rows=2, batched=True)
+    >>> record.flat([torch.ones(2, 3), torch.zeros(2, 1, 2)], torch.zeros(())).shape
+    torch.Size([2, 5])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jiio_ext.adapters._higher_backward import (
+    AdjointSolve,
+    Gate,
+    attach_ift,
+    attach_ift_vmapped,
+)
+from torch import nn
+
+from jiio_ext.layout import as_tuple
+
+__all__ = ["Forward", "Tap", "find_deqs"]
+
+
+@dataclass
+class Forward:
+    """What one ``fnet`` forward recorded: the DEQ states, ``f(state)`` and the adapted leaves.
+
+    ``batched=True``: every tensor of ``z``, ``images`` and ``phi`` has a leading task dimension
+    ``(rows, ...)`` and the lists run over DEQ-call parts (``z``, ``images``) or slots
+    (``phi``). ``batched=False``: the lists are task-major, ``rows`` equal chunks of per-task
+    tensors.
+
+    Example:
+        >>> import torch
+        >>> record = Forward(None, "solve", Gate(), rows=2, batched=False)
+        >>> record.flat([torch.ones(3), torch.zeros(3)], torch.zeros(())).tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+
+    support: tuple[torch.Tensor, torch.Tensor] | None  # first input: as passed, detached
+    mode: str
+    gate: Gate
+    rows: int
+    batched: bool
+    z: list[torch.Tensor] = field(default_factory=list)
+    images: list[torch.Tensor] = field(default_factory=list)
+    phi: list[torch.Tensor] = field(default_factory=list)
+    total: torch.Tensor | None = None
+
+    def flat(self, tensors: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """``(rows, n)``: one row per task, the tensors flattened in order (``like``: dtype)."""
+        rows = self.rows
+        if not tensors:
+            return like.new_zeros(rows, 0)
+        if self.batched:
+            return torch.cat([t.reshape(rows, -1) for t in tensors], dim=1)
+        per = len(tensors) // rows
+        return torch.stack(
+            [
+                torch.cat([t.reshape(-1) for t in tensors[r * per : (r + 1) * per]])
+                for r in range(rows)
+            ]
+        )
+
+    def split(self, rows: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Inverse of :meth:`flat` for the per-task ``shapes`` of one chunk."""
+        sizes = [math.prod(s) for s in shapes]
+        if self.batched:
+            chunks = torch.split(rows, sizes, dim=1)
+            return [c.reshape(self.rows, *s) for c, s in zip(chunks, shapes)]
+        return [
+            c.view(s) for r in range(self.rows) for c, s in zip(torch.split(rows[r], sizes), shapes)
+        ]
+
+    def leaves(self, mu: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs of the joint map in :meth:`flat` order of ``[z; φ]``, then ``μ``."""
+        if self.batched:
+            return [*self.z, *self.phi, mu]
+        per_z, per_phi = len(self.z) // self.rows, len(self.phi) // self.rows
+        return [
+            *(
+                t
+                for r in range(self.rows)
+                for t in (
+                    *self.z[r * per_z : (r + 1) * per_z],
+                    *self.phi[r * per_phi : (r + 1) * per_phi],
+                )
+            ),
+            mu,
+        ]
+
+    def z_shapes(self) -> list[tuple[int, ...]]:
+        """Per-task shapes of the DEQ-call states."""
+        if self.batched:
+            return [tuple(t.shape[1:]) for t in self.z]
+        return [tuple(t.shape) for t in self.z[: len(self.z) // self.rows]]
+
+
+class Tap:
+    """Intercepts the torchdeq DEQ calls of the model during ``fnet`` forwards.
+
+    Modes: ``solve`` runs the DEQ's own solver without a graph and returns ``f(z*)`` with an
+    implicit backward; ``probe`` only solves and returns ``z*``; ``solved`` returns ``f(z*)``
+    at given fixed points with the implicit backward of all tasks at once (inside
+    ``torch.func.vmap``); ``joint`` returns ``f(z)`` at the given joint state (no solve).
+    The states and images of the latest forward are in ``states`` and ``images``.
+
+    Example:
+        >>> tap = Tap([], AdjointSolve(10, 1e-6, 1e-10))
+        >>> tap.mode
+        'solve'
+    """
+
+    def __init__(self, deqs: Sequence[nn.Module], backward: AdjointSolve) -> None:
+        self.deqs = list(deqs)
+        self.backward = backward
+        self.mode = "solve"
+        self.given: list[torch.Tensor] = []
+        self.states: list[torch.Tensor] = []
+        self.images: list[torch.Tensor] = []
+        self.gate = Gate()
+
+    @contextlib.contextmanager
+    def active(self, mode: str, given: list[torch.Tensor], gate: Gate) -> Iterator[None]:
+        """Intercept the DEQ calls in ``mode`` (joint states ``given``) inside this block."""
+        self.mode, self.given, self.gate = mode, list(given), gate
+        self.states, self.images = [], []
+        saved = []
+        for deq in self.deqs:
+            saved.append((deq, deq.__dict__.get("forward")))
+            deq.forward = types.MethodType(self._intercept(deq.forward), deq)
+        try:
+            yield
+        finally:
+            for deq, previous in saved:
+                if previous is None:
+                    del deq.forward
+                else:
+                    deq.forward = previous
+
+    def _intercept(self, original: Callable) -> Callable:
+        tap = self
+
+        def forward(deq: nn.Module, func: Callable, z_init: Any, *args: Any, **kwargs: Any):
+            return tap.handle(original, func, z_init, args, kwargs)
+
+        return forward
+
+    def handle(self, original: Callable, func: Callable, z_init: Any, args, kwargs):
+        """One intercepted DEQ call: ``[f(state)]`` (``[z*]`` when probing) and the solver info."""
+        is_tuple = not isinstance(z_init, torch.Tensor)
+        count = len(z_init) if is_tuple else 1
+        info: dict[str, Any] = {}
+        if self.mode in ("joint", "solved"):
+            start = len(self.states)
+            if start + count > len(self.given):
+                raise RuntimeError(
+                    "model: the support forward made more DEQ calls than the first one; the "
+                    "number and shapes of DEQ calls must not depend on the adapted quantity"
+                )
+            state = tuple(self.given[start : start + count])
+        else:
+            with torch.no_grad():
+                solved, info = original(func, z_init, *args, **kwargs)
+            state = tuple(t.detach().requires_grad_() for t in as_tuple(_as_state(solved[-1])))
+        inits = as_tuple(_as_state(z_init))
+        if tuple(s.shape for s in state) != tuple(t.shape for t in inits):
+            raise RuntimeError(
+                f"model: DEQ state shapes {[tuple(s.shape) for s in state]} differ from the "
+                f"call's z_init {[tuple(t.shape) for t in inits]}"
+            )
+        self.states.extend(state)
+        if self.mode == "probe":
+            return [list(state) if is_tuple else state[0]], info
+        with torch.enable_grad():
+            image = as_tuple(_as_state(func(*state) if is_tuple else func(state[0])))
+        self.images.extend(image)
+        if self.mode == "solve":
+            image = attach_ift(state, image, self.gate, self.backward)
+        elif self.mode == "solved":
+            image = attach_ift_vmapped(state, image, self.gate, self.backward)
+        out = list(image) if is_tuple else image[0]
+        return [out], info
+
+
+def _as_state(value: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    return value if isinstance(value, torch.Tensor) else tuple(value)
+
+
+def find_deqs(model: nn.Module) -> list[nn.Module]:
+    """The torchdeq ``DEQBase`` submodules of ``model`` (none without torchdeq installed).
+
+    Example:
+        >>> import torch
+        >>> find_deqs(torch.nn.Linear(2, 2))
+        []
+    """
+    try:
+        from torchdeq.core import DEQBase
+    except ImportError:  # pragma: no cover - exercised only without the deq extra
+        return []
+    return [m for m in model.modules() if isinstance(m, DEQBase)]
