@@ -260,7 +260,7 @@ class InnerLoop:
         return total
 
     def _grads(self, record: Forward, total: torch.Tensor, mu: torch.Tensor, create_graph: bool):
-        """One VJP of ``[total, f(z)]`` with ``[1, μ]``: ``(g_z, g_φ, f(z), z, φ)`` as rows."""
+        """One VJP of ``[total, f(z)]`` with ``[1, μ]``: ``(g_z, g_φ, f(z))`` as rows."""
         inputs = [*record.z, *record.phi]
         mu_parts = record.split(mu, self.z_shapes)
         with torch.enable_grad(), record.gate.off():
@@ -281,8 +281,6 @@ class InnerLoop:
             record.flat(grads[:nz], mu),
             record.flat(grads[nz:], mu),
             record.flat(record.images, mu),
-            record.flat(record.z, mu),
-            record.flat(record.phi, mu),
         )
 
     def _apply(self, z, phi, mu, image, g_z, g_phi) -> torch.Tensor:
@@ -295,7 +293,8 @@ class InnerLoop:
         """``F`` at the last evaluated state with a graph to the state and the meta-parameters."""
         mu = self.split_state(state_e)[2].detach().requires_grad_()
         with torch.enable_grad():
-            g_z, g_phi, image, z, phi = self._grads(record, record.total, mu, create_graph=True)
+            g_z, g_phi, image = self._grads(record, record.total, mu, create_graph=True)
+            z, phi = record.flat(record.z, mu), record.flat(record.phi, mu)
             mapped = self._apply(z, phi, mu, image, g_z, g_phi)
         return mapped, record.leaves(mu)
 
@@ -318,9 +317,9 @@ class InnerLoop:
         total = self._objective(record, loss)
         record.total = total
         state = self.state
-        mu = self.split_state(state)[2]
+        z, phi, mu = self.split_state(state)  # the values of the record's leaves
         with torch.no_grad():
-            g_z, g_phi, image, z, phi = self._grads(record, total, mu, create_graph=False)
+            g_z, g_phi, image = self._grads(record, total, mu, create_graph=False)
             mapped = self._apply(z, phi, mu, image, g_z, g_phi)
             resid = mapped - state
             if self.buffers is None:

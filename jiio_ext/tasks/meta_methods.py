@@ -58,6 +58,7 @@ class MetaConfig:
         cg_steps: conjugate-gradient iterations of iMAML's meta-gradient.
         prox: proximal weight ``λ`` (JIIO and iMAML).
         backward_rtol: tolerance of JIIO's backward fixed points.
+        backward_max_iter: iteration budget of JIIO's backward fixed points.
 
     Example:
         >>> MetaConfig(regression=True).jiio_steps
@@ -73,6 +74,7 @@ class MetaConfig:
     cg_steps: int = 5
     prox: float = 1.0
     backward_rtol: float = 1e-4
+    backward_max_iter: int = 50
 
 
 def task_losses(out: torch.Tensor, y: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -107,7 +109,7 @@ def _jiio(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
         tasks=batch.x_spt.shape[0],
         prox=cfg.prox,
         backward_rtol=cfg.backward_rtol,
-        backward_max_iter=50,
+        backward_max_iter=cfg.backward_max_iter,
     ) as (fnet, diffopt):
         for _ in range(cfg.jiio_steps):
             diffopt.step(task_losses(fnet(batch.x_spt), batch.y_spt, cfg.regression))
