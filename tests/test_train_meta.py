@@ -10,7 +10,12 @@ import torch
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
-from jiio_ext.tasks.meta import add_meta_arguments, run_meta_cli, train_meta  # noqa: E402
+from jiio_ext.tasks.meta import (  # noqa: E402
+    add_meta_arguments,
+    make_meta_problem,
+    run_meta_cli,
+    train_meta,
+)
 from jiio_ext.tasks.meta_data import digits_pool, omniglot_pool, sample_sinusoid  # noqa: E402
 from jiio_ext.tasks.meta_methods import METHODS, MetaConfig, meta_step  # noqa: E402
 from jiio_ext.tasks.meta_models import FiLMDEQNet  # noqa: E402
@@ -106,6 +111,12 @@ def test_digits_pool_holds_out_classes():
     assert not set(pool.train_classes) & set(pool.test_classes)
     batch = pool.sample(5, 1, 5, 3, False, torch.Generator().manual_seed(0))
     assert int(batch.y_spt.max()) == 4
+    # the validation split never touches the meta-test classes (digits 7-9)
+    val = digits_pool(torch.device("cpu"), validation=True)
+    assert not set(val.train_classes) & set(val.test_classes)
+    assert not (set(val.train_classes) | set(val.test_classes)) & set(pool.test_classes)
+    with pytest.raises(ValueError, match="validation: only the digits"):
+        make_meta_problem("omniglot", validation=True)
 
 
 def test_bad_arguments_name_the_argument(tmp_path):

@@ -31,7 +31,10 @@ from jiio_ext.tasks.meta import evaluate_meta, make_meta_problem
 from jiio_ext.tasks.meta_data import TaskBatch
 from jiio_ext.tasks.meta_methods import MetaConfig, meta_step
 
-__all__ = ["bench_meta"]
+__all__ = ["bench_meta", "validate_meta"]
+
+# task seed of the validation tasks (the meta-test tasks use evaluate_meta's default, 1234)
+VALIDATION_SEED = 4321
 
 NAMES = {
     "jiio": "innerloop_ctx (jiio_ext.adapters.higher), {jiio} joint iterations, batched tasks",
@@ -46,11 +49,25 @@ def _cast(batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
     return TaskBatch(*(t.to(dtype) if t.is_floating_point() else t for t in parts))
 
 
-def _run_method(task, method, cfg, meta_steps, eval_tasks, tasks_per_batch, hidden, device, dtype):
-    model, sampler = make_meta_problem(task, device=device, hidden=hidden)
+def _run_method(
+    task,
+    method,
+    cfg,
+    meta_steps,
+    eval_tasks,
+    tasks_per_batch,
+    hidden,
+    device,
+    dtype,
+    seed=0,
+    validation=False,
+):
+    model, sampler = make_meta_problem(
+        task, device=device, hidden=hidden, seed=seed, validation=validation
+    )
     model = model.to(dtype=dtype)
     meta_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     batches = [_cast(sampler(tasks_per_batch, True, generator), dtype) for _ in range(meta_steps)]
     times = []
     with PeakMemory(device) as mem:
@@ -62,7 +79,9 @@ def _run_method(task, method, cfg, meta_steps, eval_tasks, tasks_per_batch, hidd
             meta_opt.step()
             _sync(device)
             times.append(time.perf_counter() - start)
-    test = evaluate_meta(model, method, sampler, cfg, eval_tasks)
+    test = evaluate_meta(
+        model, method, sampler, cfg, eval_tasks, seed=VALIDATION_SEED if validation else 1234
+    )
     per_step = sorted(times)[len(times) // 2] if len(times) > 2 else sum(times) / len(times)
     name = NAMES[method].format(
         jiio=cfg.jiio_steps, maml=cfg.maml_steps, imaml=cfg.imaml_steps, cg=cfg.cg_steps
@@ -112,6 +131,57 @@ def _compare(task, cfg, meta_steps, eval_tasks, tasks_per_batch, hidden, device,
     if "imaml" in sides:
         report["speedup_time_vs_imaml"] = round(sides["imaml"]["time_s"] / jiio["time_s"], 2)
     return report
+
+
+def validate_meta(
+    task: str,
+    method: str,
+    cfg: MetaConfig,
+    seeds: tuple[int, ...] = (0, 1),
+    meta_steps: int = 150,
+    eval_tasks: int = 100,
+    hidden: int = 32,
+) -> dict:
+    """The tuning protocol of the inner settings: the bench's meta-training, scored on validation.
+
+    Each seed meta-trains a model (its own initialisation and task stream) as the benchmark
+    does, on the validation split (digits: meta-train digits 0–4, score on held-out digits
+    5–6; the meta-test digits 7–9 are never seen), and scores it on ``eval_tasks`` validation
+    tasks (task seed :data:`VALIDATION_SEED`; sinusoid: fresh tasks of that seed). One CPU
+    thread on a CPU, as in :func:`bench_meta`.
+
+    Returns:
+        ``{"mean": mean metric over the seeds, "runs": [per-seed results]}`` (metric: accuracy
+        for the digits, MSE for the sinusoid).
+
+    Example:
+        >>> cfg = MetaConfig(regression=True, jiio_steps=5)
+        >>> validate_meta("sinusoid", "jiio", cfg, seeds=(0,), meta_steps=1,
+        ...               eval_tasks=2, hidden=8)["runs"][0]["meta_steps"]
+        1
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = [
+            _run_method(
+                task,
+                method,
+                cfg,
+                meta_steps,
+                eval_tasks,
+                4,
+                hidden,
+                torch.device("cpu"),
+                torch.float32,
+                seed=seed,
+                validation=True,
+            )
+            for seed in seeds
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    return {"mean": sum(r["objective"] for r in runs) / len(runs), "runs": runs}
 
 
 def bench_meta(

@@ -88,8 +88,15 @@ def make_meta_problem(
     device: torch.device | str = "cpu",
     hidden: int = 32,
     context_dim: int = 16,
+    *,
+    seed: int = 0,
+    validation: bool = False,
 ):
     """The model and the task sampler of a task family.
+
+    ``seed`` initialises the model. ``validation=True`` samples the digits from the validation
+    split (meta-train digits 0–4, held-out digits 5–6; the meta-test digits 7–9 unused); the
+    sinusoid has no class split (validate on another task seed of :func:`evaluate_meta`).
 
     Returns:
         ``(model, sampler)`` where ``sampler(tasks, train, generator) -> TaskBatch``.
@@ -106,7 +113,12 @@ def make_meta_problem(
     if task == "sinusoid":
         pool, in_dim, out_dim = None, 1, 1
     else:
-        pool = digits_pool(device) if task == "digits" else omniglot_pool(data_dir, device)
+        if task == "omniglot" and validation:
+            raise ValueError("validation: only the digits tasks have a validation split")
+        if task == "digits":
+            pool = digits_pool(device, validation=validation)
+        else:
+            pool = omniglot_pool(data_dir, device)
         in_dim, out_dim = pool.dim, n_way
     # sinusoid: context only (CAVIA-style); classification: context and head
     model = FiLMDEQNet(
@@ -114,6 +126,7 @@ def make_meta_problem(
         out_dim,
         hidden=hidden,
         context_dim=context_dim,
+        seed=seed,
         adapt_head=task != "sinusoid",
     ).to(device)
     return model, _Sampler(task, pool, n_way, k_shot, k_query, device)

@@ -3,7 +3,8 @@
 * ``sinusoid``: the MAML benchmark. A task is ``y = A sin(x − φ)`` with ``A ~ U[0.1, 5]``,
   ``φ ~ U[0, π]``, inputs ``x ~ U[−5, 5]``; K support and K query points.
 * ``digits``: scikit-learn's bundled 8×8 digits; every (digit, rotation by 0/90/180/270°) pair
-  is a class (40 classes). Digits 0–6 are meta-training classes, 7–9 held out for meta-test.
+  is a class (40 classes). Digits 0–6 are meta-training classes, 7–9 held out for meta-test
+  (validation split for tuning: 0–4 meta-train, 5–6 held out, 7–9 unused).
 * ``omniglot``: torchvision's ``Omniglot`` from ``data_dir`` (``download=False``), images
   downsampled to 28×28, each character × 4 rotations a class; the background set is
   meta-training, the evaluation set (other alphabets) meta-test.
@@ -190,14 +191,22 @@ def _rotations(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return torch.cat(rotated), torch.cat(new_labels)
 
 
-def digits_pool(device: torch.device, dtype: torch.dtype = torch.float32) -> ClassPool:
+def digits_pool(
+    device: torch.device, dtype: torch.dtype = torch.float32, validation: bool = False
+) -> ClassPool:
     """The digits × rotations pool; digits 7–9 (all rotations) are held out.
+
+    With ``validation=True`` the meta-test digits are left out altogether: digits 0–4 are the
+    training classes and digits 5–6 the held-out ones (the split the inner settings of
+    ``jiio bench meta`` were tuned on).
 
     Example:
         >>> import torch
         >>> pool = digits_pool(torch.device("cpu"))
         >>> len(pool.train_classes), len(pool.test_classes), pool.dim
         (28, 12, 64)
+        >>> len(digits_pool(torch.device("cpu"), validation=True).test_classes)
+        8
     """
     try:
         from sklearn.datasets import load_digits
@@ -209,8 +218,9 @@ def digits_pool(device: torch.device, dtype: torch.dtype = torch.float32) -> Cla
     images = torch.tensor(digits.images / 16.0, dtype=dtype)
     labels = torch.tensor(digits.target, dtype=torch.long)
     images, labels = _rotations(images, labels)
-    train = [4 * d + k for d in range(7) for k in range(4)]
-    test = [4 * d + k for d in range(7, 10) for k in range(4)]
+    train_digits, test_digits = (range(5), range(5, 7)) if validation else (range(7), range(7, 10))
+    train = [4 * d + k for d in train_digits for k in range(4)]
+    test = [4 * d + k for d in test_digits for k in range(4)]
     return ClassPool(images.flatten(1).to(device), labels.to(device), train, test)
 
 
