@@ -241,3 +241,30 @@ def test_make_problem_reconstruct_is_noiseless_identity():
     measurement = operator.measure(images, seed=3)
     assert torch.equal(measurement.observed, images)
     assert float(operator.consistency(images, *measurement.targets()).abs().max()) == 0.0
+
+
+def test_test_time_solver_settings_are_used():
+    from jiio_ext.adapters.kornia import make_degradation
+
+    from jiio_ext.bench.inverse import compare_reconstruction
+    from jiio_ext.schedules import StepSwitch
+    from jiio_ext.tasks.latent import build_decoder
+
+    torch.manual_seed(0)
+    decoder = build_decoder(latent_dim=4, channels=8, image_size=8)
+    operator = make_degradation("denoise", 8, sigma=0.1)
+    clean = torch.rand(3, 1, 8, 8)
+    kwargs = dict(latent_dim=4, steps=2, max_iter=6)
+    default = compare_reconstruction(decoder, operator, clean, **kwargs)
+    explicit = compare_reconstruction(
+        decoder, operator, clean, anderson_kind="II", step_size=StepSwitch(6.0, 2.0), **kwargs
+    )
+    other = compare_reconstruction(
+        decoder, operator, clean, anderson_kind="I", step_size=1.0, **kwargs
+    )
+    assert "type II" in default["jiio"]["name"] and "first=6.0" in default["jiio"]["name"]
+    assert default["traces"]["jiio"][1] == explicit["traces"]["jiio"][1]
+    assert "type I," in other["jiio"]["name"]
+    assert other["traces"]["jiio"][1] != default["traces"]["jiio"][1]
+    with pytest.raises(ValueError, match="kind"):
+        compare_reconstruction(decoder, operator, clean, anderson_kind="III", **kwargs)
