@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--norm", choices=("linf", "l2"), default="linf")
     adv.add_argument("--eps", type=float, default=None, help="radius (default 0.1 L∞, 1.0 L2)")
     adv.add_argument("--steps", type=int, default=10, help="attack steps (PGD-equivalent)")
+    adv.add_argument(
+        "--iterations-per-step",
+        type=int,
+        default=3,
+        help="JIIO joint iterations per attack step in training (default 3)",
+    )
     adv.add_argument("--epochs", type=int, default=5)
     adv.add_argument("--batch-size", type=int, default=64)
     adv.add_argument("--data", choices=("digits", "mnist", "cifar10"), default="digits")
@@ -257,6 +263,7 @@ def _run_train(args: argparse.Namespace) -> int:
             norm=args.norm,
             eps=args.eps,
             steps=args.steps,
+            iterations_per_step=args.iterations_per_step,
             epochs=args.epochs,
             batch_size=args.batch_size,
             data=args.data,

@@ -104,6 +104,21 @@ def test_cli_errors(tmp_path):
     assert err.value.code == 2
     with pytest.raises(ValueError, match="method"):
         train_adversarial(method="fgsm", out=str(tmp_path))
+    with pytest.raises(ValueError, match="iterations_per_step"):
+        train_adversarial(iterations_per_step=0, out=str(tmp_path))
+    with pytest.raises(SystemExit, match="iterations_per_step"):
+        main(["train", "adversarial", "--iterations-per-step", "0", "--out", str(tmp_path)])
+
+
+def test_training_attack_budget_is_iterations_per_step_times_steps(tmp_path):
+    logs = [
+        train_adversarial(
+            epochs=1, out=str(tmp_path / str(k)), robust_eval=False, iterations_per_step=k, **QUICK
+        )
+        for k in (1, 4)
+    ]
+    assert [log["iterations_per_step"] for log in logs] == [1, 4]
+    assert logs[0]["epochs"][0]["train_loss"] != logs[1]["epochs"][0]["train_loss"]
 
 
 @pytest.mark.parametrize("method", ["jiio", "pgd"])

@@ -250,6 +250,7 @@ def train_adversarial(
     robust_eval: bool = True,
     jac_reg: float = 0.0,
     random_start: bool = True,
+    iterations_per_step: int = 3,
 ) -> dict[str, Any]:
     """Madry adversarial training with JIIOPGD (``method='jiio'``) or PGD (``'pgd'``).
 
@@ -260,6 +261,9 @@ def train_adversarial(
     point of the attack's joint trajectory (iteration 15 onwards), for ``'pgd'`` at the fixed
     point of the training forward. ``random_start`` starts the training and evaluation attacks
     at a random point of the threat ball (Madry's recipe; ``False`` starts at the clean image).
+    ``iterations_per_step`` sets the JIIO training attack's budget (``iterations_per_step ×
+    steps`` joint iterations; the attacks' own default is 4, the evaluation keeps it): 3 gave
+    the same robust accuracy as 4 in 25–30 % less time (docs/results.md).
 
     Under ``torchrun`` (see :mod:`jiio_ext.distributed`) every process takes an equal part of
     each global batch of ``batch_size`` samples (it must be a multiple of the number of
@@ -286,7 +290,12 @@ def train_adversarial(
         raise ValueError(f"method: expected 'jiio' or 'pgd', got {method!r}")
     if norm not in THREATS:
         raise ValueError(f"norm: expected 'linf' or 'l2', got {norm!r}")
-    for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size)):
+    for name, value in (
+        ("epochs", epochs),
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("iterations_per_step", iterations_per_step),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     ctx = init_from_env(device)
@@ -319,6 +328,7 @@ def train_adversarial(
             "norm": norm,
             "eps": eps,
             "steps": steps,
+            "iterations_per_step": iterations_per_step if method == "jiio" else None,
             "data": data,
             "epochs": [],
         }
@@ -330,9 +340,17 @@ def train_adversarial(
             optimizer.load_state_dict(state["optimizer"])
             log, start_epoch = state["log"], state["epoch"] + 1
         pgd_cls, jiio_cls = _attacks(norm)
-        attack = (jiio_cls if method == "jiio" else pgd_cls)(
-            model, eps=eps, alpha=eps / 4, steps=steps, random_start=random_start
-        )
+        if method == "jiio":
+            attack = jiio_cls(
+                model,
+                eps=eps,
+                alpha=eps / 4,
+                steps=steps,
+                random_start=random_start,
+                iterations_per_step=iterations_per_step,
+            )
+        else:
+            attack = pgd_cls(model, eps=eps, alpha=eps / 4, steps=steps, random_start=random_start)
         evaluator = pgd_cls(
             model, eps=eps, alpha=eps / 4, steps=eval_steps, random_start=random_start
         )
