@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (about 5 minutes): the GPU-marked tests, a one-process NCCL run of
-# `jiio train adversarial` under torchrun, then every benchmark on cuda, each step with a time
-# limit. Results go to $OUT (or ./gpu-results).
+# `jiio train adversarial` under torchrun, then every benchmark on cuda (--quick), each step with
+# a time limit; FULL_BENCHES="overhead torchdeq" adds full-size runs of those benches (90 s
+# each at most). Results go to $OUT (or ./gpu-results).
 #
 # The device machines cannot reach a package index: torchdeq, torchattacks, higher, kornia and
 # kornia_rs travel as wheels in .whl/ (see the device README) when the image lacks them.
@@ -26,4 +27,9 @@ for task in $(python3 -c "from jiio_ext.bench import TASKS; print(' '.join(sorte
   timeout 90 jiio bench "$task" --device cuda --json --quick >/tmp/bench.json \
     2>>"$out/bench-stderr.txt" || echo "{\"task\": \"$task\", \"exit_status\": $?}" >/tmp/bench.json
   tee -a "$out/bench-cuda.jsonl" </tmp/bench.json
+done
+for task in ${FULL_BENCHES:-}; do
+  timeout 90 jiio bench "$task" --device cuda --json >/tmp/bench.json \
+    2>>"$out/bench-stderr.txt" || echo "{\"task\": \"$task\", \"exit_status\": $?}" >/tmp/bench.json
+  tee -a "$out/bench-cuda-full.jsonl" </tmp/bench.json
 done
