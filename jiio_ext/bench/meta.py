@@ -31,7 +31,7 @@ from jiio_ext.tasks.meta import evaluate_meta, make_meta_problem
 from jiio_ext.tasks.meta_data import TaskBatch
 from jiio_ext.tasks.meta_methods import MetaConfig, meta_step
 
-__all__ = ["bench_meta", "validate_meta"]
+__all__ = ["DIGITS_SETTINGS", "SINUSOID_SETTINGS", "bench_meta", "validate_meta"]
 
 # task seed of the validation tasks (the meta-test tasks use evaluate_meta's default, 1234)
 VALIDATION_SEED = 4321
@@ -42,6 +42,18 @@ NAMES = {
     "imaml": "nested iMAML: {imaml} GD steps + {cg} CG steps (finite-difference HVPs)",
     "fomaml": "first-order MAML, {maml} SGD steps",
 }
+
+
+# Digits inner settings of the bench, tuned with validate_meta (validation digits 5-6, never the
+# meta-test digits; docs/meta.md): MAML lr 1 / 2 / 4 / 8 → 68.7 / 76.4 / 79.1 / 81.2 %; JIIO prox
+# 0.1 / 0.01 / 0.001 → 65.3 / 78.6 / 80.8 % (40 joint iterations); iMAML shares the proximal
+# weight (0.1 / 0.001 → 66.0 / 77.8 %)
+DIGITS_SETTINGS = MetaConfig(
+    inner_lr=0.5, maml_lr=8.0, prox=0.001, jiio_steps=40, backward_max_iter=100
+)
+# Sinusoid inner settings of the bench; validation MSE: MAML lr 1 / 2 / 4 → 3.12 / 3.06 / 2.98;
+# JIIO prox 0.3 (of 0.01-3) with 10 or 20 joint iterations → 3.16 / 3.17 (converged at 10)
+SINUSOID_SETTINGS = MetaConfig(regression=True, inner_lr=1.0, maml_lr=4.0, prox=0.3, jiio_steps=10)
 
 
 def _cast(batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:
@@ -226,11 +238,7 @@ def _bench(device, quick, dtype, meta_steps, eval_tasks) -> dict:
     evals = eval_tasks or (8 if quick else 100)
     hidden = 16 if quick else 32
     methods = ("jiio", "maml") if quick else ("jiio", "maml", "imaml", "fomaml")
-    # tuned with validate_meta (validation digits 5-6, never the meta-test digits; docs/meta.md):
-    # MAML lr 1 / 2 / 4 / 8 → 68.7 / 76.4 / 79.1 / 81.2 %; JIIO prox 0.1 / 0.01 / 0.001 → 65.3 /
-    # 78.6 / 80.8 % (40 joint iterations); iMAML shares the proximal weight (0.1 / 0.001 → 66.0 /
-    # 77.8 %)
-    cfg = MetaConfig(inner_lr=0.5, maml_lr=8.0, prox=0.001, jiio_steps=40, backward_max_iter=100)
+    cfg = DIGITS_SETTINGS
     report = {
         "task": "meta",
         "device": str(device),
@@ -242,9 +250,7 @@ def _bench(device, quick, dtype, meta_steps, eval_tasks) -> dict:
     }
     if quick:
         return report
-    # validation MSE: MAML lr 1 / 2 / 4 → 3.12 / 3.06 / 2.98; JIIO prox 0.3 (of 0.01-3) with 10 or
-    # 20 joint iterations → 3.16 / 3.17 (converged at 10)
-    sine_cfg = MetaConfig(regression=True, inner_lr=1.0, maml_lr=4.0, prox=0.3, jiio_steps=10)
+    sine_cfg = SINUSOID_SETTINGS
     report["sinusoid"] = {
         "setting": f"sinusoid 10-shot, 4 tasks per meta-step, {steps} meta-steps; objective = "
         "meta-test MSE",
