@@ -340,17 +340,10 @@ def train_adversarial(
             optimizer.load_state_dict(state["optimizer"])
             log, start_epoch = state["log"], state["epoch"] + 1
         pgd_cls, jiio_cls = _attacks(norm)
-        if method == "jiio":
-            attack = jiio_cls(
-                model,
-                eps=eps,
-                alpha=eps / 4,
-                steps=steps,
-                random_start=random_start,
-                iterations_per_step=iterations_per_step,
-            )
-        else:
-            attack = pgd_cls(model, eps=eps, alpha=eps / 4, steps=steps, random_start=random_start)
+        budget = {"iterations_per_step": iterations_per_step} if method == "jiio" else {}
+        attack = (jiio_cls if method == "jiio" else pgd_cls)(
+            model, eps=eps, alpha=eps / 4, steps=steps, random_start=random_start, **budget
+        )
         evaluator = pgd_cls(
             model, eps=eps, alpha=eps / 4, steps=eval_steps, random_start=random_start
         )
