@@ -62,7 +62,7 @@ class InnerLoop:
         first_order: bool,
         context: int | torch.Tensor | None,
         context_arg: str,
-        prox: float,
+        prox: float | Sequence[float],
         tasks: int | None,
         alpha_z: float | None,
         alpha_mu: float | None,
@@ -78,8 +78,6 @@ class InnerLoop:
             isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1
         ):
             raise ValueError(f"tasks: expected None or an integer >= 1, got {tasks!r}")
-        if not (isinstance(prox, (int, float)) and math.isfinite(prox) and prox >= 0):
-            raise ValueError(f"prox: expected a finite number >= 0, got {prox!r}")
         self.model = model
         self.tasks = tasks
         self.rows = tasks or 1
@@ -95,7 +93,6 @@ class InnerLoop:
                 raise ValueError(f"{name}: expected a damping in (0, 1], got {value!r}")
         self.alpha_z = 0.8 if alpha_z is None else float(alpha_z)
         self.alpha_mu = 0.6 if alpha_mu is None else float(alpha_mu)
-        self.prox = float(prox)
         self.exact = track_higher_grads and not first_order
         self.track = track_higher_grads
         self.first_order = first_order
@@ -124,6 +121,17 @@ class InnerLoop:
         ]
         self.wd_vec = (
             torch.cat(decay).to(ref.device) if any(s.weight_decay for s in self.slots) else None
+        )
+        weights = _prox_per_group(prox, 1 if context is not None else len(opt.param_groups))
+        self.prox_vec = (
+            torch.cat(
+                [
+                    torch.full((s.anchor.numel(),), weights[s.group], dtype=ref.dtype)
+                    for s in self.slots
+                ]
+            ).to(ref.device)
+            if any(weights)
+            else None
         )
         self.n_steps = 0
         self.support: tuple[torch.Tensor, torch.Tensor] | None = None  # (as passed, detached)
@@ -247,14 +255,14 @@ class InnerLoop:
         elif loss.numel() != 1:
             raise ValueError(f"loss: expected a scalar support loss, got shape {tuple(loss.shape)}")
         loss = loss.reshape(self.rows)
-        if not self.prox and self.wd_vec is None:
+        if self.prox_vec is None and self.wd_vec is None:
             return loss
         phi = record.flat(record.phi, loss)
         total = loss
-        if self.prox:
+        if self.prox_vec is not None:
             anchor = torch.cat([s.anchor.reshape(-1) for s in self.slots])
             anchor = anchor if self.exact else anchor.detach()
-            total = total + 0.5 * self.prox * (phi - anchor).pow(2).sum(dim=1)
+            total = total + 0.5 * (self.prox_vec * (phi - anchor).pow(2)).sum(dim=1)
         if self.wd_vec is not None:
             total = total + 0.5 * (self.wd_vec * phi.pow(2)).sum(dim=1)
         return total
@@ -368,3 +376,18 @@ class InnerLoop:
             converged &= rms <= self.atol + self.rtol * s.pow(2).mean(dim=1).sqrt()
         status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
         self._status = torch.where(ok, status, int(Status.NONFINITE)).long().cpu()
+
+
+def _prox_per_group(prox: float | Sequence[float], groups: int) -> list[float]:
+    """The proximal weight of each param group: one number for all, or one per group."""
+    values = list(prox) if isinstance(prox, (list, tuple)) else [prox] * groups
+    if len(values) != groups:
+        raise ValueError(
+            f"prox: expected one number or one per param group of opt ({groups}), got {len(values)}"
+        )
+    for value in values:
+        if isinstance(value, bool) or not (
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+        ):
+            raise ValueError(f"prox: expected finite numbers >= 0, got {prox!r}")
+    return [float(v) for v in values]

@@ -28,6 +28,9 @@ __all__ = ["Slot", "make_slots", "map_optimizer"]
 class Slot:
     """One adapted tensor: a model parameter (``name``) or the context keyword.
 
+    ``group`` is the index of the inner optimiser's param group it came from (0 for the
+    context).
+
     Example:
         >>> import torch
         >>> Slot("context", torch.zeros(3), 0.5, 0.0, True).is_context
@@ -39,6 +42,7 @@ class Slot:
     lr: float
     weight_decay: float
     is_context: bool
+    group: int = 0
 
 
 def map_optimizer(
@@ -113,7 +117,7 @@ def make_slots(
         ref = next(iter(named.values()), init)
         init = init.detach().to(device=ref.device, dtype=ref.dtype)
         _, lr, wd = groups[0]
-        return [Slot(context_arg, init, lr, wd, True)]
+        return [Slot(context_arg, init, lr, wd, True, 0)]
     slots = []
     for g, (params, lr, wd) in enumerate(groups):
         for i, p in enumerate(params):
@@ -123,7 +127,7 @@ def make_slots(
                     f"not a parameter of {type(model).__name__}; expected the model's "
                     "own parameters to adapt"
                 )
-            slots.append(Slot(by_id[id(p)], initial[by_id[id(p)]], lr, wd, False))
+            slots.append(Slot(by_id[id(p)], initial[by_id[id(p)]], lr, wd, False, g))
     if not slots:
         raise ValueError("opt: holds no parameters to adapt (or pass context=)")
     return slots

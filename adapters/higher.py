@@ -193,7 +193,7 @@ def innerloop_ctx(
     first_order: bool = False,
     context: int | torch.Tensor | None = None,
     context_arg: str = "context",
-    prox: float = 1.0,
+    prox: float | Sequence[float] = 1.0,
     tasks: int | None = None,
     alpha_z: float | None = None,
     alpha_mu: float | None = None,
@@ -222,7 +222,9 @@ def innerloop_ctx(
             at zeros) or its initial value; it is passed to ``forward`` as ``context_arg=``.
         context_arg: keyword under which the context reaches ``forward``.
         prox: weight ``λ`` of ``λ/2 ||φ − φ₀||²`` (iMAML's proximal term; for a context the
-            L2 term toward its initial value). ``0`` solves the plain support loss.
+            L2 term toward its initial value), or one weight per param group of ``opt`` (e.g.
+            a weak pull on a context and a strong one on a head). ``0`` solves the plain
+            support loss.
         tasks: ``T`` tasks solved as one batched joint fixed point: every positional tensor
             argument of ``fnet`` has a leading task dimension and ``diffopt.step`` takes the
             per-task losses ``(T,)``; each task has its own Anderson coefficients and status.

@@ -83,10 +83,13 @@ def _adapted(net):
     return [dict(net.named_parameters())[n] for n in ADAPT]
 
 
-def _jiio_meta_grad(net, xs, ys, xq, yq, steps=60, **options):
+def _jiio_meta_grad(net, xs, ys, xq, yq, steps=60, prox=PROX, **options):
+    """JIIO's meta-gradient; a per-group ``prox`` puts the context and the head in two groups."""
     net.zero_grad()
-    opt = torch.optim.SGD(_adapted(net), lr=LR)
-    with innerloop_ctx(net, opt, copy_initial_weights=False, prox=PROX, **options) as (
+    adapted = _adapted(net)
+    groups = [{"params": adapted[:1]}, {"params": adapted[1:]}]
+    opt = torch.optim.SGD(groups if isinstance(prox, tuple) else adapted, lr=LR)
+    with innerloop_ctx(net, opt, copy_initial_weights=False, prox=prox, **options) as (
         fnet,
         diffopt,
     ):
@@ -109,10 +112,21 @@ def _reference_forward(params, x, dz=6, iters=90):
     return F.linear(z, params["head.weight"], params["head.bias"])
 
 
-def _converged_query_loss(theta, xs, ys, xq, yq, steps=None):
-    """Query loss at the inner solution: Newton to machine precision, or ``steps`` GD steps."""
+def _converged_query_loss(theta, xs, ys, xq, yq, steps=None, prox=PROX):
+    """Query loss at the inner solution: Newton to machine precision, or ``steps`` GD steps.
+
+    ``prox`` is one weight, or a pair (context, head) as in :func:`_jiio_meta_grad`.
+    """
     shapes = [theta[n].shape for n in ADAPT]
     anchor = torch.cat([theta[n].reshape(-1) for n in ADAPT])
+    if isinstance(prox, tuple):
+        context_size = theta["context"].numel()
+        prox = torch.cat(
+            [
+                torch.full((context_size,), prox[0], dtype=D),
+                torch.full((anchor.numel() - context_size,), prox[1], dtype=D),
+            ]
+        )
 
     def unflat(vec):
         parts = torch.split(vec, [s.numel() for s in shapes])
@@ -120,7 +134,7 @@ def _converged_query_loss(theta, xs, ys, xq, yq, steps=None):
 
     def inner(vec):
         loss = F.cross_entropy(_reference_forward({**theta, **unflat(vec)}, xs), ys)
-        return loss + 0.5 * PROX * (vec - anchor).pow(2).sum()
+        return loss + 0.5 * (prox * (vec - anchor).pow(2)).sum()
 
     phi = anchor.clone()
     for _ in range(10 if steps is None else steps):
@@ -143,14 +157,17 @@ def _directions(net, seed=2):
     return {n: torch.randn(p.shape, generator=gen, dtype=D) for n, p in net.named_parameters()}
 
 
-def test_meta_gradient_matches_finite_differences_of_converged_inner_solution():
+@pytest.mark.parametrize("prox", [PROX, (2.0, 0.3)], ids=["one-prox", "prox-per-group"])
+def test_meta_gradient_matches_finite_differences_of_converged_inner_solution(prox):
     net = FiLMDEQ(tol=1e-11)
     xs, ys, xq, yq = _data()
-    grads, status = _jiio_meta_grad(net, xs, ys, xq, yq, **TIGHT)
+    grads, status = _jiio_meta_grad(net, xs, ys, xq, yq, steps=80, prox=prox, **TIGHT)
     assert bool((status == 0).all())
     theta = {n: p.detach().clone() for n, p in net.named_parameters()}
     direction = _directions(net)
-    fd = _directional_fd(lambda t: _converged_query_loss(t, xs, ys, xq, yq), theta, direction)
+    fd = _directional_fd(
+        lambda t: _converged_query_loss(t, xs, ys, xq, yq, prox=prox), theta, direction
+    )
     analytic = sum((grads[n] * direction[n]).sum() for n in grads)
     assert abs(float(analytic - fd)) <= 1e-4 * abs(float(fd))
     # the DEQ weights get a meta-gradient only through z*(x; θ) and φ*(θ)
@@ -384,6 +401,24 @@ def test_rejects_parameters_not_in_the_model():
     stranger = nn.Parameter(torch.zeros(3, dtype=D))
     with pytest.raises(ValueError, match="opt: parameter 1 of param group 0 .* not a parameter"):
         with innerloop_ctx(net, torch.optim.SGD([net.context, stranger], lr=0.1)):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("prox", "message"),
+    [
+        (-1.0, "prox: expected finite numbers >= 0"),
+        (float("nan"), "prox: expected finite numbers >= 0"),
+        ((1.0, float("inf")), "prox: expected finite numbers >= 0"),
+        ((1.0, 2.0, 3.0), r"prox: expected one number or one per param group of opt \(2\), got 3"),
+    ],
+)
+def test_rejects_bad_proximal_weights(prox, message):
+    net = FiLMDEQ()
+    adapted = _adapted(net)
+    opt = torch.optim.SGD([{"params": adapted[:1]}, {"params": adapted[1:]}], lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        with innerloop_ctx(net, opt, prox=prox):
             pass
 
 

@@ -45,16 +45,22 @@ def test_every_method_meta_trains_on_digits(tmp_path, method):
     assert (tmp_path / "curves.png").exists()
 
 
-def test_imaml_baseline_agrees_with_the_exact_jiio_meta_gradient():
+@pytest.mark.parametrize(
+    ("adapted", "head_prox"),
+    [(("context",), None), (("context", "head.weight", "head.bias"), 0.3)],
+    ids=["context", "context-and-head-with-own-prox"],
+)
+def test_imaml_baseline_agrees_with_the_exact_jiio_meta_gradient(adapted, head_prox):
     """Both target the converged iMAML objective: the nested baseline is checked against JIIO."""
     net = FiLMDEQNet(1, 1, hidden=6, context_dim=3, f_tol=1e-10, f_max_iter=60)
     net = net.double()
-    net.adapted = ("context",)
+    net.adapted = adapted
     batch = sample_sinusoid(1, 6, 6, torch.Generator().manual_seed(0), dtype=torch.float64)
+    common = dict(regression=True, inner_lr=0.3, head_prox=head_prox)
     grads = []
     for method, cfg in (
-        ("jiio", MetaConfig(regression=True, inner_lr=0.5, jiio_steps=40, backward_rtol=1e-10)),
-        ("imaml", MetaConfig(regression=True, inner_lr=0.5, imaml_steps=40, cg_steps=3)),
+        ("jiio", MetaConfig(**common, jiio_steps=80, backward_rtol=1e-10)),
+        ("imaml", MetaConfig(**common, imaml_steps=200, cg_steps=12)),
     ):
         net.zero_grad()
         meta_step(net, method, batch, cfg)
@@ -126,6 +132,12 @@ def test_bad_arguments_name_the_argument(tmp_path):
         train_meta("digits", "reptile", out=str(tmp_path))
     with pytest.raises(ValueError, match="data_dir: None is not a readable folder"):
         train_meta("omniglot", "jiio", out=str(tmp_path))
+    with pytest.raises(ValueError, match=r"head_prox: expected a finite number >= 0, got -1\.0"):
+        train_meta("digits", "jiio", head_prox=-1.0, out=str(tmp_path))
+    with pytest.raises(ValueError, match="inner_lr: expected a finite number > 0, got 0"):
+        train_meta("digits", "maml", inner_lr=0, out=str(tmp_path))
+    with pytest.raises(ValueError, match="inner_steps: expected an integer >= 1, got 0"):
+        train_meta("sinusoid", "imaml", inner_steps=0, out=str(tmp_path))
     with pytest.raises(ValueError, match="n_way: 20 exceeds the 12 available classes"):
         digits_pool(torch.device("cpu")).sample(20, 1, 1, 1, False, torch.Generator())
 

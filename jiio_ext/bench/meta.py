@@ -27,7 +27,7 @@ import time
 import torch
 
 from jiio_ext.bench.tasks import PeakMemory, _sync
-from jiio_ext.tasks.meta import evaluate_meta, make_meta_problem
+from jiio_ext.tasks.meta import TUNED_SETTINGS, evaluate_meta, make_meta_problem
 from jiio_ext.tasks.meta_data import TaskBatch
 from jiio_ext.tasks.meta_methods import MetaConfig, meta_step
 
@@ -45,15 +45,13 @@ NAMES = {
 
 
 # Digits inner settings of the bench, tuned with validate_meta (validation digits 5-6, never the
-# meta-test digits; docs/meta.md): MAML lr 1 / 2 / 4 / 8 → 68.7 / 76.4 / 79.1 / 81.2 %; JIIO prox
-# 0.1 / 0.01 / 0.001 → 65.3 / 78.6 / 80.8 % (40 joint iterations); iMAML shares the proximal
-# weight (0.1 / 0.001 → 66.0 / 77.8 %)
-DIGITS_SETTINGS = MetaConfig(
-    inner_lr=0.5, maml_lr=8.0, prox=0.001, jiio_steps=40, backward_max_iter=100
-)
+# meta-test digits; docs/meta.md): MAML lr 4 / 8 / 16 → 79.1 / 79.9 / 78.3 %; JIIO with one
+# proximal weight 0.001 → 80.0 %, with the context at 0.01 and the head at 3e-4 / 1e-4 / 3e-5 /
+# 1e-5 → 81.2 / 81.9 / 82.7 / 82.5 % (40 joint iterations); iMAML shares the proximal weights
+DIGITS_SETTINGS = TUNED_SETTINGS["digits"]
 # Sinusoid inner settings of the bench; validation MSE: MAML lr 1 / 2 / 4 → 3.12 / 3.06 / 2.98;
 # JIIO prox 0.3 (of 0.01-3) with 10 or 20 joint iterations → 3.16 / 3.17 (converged at 10)
-SINUSOID_SETTINGS = MetaConfig(regression=True, inner_lr=1.0, maml_lr=4.0, prox=0.3, jiio_steps=10)
+SINUSOID_SETTINGS = TUNED_SETTINGS["sinusoid"]
 
 
 def _cast(batch: TaskBatch, dtype: torch.dtype) -> TaskBatch:

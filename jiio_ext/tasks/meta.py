@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from jiio_ext.tasks.meta_models import FiLMDEQNet
 
 __all__ = [
     "TASKS",
+    "TUNED_SETTINGS",
     "add_meta_arguments",
     "evaluate_meta",
     "make_meta_problem",
@@ -56,11 +58,16 @@ __all__ = [
 
 # task families of ``jiio train meta``
 TASKS = ("sinusoid", "digits", "omniglot")
-# inner step sizes (best of a small sweep per task; see docs/meta.md)
-DEFAULT_INNER_LR = {"sinusoid": 1.0, "digits": 0.5, "omniglot": 0.5}
-# proximal weight of JIIO and iMAML (digits, validation split: 0.1 / 0.01 / 0.001 gave 65.3 /
-# 78.6 / 81.8 % after 150 meta-steps; docs/meta.md); omniglot untuned
-DEFAULT_PROX = {"sinusoid": 0.3, "digits": 0.001, "omniglot": 0.1}
+# default inner settings of each task family (``jiio train meta`` and ``jiio bench meta``):
+# digits and sinusoid tuned on validation splits with jiio_ext.bench.meta.validate_meta
+# (docs/meta.md; the meta-test tasks were never used), omniglot untuned
+TUNED_SETTINGS = {
+    "sinusoid": MetaConfig(regression=True, inner_lr=1.0, maml_lr=4.0, prox=0.3, jiio_steps=10),
+    "digits": MetaConfig(
+        inner_lr=0.5, maml_lr=8.0, prox=0.01, head_prox=3e-5, jiio_steps=40, backward_max_iter=100
+    ),
+    "omniglot": MetaConfig(inner_lr=0.5, prox=0.1),
+}
 
 
 class _Sampler:
@@ -224,6 +231,7 @@ def train_meta(
     inner_lr: float | None = None,
     inner_steps: int | None = None,
     prox: float | None = None,
+    head_prox: float | None = None,
     meta_lr: float = 1e-3,
     hidden: int = 32,
     context_dim: int = 16,
@@ -246,10 +254,14 @@ def train_meta(
         n_way: classes per task (classification).
         k_shot: support examples per class (default 1; sinusoid: 10 points).
         k_query: query examples per class (default 5; sinusoid: 10 points).
-        inner_lr: inner step size (default: per task, see ``DEFAULT_INNER_LR``).
-        inner_steps: inner budget: joint iterations (jiio, default 20), SGD steps (maml,
-            fomaml, default 5) or steps to convergence (imaml, default 20).
-        prox: proximal weight (jiio, imaml; default per task, see ``DEFAULT_PROX``).
+        inner_lr: inner step size of every method (default: the task's tuned values in
+            ``TUNED_SETTINGS``, e.g. digits: MAML 8.0, JIIO and iMAML 0.5).
+        inner_steps: inner budget of every method: joint iterations (jiio), SGD steps (maml,
+            fomaml) or steps to convergence (imaml) (default: ``TUNED_SETTINGS``, e.g.
+            digits: 40 / 5 / 5 / 20).
+        prox: proximal weight (jiio, imaml; default: ``TUNED_SETTINGS``).
+        head_prox: proximal weight of the adapted head (jiio, imaml; default:
+            ``TUNED_SETTINGS``; ``None`` there means ``prox``).
         meta_lr: Adam learning rate of the meta-parameters.
         hidden: DEQ width.
         context_dim: task-context size.
@@ -266,7 +278,7 @@ def train_meta(
         meta-test loss/metric, time per meta-step) and the final meta-test.
 
     Raises:
-        ValueError: unknown task or method, or unreadable data.
+        ValueError: unknown task or method, a bad inner setting, or unreadable data.
 
     Example:
         >>> import tempfile
@@ -283,6 +295,7 @@ def train_meta(
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    cfg = _inner_settings(task, inner_lr, inner_steps, prox, head_prox)
     ctx = init_from_env(device)
     try:
         ctx.check_batch_size(tasks_per_batch)
@@ -291,13 +304,45 @@ def train_meta(
         ctx.close()
 
 
+def _inner_settings(
+    task: str,
+    inner_lr: float | None,
+    inner_steps: int | None,
+    prox: float | None,
+    head_prox: float | None,
+) -> MetaConfig:
+    """The task's tuned inner settings with the arguments the user gave in their place."""
+    for name, value in (("inner_lr", inner_lr), ("prox", prox), ("head_prox", head_prox)):
+        if value is None:
+            continue
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (
+            valid and math.isfinite(value) and (value > 0 if name == "inner_lr" else value >= 0)
+        ):
+            expected = "> 0" if name == "inner_lr" else ">= 0"
+            raise ValueError(f"{name}: expected a finite number {expected}, got {value!r}")
+    if inner_steps is not None and (
+        isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1
+    ):
+        raise ValueError(f"inner_steps: expected an integer >= 1, got {inner_steps!r}")
+    changes: dict[str, Any] = {}
+    if inner_lr is not None:
+        changes.update(inner_lr=inner_lr, maml_lr=inner_lr)
+    if inner_steps is not None:
+        changes.update(jiio_steps=inner_steps, maml_steps=inner_steps, imaml_steps=inner_steps)
+    if prox is not None:
+        changes["prox"] = prox
+    if head_prox is not None:
+        changes["head_prox"] = head_prox
+    return dataclasses.replace(TUNED_SETTINGS[task], **changes)
+
+
 def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
     """The meta-training loop of :func:`train_meta`; each rank meta-steps its share of tasks."""
     task, method = settings["task"], settings["method"]
     epochs, steps_per_epoch = settings["epochs"], settings["steps_per_epoch"]
     tasks_per_batch, n_way = settings["tasks_per_batch"], settings["n_way"]
     k_shot, k_query = settings["k_shot"], settings["k_query"]
-    inner_lr, inner_steps, prox = settings["inner_lr"], settings["inner_steps"], settings["prox"]
     meta_lr, hidden, context_dim = settings["meta_lr"], settings["hidden"], settings["context_dim"]
     eval_tasks, data_dir, out = settings["eval_tasks"], settings["data_dir"], settings["out"]
     resume, device, seed = settings["resume"], settings["device"], settings["seed"]
@@ -311,10 +356,7 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
     )
     if ctx.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-    prox = DEFAULT_PROX[task] if prox is None else prox
-    cfg = MetaConfig(regression=regression, inner_lr=inner_lr or DEFAULT_INNER_LR[task], prox=prox)
-    if inner_steps is not None:
-        cfg.jiio_steps = cfg.maml_steps = cfg.imaml_steps = inner_steps
+    cfg = settings["cfg"]
     torch.manual_seed(seed)
     model, sampler = make_meta_problem(
         task, n_way, k_shot, k_query, data_dir, dev, hidden, context_dim
@@ -328,14 +370,15 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
         "k_shot": k_shot,
         "k_query": k_query,
         "tasks_per_batch": tasks_per_batch,
-        "inner_lr": cfg.inner_lr,
+        "inner_lr": (cfg.maml_lr or cfg.inner_lr) if method in ("maml", "fomaml") else cfg.inner_lr,
         "inner_steps": {
             "jiio": cfg.jiio_steps,
             "maml": cfg.maml_steps,
             "fomaml": cfg.maml_steps,
             "imaml": cfg.imaml_steps,
         }[method],
-        "prox": prox,
+        "prox": cfg.prox,
+        "head_prox": cfg.head_prox,
         "meta_lr": meta_lr,
         "hidden": hidden,
         "context_dim": context_dim,
@@ -431,6 +474,9 @@ def add_meta_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--inner-lr", type=float, default=None)
     parser.add_argument("--inner-steps", type=int, default=None)
     parser.add_argument("--prox", type=float, default=None)
+    parser.add_argument(
+        "--head-prox", type=float, default=None, help="proximal weight of the adapted head"
+    )
     parser.add_argument("--meta-lr", type=float, default=1e-3)
     parser.add_argument("--eval-tasks", type=int, default=64)
     parser.add_argument("--data-dir", default=None, help="Omniglot folder (torchvision layout)")
@@ -465,6 +511,7 @@ def run_meta_cli(args: argparse.Namespace) -> int:
             inner_lr=args.inner_lr,
             inner_steps=args.inner_steps,
             prox=args.prox,
+            head_prox=args.head_prox,
             meta_lr=args.meta_lr,
             eval_tasks=args.eval_tasks,
             data_dir=args.data_dir,

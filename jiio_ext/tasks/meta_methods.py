@@ -57,6 +57,9 @@ class MetaConfig:
         imaml_steps: inner gradient steps of nested iMAML (run to convergence).
         cg_steps: conjugate-gradient iterations of iMAML's meta-gradient.
         prox: proximal weight ``λ`` (JIIO and iMAML).
+        head_prox: proximal weight of the head's parameters when the head is adapted (JIIO
+            and iMAML; ``None``: ``prox``). The context and the head then have their own
+            pull toward the meta-parameters.
         backward_rtol: tolerance of JIIO's backward fixed points.
         backward_max_iter: iteration budget of JIIO's backward fixed points.
 
@@ -73,6 +76,7 @@ class MetaConfig:
     imaml_steps: int = 20
     cg_steps: int = 5
     prox: float = 1.0
+    head_prox: float | None = None
     backward_rtol: float = 1e-4
     backward_max_iter: int = 50
 
@@ -97,17 +101,28 @@ def _metric(out: torch.Tensor, y: torch.Tensor, regression: bool) -> float:
     return float((out.argmax(-1) == y).float().mean())
 
 
+def _prox_weights(model: nn.Module, cfg: MetaConfig) -> dict[str, float]:
+    """Proximal weight of each adapted parameter: ``head_prox`` for the head, else ``prox``."""
+    head = cfg.prox if cfg.head_prox is None else cfg.head_prox
+    return {n: head if n.startswith("head.") else cfg.prox for n in model.adapted}
+
+
 def _jiio(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> torch.Tensor:
     from jiio_ext.adapters.higher import innerloop_ctx
 
-    opt = torch.optim.SGD(adapted_parameters(model), lr=cfg.inner_lr)
+    # one param group per proximal weight, so the adapter gives each its own pull
+    weights = _prox_weights(model, cfg)
+    named = dict(zip(model.adapted, adapted_parameters(model)))
+    values = sorted(set(weights.values()), key=list(weights.values()).index)
+    groups = [{"params": [named[n] for n in weights if weights[n] == v]} for v in values]
+    opt = torch.optim.SGD(groups, lr=cfg.inner_lr)
     with innerloop_ctx(
         model,
         opt,
         copy_initial_weights=False,
         track_higher_grads=train,
         tasks=batch.x_spt.shape[0],
-        prox=cfg.prox,
+        prox=values,
         backward_rtol=cfg.backward_rtol,
         backward_max_iter=cfg.backward_max_iter,
     ) as (fnet, diffopt):
@@ -204,8 +219,11 @@ def _maml_lr(cfg: MetaConfig) -> float:
     return cfg.inner_lr if cfg.maml_lr is None else cfg.maml_lr
 
 
-def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float, lr: float):
-    """Inner gradient descent on the adapted parameters (first-order, DEQ warm-started)."""
+def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: dict | None, lr: float):
+    """Inner gradient descent on the adapted parameters (first-order, DEQ warm-started).
+
+    ``prox`` maps each adapted parameter to its proximal weight (``None``: no proximal term).
+    """
     anchor = {n: params[n].detach() for n in model.adapted}
     fast = {n: anchor[n].clone().requires_grad_() for n in model.adapted}
     frozen = {n: p.detach() for n, p in params.items()}
@@ -216,7 +234,7 @@ def _sgd_inner(model, params, x, y, cfg: MetaConfig, steps: int, prox: float, lr
         loss = task_losses(out[None], y[None], cfg.regression).sum()
         if prox:
             loss = loss + sum(
-                0.5 * prox * (fast[n] - anchor[n]).pow(2).sum() for n in model.adapted
+                0.5 * prox[n] * (fast[n] - anchor[n]).pow(2).sum() for n in model.adapted
             )
         grads = torch.autograd.grad(loss, list(fast.values()))
         fast = {n: (fast[n] - lr * g).detach().requires_grad_() for n, g in zip(fast, grads)}
@@ -229,7 +247,7 @@ def _fomaml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) ->
     outs = []
     for t in range(tasks):
         fast, _ = _sgd_inner(
-            model, params, batch.x_spt[t], batch.y_spt[t], cfg, cfg.maml_steps, 0.0, _maml_lr(cfg)
+            model, params, batch.x_spt[t], batch.y_spt[t], cfg, cfg.maml_steps, None, _maml_lr(cfg)
         )
         out = functional_call(model, {**params, **fast}, (batch.x_qry[t],))
         if train:
@@ -285,19 +303,21 @@ def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig) -> None:
     """Add one task's implicit meta-gradient, given ``fast[n].grad`` = query gradient at φ*."""
     g_query = _flat(fast[n].grad for n in model.adapted)
     phi = _flat(fast[n].detach() for n in model.adapted)
+    weights = _prox_weights(model, cfg)
+    lam = _flat(torch.full_like(fast[n], weights[n]) for n in model.adapted).detach()
 
-    def hvp(v: torch.Tensor) -> torch.Tensor:  # (H + λI) v, H by central differences
+    def hvp(v: torch.Tensor) -> torch.Tensor:  # (H + Λ) v, H by central differences
         eps = 1e-2 / float(v.norm().clamp_min(1e-12))
         plus = _flat(_support_grads(model, params, phi + eps * v, x, y, z, cfg, False))
         minus = _flat(_support_grads(model, params, phi - eps * v, x, y, z, cfg, False))
-        return (plus - minus) / (2 * eps) + cfg.prox * v
+        return (plus - minus) / (2 * eps) + lam * v
 
     w = _conjugate_gradients(hvp, g_query, cfg.cg_steps)
-    # θ_φ gets λ w; the other weights the mixed term −∂²L/∂θ∂φ · w
+    # θ_φ gets Λ w; the other weights the mixed term −∂²L/∂θ∂φ · w
     offset = 0
     for n in model.adapted:
         size = params[n].numel()
-        piece = cfg.prox * w[offset : offset + size].view_as(params[n])
+        piece = weights[n] * w[offset : offset + size].view_as(params[n])
         params[n].grad = piece if params[n].grad is None else params[n].grad + piece
         offset += size
     if float(w.norm()) == 0.0:
@@ -317,7 +337,8 @@ def _imaml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> 
     outs = []
     for t in range(tasks):
         x, y = batch.x_spt[t], batch.y_spt[t]
-        fast, z = _sgd_inner(model, params, x, y, cfg, cfg.imaml_steps, cfg.prox, cfg.inner_lr)
+        prox = _prox_weights(model, cfg) if cfg.prox or cfg.head_prox else None
+        fast, z = _sgd_inner(model, params, x, y, cfg, cfg.imaml_steps, prox, cfg.inner_lr)
         out = functional_call(model, {**params, **fast}, (batch.x_qry[t],))
         outs.append(out.detach())
         if train:
