@@ -1,13 +1,15 @@
-"""Meta-test accuracy of JIIO and higher MAML on digits over several seeds (docs/meta.md).
+"""Meta-test results of JIIO and higher MAML over several seeds (docs/meta.md).
 
-Runs the ``jiio bench meta`` digits protocol (150 meta-steps of 4 tasks, the bench's tuned
+Runs the ``jiio bench meta`` protocol of a task (150 meta-steps of 4 tasks, the bench's tuned
 inner settings) once per seed — the seed sets the model initialisation and the task stream —
-scores ``--eval-tasks`` held-out tasks of digits 7–9 (the bench uses 100; docs/meta.md reports
-300) and prints each method's accuracy and time per meta-step per seed, and the means.
+scores ``--eval-tasks`` held-out tasks (digits 7–9, or fresh sinusoids; the bench uses 100,
+docs/meta.md reports 300) and prints each method's meta-test accuracy (digits) or MSE
+(sinusoid) and time per meta-step per seed, and the means.
 
 Usage::
 
     OMP_NUM_THREADS=1 python scripts/meta_seeds.py --seeds 0 1 2 --eval-tasks 300
+    OMP_NUM_THREADS=1 python scripts/meta_seeds.py --task sinusoid --eval-tasks 300
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import statistics
 
 import torch
 
-from jiio_ext.bench.meta import DIGITS_SETTINGS, _run_method
+from jiio_ext.bench.meta import _run_method
+from jiio_ext.tasks.meta import TUNED_SETTINGS
 
 
-def _run(method: str, seed: int, meta_steps: int, eval_tasks: int) -> dict:
+def _run(task: str, method: str, seed: int, meta_steps: int, eval_tasks: int) -> dict:
     return _run_method(
-        "digits",
+        task,
         method,
-        DIGITS_SETTINGS,
+        TUNED_SETTINGS[task],
         meta_steps,
         eval_tasks,
         4,
@@ -36,8 +39,9 @@ def _run(method: str, seed: int, meta_steps: int, eval_tasks: int) -> dict:
 
 
 def main() -> None:
-    """Run both methods for every seed; print the accuracies."""
+    """Run every method for every seed; print the meta-test results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["digits", "sinusoid"], default="digits")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--meta-steps", type=int, default=150)
     parser.add_argument("--eval-tasks", type=int, default=100)
@@ -48,20 +52,25 @@ def main() -> None:
     times: dict[str, list[float]] = {m: [] for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            side = _run(method, seed, args.meta_steps, args.eval_tasks)
+            side = _run(args.task, method, seed, args.meta_steps, args.eval_tasks)
             scores[method].append(side["objective"])
             times[method].append(side["time_s"])
             print(
-                f"seed {seed} {method}: {100 * side['objective']:.1f} %, "
+                f"seed {seed} {method}: {_shown(args.task, side['objective'])}, "
                 f"{side['time_s']:.3f} s/meta-step",
                 flush=True,
             )
     for method, values in scores.items():
-        line = " / ".join(f"{100 * v:.1f}" for v in values)
+        line = " / ".join(_shown(args.task, v) for v in values)
         print(
-            f"{method}: {line} %, mean {100 * statistics.mean(values):.1f} %, "
+            f"{method}: {line}, mean {_shown(args.task, statistics.mean(values))}, "
             f"median {statistics.median(times[method]):.3f} s/meta-step"
         )
+
+
+def _shown(task: str, objective: float) -> str:
+    """Accuracy in percent (digits) or the MSE (sinusoid)."""
+    return f"{100 * objective:.1f} %" if task == "digits" else f"MSE {objective:.3f}"
 
 
 if __name__ == "__main__":
