@@ -112,17 +112,17 @@ def _jiio(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
 
     # one param group per proximal weight, so the adapter gives each its own pull
     weights = _prox_weights(model, cfg)
-    named = dict(zip(model.adapted, adapted_parameters(model)))
-    values = sorted(set(weights.values()), key=list(weights.values()).index)
-    groups = [{"params": [named[n] for n in weights if weights[n] == v]} for v in values]
-    opt = torch.optim.SGD(groups, lr=cfg.inner_lr)
+    by_weight: dict[float, list[nn.Parameter]] = {}
+    for name, param in zip(model.adapted, adapted_parameters(model)):
+        by_weight.setdefault(weights[name], []).append(param)
+    opt = torch.optim.SGD([{"params": group} for group in by_weight.values()], lr=cfg.inner_lr)
     with innerloop_ctx(
         model,
         opt,
         copy_initial_weights=False,
         track_higher_grads=train,
         tasks=batch.x_spt.shape[0],
-        prox=values,
+        prox=list(by_weight),
         backward_rtol=cfg.backward_rtol,
         backward_max_iter=cfg.backward_max_iter,
     ) as (fnet, diffopt):
