@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from jiio_ext.tasks.meta_methods import (
     task_losses,
 )
 from jiio_ext.tasks.meta_models import FiLMDEQNet
+from jiio_ext.validate import check_positive
 
 __all__ = [
     "TASKS",
@@ -312,15 +312,11 @@ def _inner_settings(
     head_prox: float | None,
 ) -> MetaConfig:
     """The task's tuned inner settings with the arguments the user gave in their place."""
-    for name, value in (("inner_lr", inner_lr), ("prox", prox), ("head_prox", head_prox)):
-        if value is None:
-            continue
-        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (
-            valid and math.isfinite(value) and (value > 0 if name == "inner_lr" else value >= 0)
-        ):
-            expected = "> 0" if name == "inner_lr" else ">= 0"
-            raise ValueError(f"{name}: expected a finite number {expected}, got {value!r}")
+    if inner_lr is not None:
+        check_positive(inner_lr, "inner_lr")
+    for name, value in (("prox", prox), ("head_prox", head_prox)):
+        if value is not None:
+            check_positive(value, name, allow_zero=True)
     if inner_steps is not None and (
         isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1
     ):

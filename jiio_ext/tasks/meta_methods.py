@@ -299,11 +299,13 @@ def _conjugate_gradients(apply, b: torch.Tensor, steps: int) -> torch.Tensor:
     return w
 
 
-def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig) -> None:
-    """Add one task's implicit meta-gradient, given ``fast[n].grad`` = query gradient at φ*."""
+def _imaml_task_gradient(model, params, fast, x, y, z, cfg: MetaConfig, weights: dict) -> None:
+    """Add one task's implicit meta-gradient, given ``fast[n].grad`` = query gradient at φ*.
+
+    ``weights`` maps each adapted parameter to its proximal weight (:func:`_prox_weights`).
+    """
     g_query = _flat(fast[n].grad for n in model.adapted)
     phi = _flat(fast[n].detach() for n in model.adapted)
-    weights = _prox_weights(model, cfg)
     lam = _flat(torch.full_like(fast[n], weights[n]) for n in model.adapted).detach()
 
     def hvp(v: torch.Tensor) -> torch.Tensor:  # (H + Λ) v, H by central differences
@@ -335,16 +337,17 @@ def _imaml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> 
     params = dict(model.named_parameters())
     tasks = batch.x_spt.shape[0]
     outs = []
+    weights = _prox_weights(model, cfg)
+    prox = weights if any(weights.values()) else None
     for t in range(tasks):
         x, y = batch.x_spt[t], batch.y_spt[t]
-        prox = _prox_weights(model, cfg) if cfg.prox or cfg.head_prox else None
         fast, z = _sgd_inner(model, params, x, y, cfg, cfg.imaml_steps, prox, cfg.inner_lr)
         out = functional_call(model, {**params, **fast}, (batch.x_qry[t],))
         outs.append(out.detach())
         if train:
             loss = task_losses(out[None], batch.y_qry[t : t + 1], cfg.regression).sum() / tasks
             loss.backward()
-            _imaml_task_gradient(model, params, fast, x, y, z, cfg)
+            _imaml_task_gradient(model, params, fast, x, y, z, cfg, weights)
     return torch.stack(outs)
 
 
