@@ -11,20 +11,54 @@ Example:
     True
 """
 
-from jiio_ext.constraints import (
-    Box,
-    ComposedProjection,
-    Constraint,
-    Intersection,
-    L2Ball,
-    LinfBall,
-)
-from jiio_ext.grad import EnvelopeGrad, GradMode, ImplicitGrad
-from jiio_ext.regularize import jacobian_penalty, random_trajectory_iteration, trajectory_penalty
-from jiio_ext.schedules import Constant, Cosine, Schedule, StepSwitch
-from jiio_ext.solution import JointSolution, JointSolveError, Status
-from jiio_ext.solve import solve_joint, solve_nested
-from jiio_ext.solvers import Anderson, DampedIteration
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jiio_ext.constraints import (
+        Box,
+        ComposedProjection,
+        Constraint,
+        Intersection,
+        L2Ball,
+        LinfBall,
+    )
+    from jiio_ext.grad import EnvelopeGrad, GradMode, ImplicitGrad
+    from jiio_ext.regularize import (
+        jacobian_penalty,
+        random_trajectory_iteration,
+        trajectory_penalty,
+    )
+    from jiio_ext.schedules import Constant, Cosine, Schedule, StepSwitch
+    from jiio_ext.solution import JointSolution, JointSolveError, Status
+    from jiio_ext.solve import solve_joint, solve_nested
+    from jiio_ext.solvers import Anderson, DampedIteration
+
+# Public names by the module that defines them. They are imported on first use (PEP 562), so
+# that ``import jiio_ext.cli`` (``jiio --help``, ``jiio --version``) does not import torch.
+_ORIGINS = {
+    "jiio_ext.constraints": (
+        "Box",
+        "ComposedProjection",
+        "Constraint",
+        "Intersection",
+        "L2Ball",
+        "LinfBall",
+    ),
+    "jiio_ext.grad": ("EnvelopeGrad", "GradMode", "ImplicitGrad"),
+    "jiio_ext.regularize": (
+        "jacobian_penalty",
+        "random_trajectory_iteration",
+        "trajectory_penalty",
+    ),
+    "jiio_ext.schedules": ("Constant", "Cosine", "Schedule", "StepSwitch"),
+    "jiio_ext.solution": ("JointSolution", "JointSolveError", "Status"),
+    "jiio_ext.solve": ("solve_joint", "solve_nested"),
+    "jiio_ext.solvers": ("Anderson", "DampedIteration"),
+}
+_MODULE_OF = {name: module for module, names in _ORIGINS.items() for name in names}
 
 __all__ = [
     "Anderson",
@@ -53,3 +87,18 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jiio_ext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily imported public ones included."""
+    return sorted(set(globals()) | set(__all__))

@@ -1,5 +1,10 @@
 """The ``jiio`` command: ``jiio demo``, ``jiio bench TASK`` and ``jiio train TASK``.
 
+Heavy modules (torch and the optional libraries) are imported only once the arguments are
+parsed and only for the subcommand that runs, so ``jiio --help`` and ``jiio --version`` answer
+at once. Every subcommand takes ``--threads`` (intra-op CPU threads; default
+``$OMP_NUM_THREADS`` if set, else 1, see :func:`configure_threads`).
+
 Example:
     >>> from jiio_ext.cli import build_parser
     >>> build_parser().parse_args(["bench", "latent", "--quick"]).quick
@@ -11,16 +16,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from jiio_ext import __version__
-from jiio_ext.bench import TASKS, run_task
 
-__all__ = ["build_parser", "format_report", "main"]
+__all__ = ["BENCH_TASKS", "EXTRAS", "build_parser", "configure_threads", "format_report", "main"]
+
+# Names of the benchmarks of ``jiio bench`` (the keys of :data:`jiio_ext.bench.TASKS`, kept here
+# so that building the parser imports no torch; tests/test_cli.py checks they agree).
+BENCH_TASKS = ("adversarial", "autocast", "inverse", "latent", "meta", "overhead", "torchdeq")
+# The optional libraries by the pip extra that installs them.
+EXTRAS = {
+    "torchdeq": "deq",
+    "torchattacks": "attacks",
+    "torchvision": "attacks",
+    "higher": "meta",
+    "kornia": "inverse",
+    "matplotlib": "demo",
+    "sklearn": "demo",
+}
+_TRAINERS = {
+    "adversarial": "Madry adversarial training of a DEQ classifier",
+    "generative": "train a DEQ decoder whose latents are inferred in the loop",
+    "inverse": "train a DEQ decoder for an inverse problem (denoise, inpaint, ...)",
+    "meta": "meta-learning of a FiLM DEQ: JIIO, MAML, FOMAML, iMAML",
+}
+_THREADS_HELP = (
+    "intra-op CPU threads of torch (default: $OMP_NUM_THREADS if set, else 1: the batches here "
+    "are small, so more threads gain little, and on a shared machine they oversubscribe the "
+    "cores and can make a run many times slower)"
+)
 
 
 def _fmt(value: object) -> str:
@@ -60,21 +91,63 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows every option's default, also for options without a help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+        if not shown or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Use :class:`_HelpFormatter` in ``parser`` and its subparsers; give bare options a help."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:  # argparse has no public walk over its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+        elif action.help is None and action.option_strings:
+            # argparse prints no help line, hence no default, for an option without a help
+            action.help = "(default: %(default)s)" if action.default is not None else None
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every subcommand takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
+    return common
+
+
+def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser of ``jiio``.
+
+    Args:
+        trainers: the ``jiio train`` tasks whose options to add (their modules import torch);
+            ``None``: all of them. The others are listed, with no options.
+
+    Returns:
+        The parser.
 
     Example:
         >>> build_parser().prog
         'jiio'
+        >>> build_parser(trainers=()).parse_args(["demo"]).threads is None  # no torch imported
+        True
     """
+    common = _common()
     parser = argparse.ArgumentParser(
         prog="jiio", description="Joint inference and input optimisation for DEQs."
     )
     parser.add_argument("--version", action="version", version=f"jiio-ext {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("bench", help="run a benchmark: JIIO and its baseline side by side")
-    bench.add_argument("task", choices=sorted(TASKS) + ["all"], help="benchmark task")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="run a benchmark: JIIO and its baseline side by side"
+    )
+    bench.add_argument("task", choices=sorted(BENCH_TASKS) + ["all"], help="benchmark task")
     bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     bench.add_argument("--json", action="store_true", help="print one JSON object per task")
     bench.add_argument("--quick", action="store_true", help="small batch and budget")
@@ -82,44 +155,93 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model with JIIO or its baseline in the loop")
     train_sub = train.add_subparsers(dest="train_task", required=True)
-    adv = train_sub.add_parser("adversarial", help="Madry adversarial training of a DEQ")
-    adv.add_argument("--method", choices=("jiio", "pgd"), default="jiio")
-    adv.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    adv.add_argument("--eps", type=float, default=None, help="radius (default 0.1 L∞, 1.0 L2)")
-    adv.add_argument("--steps", type=int, default=10, help="attack steps (PGD-equivalent)")
-    adv.add_argument(
+    wanted = set(_TRAINERS if trainers is None else trainers)
+    for name, helptext in _TRAINERS.items():
+        task_parser = train_sub.add_parser(name, parents=[common], help=helptext)
+        if name not in wanted:
+            continue
+        if name == "adversarial":
+            _add_adversarial_arguments(task_parser)
+        elif name == "meta":
+            _add_meta_arguments(task_parser)
+        else:
+            _add_generative_arguments(task_parser, name == "inverse")
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run every available task on the default data"
+    )
+    demo.add_argument("--device", default="cpu", help="torch device")
+    demo.add_argument(
+        "--quick", action="store_true", help="small budgets: under 3 minutes on 2 CPU cores"
+    )
+    demo.add_argument("--out", default="jiio-runs", help="folder for the run record")
+    demo.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
+    _show_defaults(parser)
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
+    parser.add_argument("--data", choices=datasets, default="digits", help="data set")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="torchvision data folder, in torchvision's layout (needed by every --data but "
+        "digits; nothing is downloaded)",
+    )
+
+
+def _add_adversarial_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("jiio", "pgd"), default="jiio", help="attack")
+    parser.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model")
+    parser.add_argument("--eps", type=float, default=None, help="radius (default 0.1 L∞, 1.0 L2)")
+    parser.add_argument("--steps", type=int, default=10, help="attack steps (PGD-equivalent)")
+    parser.add_argument(
         "--iterations-per-step",
         type=int,
         default=3,
-        help="JIIO joint iterations per attack step in training (default 3)",
+        help="JIIO joint iterations per attack step in training",
     )
-    adv.add_argument("--epochs", type=int, default=5)
-    adv.add_argument("--batch-size", type=int, default=64)
-    adv.add_argument("--data", choices=("digits", "mnist", "cifar10"), default="digits")
-    adv.add_argument("--data-dir", default=None, help="torchvision data folder (mnist/cifar10)")
-    adv.add_argument("--out", default=None, help="run folder (default jiio-runs/<time>-adv)")
-    adv.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    adv.add_argument("--device", default="cpu")
-    adv.add_argument("--no-robust-eval", action="store_true", help="skip the final evaluation")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch size")
+    parser.add_argument("--lr", type=float, default=0.01, help="model learning rate (Adam)")
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="first N training images (default: all)"
+    )
+    parser.add_argument("--eval-size", type=int, default=200, help="test images evaluated")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    _add_data_arguments(parser, ("digits", "mnist", "cifar10"))
+    parser.add_argument(
+        "--out", default=None, help="run folder (default jiio-runs/<time>-adversarial)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument(
+        "--no-robust-eval", action="store_true", help="skip the final robustness table"
+    )
 
-    for name, helptext in (
-        ("generative", "train a DEQ decoder whose latents are inferred in the loop"),
-        ("inverse", "train a DEQ decoder for an inverse problem (denoise, inpaint, ...)"),
-    ):
-        _add_generative_arguments(train_sub.add_parser(name, help=helptext), name == "inverse")
 
+def _add_meta_arguments(parser: argparse.ArgumentParser) -> None:
     from jiio_ext.tasks.meta import add_meta_arguments
 
-    add_meta_arguments(
-        train_sub.add_parser("meta", help="meta-learning of a FiLM DEQ: JIIO, MAML, FOMAML, iMAML")
+    add_meta_arguments(parser)
+    # the names every trainer takes, as aliases of meta-learning's own
+    parser.add_argument(
+        "--lr",
+        dest="meta_lr",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="LR",
+        help="the same as --meta-lr",
     )
-
-    demo = sub.add_parser("demo", help="run every available task on the default data")
-    demo.add_argument("--device", default="cpu", help="torch device")
-    demo.add_argument("--quick", action="store_true", help="small batch and budget")
-    demo.add_argument("--out", default="jiio-runs", help="folder for the run record")
-    demo.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
-    return parser
+    parser.add_argument(
+        "--batch-size",
+        dest="tasks_per_batch",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="the same as --tasks-per-batch",
+    )
 
 
 def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) -> None:
@@ -127,8 +249,12 @@ def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) ->
     from jiio_ext.tasks.images import DATASETS
 
     if inverse:
-        parser.add_argument("--problem", choices=PROBLEMS[1:], default="denoise")
-        parser.add_argument("--sigma", type=float, default=None, help="noise std on [0, 1]")
+        parser.add_argument(
+            "--problem", choices=PROBLEMS[1:], default="denoise", help="degradation"
+        )
+        parser.add_argument(
+            "--sigma", type=float, default=None, help="noise std on [0, 1] (denoise and others)"
+        )
         parser.add_argument("--factor", type=int, default=None, help="superres factor (2 or 4)")
         parser.add_argument(
             "--hypergrad",
@@ -136,15 +262,16 @@ def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) ->
             default="envelope",
             help="JIIO's θ-gradient: x* held fixed, or the exact hypergradient through x*(θ)",
         )
-    parser.add_argument("--method", choices=METHODS, default="jiio")
-    parser.add_argument("--data", choices=DATASETS, default="digits")
-    parser.add_argument("--data-dir", default=None, help="torchvision data folder")
-    parser.add_argument("--image-size", type=int, default=16)
-    parser.add_argument("--latent-dim", type=int, default=16)
+    parser.add_argument("--method", choices=METHODS, default="jiio", help="latent inference")
+    _add_data_arguments(parser, DATASETS)
+    parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
+    parser.add_argument("--latent-dim", type=int, default=16, help="latent dimension")
     parser.add_argument("--channels", type=int, default=16, help="DEQ state channels")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch size")
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="first N training images (default: all)"
+    )
     parser.add_argument("--inner-iters", type=int, default=40, help="JIIO iterations / Adam steps")
     parser.add_argument("--inner-lr", type=float, default=0.3, help="nested Adam lr on latents")
     parser.add_argument("--eval-iters", type=int, default=100, help="test-time inference budget")
@@ -156,10 +283,49 @@ def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) ->
     )
     parser.add_argument("--lr", type=float, default=2e-3, help="model learning rate")
     parser.add_argument("--jac-reg", type=float, default=0.0, help="trajectory Jacobian penalty")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--out", default=None, help="run folder (default jiio-runs/<time>-...)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--device", default="cpu", help="torch device")
+
+
+def configure_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads; returns the number set.
+
+    The default is ``$OMP_NUM_THREADS`` when it is set, else 1. The problems of this package
+    run small batches, where more threads gain little; and on a machine whose cores are busy,
+    OpenMP threads that spin waiting for each other make a run many times slower (a quick demo:
+    158 s with 1 thread, 2,980 s with 2 on a loaded 2-core machine).
+
+    Args:
+        threads: the number asked for (``--threads``), or ``None`` for the default.
+
+    Returns:
+        The number of threads torch now uses.
+
+    Raises:
+        SystemExit: ``threads`` is below 1.
+
+    Example:
+        >>> import torch
+        >>> before = torch.get_num_threads()
+        >>> configure_threads(1)
+        1
+        >>> configure_threads(before) == before
+        True
+    """
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else 1
+    if threads < 1:
+        raise SystemExit(f"jiio: --threads: expected a positive integer, got {threads}")
+    # before torch is imported this also reaches OpenMP, MKL and OpenBLAS in other libraries
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _is_main_process() -> bool:
@@ -168,6 +334,8 @@ def _is_main_process() -> bool:
 
 
 def _check_device(device: str) -> None:
+    import torch
+
     try:
         dev = torch.device(device)
     except RuntimeError as err:
@@ -176,8 +344,52 @@ def _check_device(device: str) -> None:
         raise SystemExit(f"jiio: --device {device}: CUDA is not available on this machine")
 
 
+def _check_data_flags(args: argparse.Namespace) -> None:
+    """Reject data and problem flags that the chosen data or problem would silently ignore."""
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and getattr(args, "data", None) == "digits":
+        raise SystemExit(
+            "jiio: --data-dir is only read with --data mnist/cifar10/...; the default digits "
+            "are bundled (add --data NAME)"
+        )
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise SystemExit(f"jiio: --data-dir {data_dir}: no such folder")
+    problem = getattr(args, "problem", None)
+    if getattr(args, "factor", None) is not None and problem != "superres":
+        raise SystemExit(f"jiio: --factor is an option of --problem superres, not {problem}")
+
+
+def _flag_names(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """Name the CLI's flags in a library error: ``data_dir: ...`` becomes ``--data-dir: ...``."""
+    match = re.match(r"([a-z_]+): ", message)
+    if parser is not None and match:
+        flag = "--" + match.group(1).replace("_", "-")
+        if flag in parser._option_string_actions:  # argparse's own table of options
+            message = flag + message[len(match.group(1)) :]
+    return message.replace(
+        "You can use download=True to download it",
+        "Put the files there in torchvision's layout (jiio downloads nothing)",
+    )
+
+
+def _missing_extra(err: ImportError) -> str | None:
+    """``pip install 'jiio-ext[EXTRA]'`` for an import error of an optional library, else None."""
+    seen: ImportError | BaseException | None = err
+    while seen is not None:
+        name = getattr(seen, "name", None) or ""
+        extra = EXTRAS.get(name.split(".")[0])
+        if extra is not None:
+            return f"{name.split('.')[0]} is not installed: pip install 'jiio-ext[{extra}]'"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _run_bench(args: argparse.Namespace) -> int:
-    names = sorted(TASKS) if args.task == "all" else [args.task]
+    import torch
+
+    from jiio_ext.bench import run_task
+
+    names = sorted(BENCH_TASKS) if args.task == "all" else [args.task]
     for name in names:
         dtype = getattr(torch, args.dtype)
         report = run_task(name, device=args.device, quick=args.quick, dtype=dtype)
@@ -196,7 +408,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_train_generative(args: argparse.Namespace) -> int:
+def _run_train_generative(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jiio_ext.tasks.generative import train_generative
 
     problem = getattr(args, "problem", "reconstruct")
@@ -230,31 +442,42 @@ def _run_train_generative(args: argparse.Namespace) -> int:
             seed=args.seed,
             out=out,
             resume=args.resume,
+            overwrite=args.overwrite,
             device=args.device,
         )
     except (ValueError, TypeError) as err:
-        raise SystemExit(f"jiio train {args.train_task}: {err}") from None
+        raise SystemExit(f"jiio train {args.train_task}: {_flag_names(str(err), parser)}") from None
     if not _is_main_process():
         return 0
-    for entry in log["epochs"]:
-        print(
-            f"epoch {entry['epoch']}: {entry['epoch_time_s']:.2f} s, train MSE "
-            f"{entry['train_loss']:.4f}, test PSNR {entry['test_psnr']:.2f} dB, SSIM "
-            f"{entry['test_ssim']:.3f}"
-        )
+    rows = [
+        [
+            str(entry["epoch"]),
+            f"{entry['epoch_time_s']:.2f}",
+            f"{entry['train_loss']:.4f}",
+            f"{entry['test_psnr']:.2f}",
+            f"{entry['test_ssim']:.3f}",
+        ]
+        for entry in log["epochs"]
+    ]
+    header = ["epoch", "time (s)", "train MSE", "test PSNR (dB)", "test SSIM"]
+    print(_table(header, rows))
     print(f"run folder: {out}")
     return 0
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
+
+    return "\n".join([line(header)] + [line(row) for row in rows])
+
+
+def _run_train_adversarial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jiio_ext.tasks.adversarial import train_adversarial
-
-    if args.train_task in ("generative", "inverse"):
-        return _run_train_generative(args)
-    if args.train_task == "meta":
-        from jiio_ext.tasks.meta import run_meta_cli
-
-        return run_meta_cli(args)
 
     out = args.out or str(Path("jiio-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-adversarial")
     try:
@@ -266,27 +489,65 @@ def _run_train(args: argparse.Namespace) -> int:
             iterations_per_step=args.iterations_per_step,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            lr=args.lr,
+            train_size=args.train_size,
+            eval_size=args.eval_size,
+            seed=args.seed,
             data=args.data,
             data_dir=args.data_dir,
             out=out,
             resume=args.resume,
+            overwrite=args.overwrite,
             device=args.device,
             robust_eval=not args.no_robust_eval,
         )
     except ValueError as err:
-        raise SystemExit(f"jiio train adversarial: {err}") from None
+        raise SystemExit(f"jiio train adversarial: {_flag_names(str(err), parser)}") from None
     if not _is_main_process():
         return 0
-    for entry in log["epochs"]:
-        print(
-            f"epoch {entry['epoch']}: {entry['epoch_time_s']:.2f} s, loss "
-            f"{entry['train_loss']:.3f}, clean {entry['clean_accuracy']:.3f}, robust "
-            f"{entry['robust_accuracy']:.3f}"
-        )
+    rows = [
+        [
+            str(entry["epoch"]),
+            f"{entry['epoch_time_s']:.2f}",
+            f"{entry['train_loss']:.3f}",
+            f"{entry['clean_accuracy']:.3f}",
+            f"{entry['robust_accuracy']:.3f}",
+        ]
+        for entry in log["epochs"]
+    ]
+    print(_table(["epoch", "time (s)", "loss", "clean acc.", "robust acc."], rows))
     if "robustness" in log:
-        print("robust accuracy:", json.dumps(log["robustness"]))
+        print("\nfinal evaluation (accuracy, higher is better; lowest = strongest attack):")
+        rows = [[attack, f"{value:.3f}"] for attack, value in log["robustness"].items()]
+        print(_table(["attack", "accuracy"], rows))
     print(f"run folder: {out}")
     return 0
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.train_task in ("generative", "inverse"):
+        return _run_train_generative(args, parser)
+    if args.train_task == "meta":
+        from jiio_ext.tasks.meta import run_meta_cli
+
+        return run_meta_cli(args)
+    return _run_train_adversarial(args, parser)
+
+
+def _requested_trainers(argv: Sequence[str]) -> tuple[str, ...]:
+    """The ``jiio train`` task named in ``argv``, if any (only its options are built)."""
+    words = [word for word in argv if not word.startswith("-")]
+    if "train" in words[:1] and len(words) > 1:
+        return (words[1],)
+    return ()
+
+
+def _subparser(parser: argparse.ArgumentParser, names: Sequence[str]) -> Any:
+    """The parser of the subcommand ``names`` (e.g. ``["train", "inverse"]``)."""
+    for name in names:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = actions[0].choices[name]
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,13 +569,26 @@ def main(argv: list[str] | None = None) -> int:
             ...
         SystemExit: 2
     """
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(trainers=_requested_trainers(argv))
+    args = parser.parse_args(argv)
+    # torch warns on import when numpy is missing; nothing here needs numpy without the extras
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    configure_threads(args.threads)
     _check_device(args.device)
-    if args.command == "bench":
-        return _run_bench(args)
-    if args.command == "train":
-        return _run_train(args)
-    return _run_demo(args)
+    _check_data_flags(args)
+    command = " ".join([args.command] + [getattr(args, "train_task", None) or ""]).strip()
+    try:
+        if args.command == "bench":
+            return _run_bench(args)
+        if args.command == "train":
+            return _run_train(args, _subparser(parser, ["train", args.train_task]))
+        return _run_demo(args)
+    except ImportError as err:
+        missing = _missing_extra(err)
+        if missing is None:
+            raise
+        raise SystemExit(f"jiio {command}: {missing}") from None
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from jiio_ext.bench import run_task
-from jiio_ext.cli import main
+from jiio_ext.bench import TASKS, run_task
+from jiio_ext.cli import BENCH_TASKS, build_parser, configure_threads, main
 
 SIDE_KEYS = {"name", "time_s", "f_evals", "objective", "peak_mem_mb"}
 
@@ -85,3 +87,74 @@ def test_bench_adversarial_schema():
     assert 0 <= report["jiio"]["objective"] <= 1 and 0 <= report["l2"]["jiio"]["objective"] <= 1
     assert report["clean_accuracy"] > 0.5
     json.dumps(report, allow_nan=False)
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_import_no_torch(flag):
+    code = (
+        "import sys\nfrom jiio_ext.cli import main\ntry:\n"
+        f"    main([{flag!r}])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False")
+
+
+def test_bench_names_match_the_benchmarks():
+    assert sorted(BENCH_TASKS) == sorted(TASKS)
+
+
+def test_help_shows_defaults_and_every_trainer_takes_the_common_flags():
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices["train"]
+    trainers = sub._subparsers._group_actions[0].choices
+    assert set(trainers) == {"adversarial", "generative", "inverse", "meta"}
+    for name, trainer in trainers.items():
+        options = trainer._option_string_actions
+        for flag in ("--seed", "--lr", "--batch-size", "--threads", "--epochs"):
+            assert flag in options, (name, flag)
+    assert "(default: 64)" in trainers["adversarial"].format_help()
+    assert "(default: 5)" in trainers["meta"].format_help()
+    args = parser.parse_args(["train", "meta", "--lr", "0.01", "--batch-size", "2"])
+    assert args.meta_lr == 0.01 and args.tasks_per_batch == 2
+
+
+def test_threads_default_is_one_unless_told(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert configure_threads(None) == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert configure_threads(None) == 2
+        assert configure_threads(1) == 1
+        with pytest.raises(SystemExit, match="--threads"):
+            configure_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    for name in list(sys.modules):
+        if name.startswith(("torchattacks", "jiio_ext.bench.adversarial", "jiio_ext.adapters")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import torchattacks now fails
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "adversarial", "--quick"])
+    message = str(err.value.code)
+    assert "pip install 'jiio-ext[attacks]'" in message and "\n" not in message
+
+
+def test_data_flag_errors_name_the_cli_flags(tmp_path):
+    with pytest.raises(SystemExit, match="--data-dir is only read with --data"):
+        main(["train", "adversarial", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--data-dir /nonexistent: no such folder"):
+        main(["train", "adversarial", "--data", "mnist", "--data-dir", "/nonexistent"])
+    with pytest.raises(SystemExit, match="--factor is an option of --problem superres"):
+        main(["train", "inverse", "--problem", "denoise", "--factor", "3"])
+    pytest.importorskip("torchvision")
+    with pytest.raises(SystemExit) as err:
+        main(["train", "adversarial", "--data", "mnist", "--data-dir", str(tmp_path)])
+    assert "--data-dir: cannot read mnist" in str(err.value) and "download=True" not in str(
+        err.value
+    )
