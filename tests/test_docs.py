@@ -4,7 +4,10 @@
   modules whose optional dependency is missing are skipped).
 * Every name in every public module's ``__all__`` is documented, and every public function
   and class has an ``Example:`` section (the project standard).
-* Every relative link in ``README.md`` and ``docs/*.md`` points to an existing file.
+* Every relative link in ``README.md`` and ``docs/*.md`` points to an existing file, and every
+  ``#anchor`` in such a link (or a same-page one) to a heading or an HTML id of the target.
+* The package description (``pyproject.toml``'s ``readme``) has no relative links: it is shown
+  on a package index, where they would break.
 """
 
 from __future__ import annotations
@@ -155,3 +158,66 @@ def test_link_extraction(tmp_path):
     path = tmp_path / "sample.md"
     path.write_text(sample, encoding="utf-8")
     assert _relative_links(path) == ["docs/x.md", "img.png", "other.md"]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"<[^>]+>", "", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = _FENCE.sub("", path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.MULTILINE):
+        slug, n = _slug(heading), 1
+        while slug in found:  # a repeated heading gets -1, -2, ...
+            slug, n = f"{_slug(heading)}-{n}", n + 1
+        found.add(slug)
+    found |= set(re.findall(r"""<a\s+(?:id|name)=["']([^"']+)["']""", text))
+    return found
+
+
+def _anchor_cases():
+    cases = []
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = _INLINE_CODE.sub("", _FENCE.sub("", path.read_text(encoding="utf-8")))
+        for target in _LINK.findall(text) + _REFERENCE.findall(text):
+            if "#" not in target or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target):
+                continue
+            file_part, anchor = target.split("#", 1)
+            resolved = (path.parent / file_part).resolve() if file_part else path
+            if resolved.suffix == ".md" and resolved.is_file():
+                source = path.relative_to(ROOT).as_posix()
+                cases.append(pytest.param(source, target, resolved, id=f"{source}->{target}"))
+    return cases
+
+
+@pytest.mark.parametrize(("source", "target", "resolved"), _anchor_cases())
+def test_link_anchor_exists(source, target, resolved):
+    anchor = target.split("#", 1)[1]
+    assert anchor in _anchors(resolved), f"{source}: no heading or id for {target!r}"
+
+
+def test_anchor_slugs(tmp_path):
+    path = tmp_path / "page.md"
+    path.write_text(
+        "# Results\n## Latent inversion (`jiio bench latent`)\n## A, b|c\n## A, b|c\n"
+        '<a id="here"></a>\n```\n# not a heading\n```\n',
+        encoding="utf-8",
+    )
+    assert _anchors(path) == {
+        "results",
+        "latent-inversion-jiio-bench-latent",
+        "a-bc",
+        "a-bc-1",
+        "here",
+    }
+
+
+def test_package_description_has_no_relative_links():
+    readme = re.search(r'^readme\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert readme, "pyproject.toml: no readme = \"FILE\""
+    path = ROOT / readme.group(1)
+    assert not _relative_links(path), f"{path.name} is shown off-site: use absolute links"

@@ -21,6 +21,15 @@ def test_readme_python_snippet_runs():
 def test_readme_commands_match_ci():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -e ".[all]" && jiio demo --quick' in text
+    assert 'pip install -e ".[demo]" && jiio demo --quick' in text
     assert 'pip install -e ".[all]" && python -m pytest' in text
     assert "python -m pytest" in ci and '-e ".[all]"' in ci
+
+
+def test_extras_split_the_demo_from_the_test_tools():
+    text = (README.parent / "pyproject.toml").read_text()
+    extras = dict(re.findall(r"^([a-z]+) = \[(.*)\]$", text, flags=re.M))
+    assert "pytest" not in extras["demo"] and "ruff" not in extras["demo"]
+    assert "pytest" in extras["dev"]
+    assert "demo" in extras["all"] and "dev" in extras["all"]
+    assert (README.parent / "LICENSE").read_text().startswith("MIT License")
