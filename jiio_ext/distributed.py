@@ -48,6 +48,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from jiio_ext.runs import (
+    CheckpointError,
+    load_checkpoint_bytes,
+    load_checkpoint_file,
+    save_checkpoint_file,
+)
+
 __all__ = ["DistContext", "init_from_env"]
 
 Reducible = TypeVar("Reducible", torch.Tensor, float, dict)
@@ -367,7 +374,9 @@ class DistContext:
         """``torch.save(state, path)`` on the main rank only, atomically.
 
         The file is written next to ``path`` and renamed over it, so a process killed while
-        saving leaves the previous checkpoint intact. Other ranks return at once.
+        saving leaves the previous checkpoint intact. Other ranks return at once. ``state``
+        may hold only tensors and plain containers (a ``TypeError`` names anything else), so
+        that :meth:`load_checkpoint` can read it with ``weights_only=True``.
 
         Example:
             >>> import tempfile, pathlib
@@ -379,35 +388,36 @@ class DistContext:
         """
         if not self.is_main:
             return
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
-        torch.save(state, partial)
-        os.replace(partial, path)
+        save_checkpoint_file(state, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> Any | None:
         """The checkpoint at ``path`` as read by the main rank, on every rank (or ``None``).
 
         The main rank reads the file (tensors mapped to the CPU) and broadcasts it, so the
         other ranks and nodes need not see the file. Returns ``None`` on every rank when the
-        main rank has no such file.
+        main rank has no such file. The file is read with ``torch.load(weights_only=True)``:
+        a damaged file, or one holding other objects than tensors and plain containers (a
+        planted pickle), raises :class:`~jiio_ext.runs.CheckpointError` naming it.
 
         Example:
             >>> import tempfile, pathlib
             >>> init_from_env("cpu").load_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "none")
         """
-        state = None
-        if self.is_main and Path(path).exists():
-            state = torch.load(path, map_location="cpu", weights_only=False)
         if not self.is_distributed:
-            return state
-        if self.is_main:  # broadcast the serialised bytes (tensors travel inside them)
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            payload: bytes | None = buffer.getvalue()
-        else:
-            payload = None
-        payload = self.broadcast_object(payload)
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+            return load_checkpoint_file(path) if Path(path).exists() else None
+        payload: bytes | None = None
+        error: str | None = None
+        if self.is_main and Path(path).exists():
+            try:  # broadcast the serialised bytes (tensors travel inside them)
+                buffer = io.BytesIO()
+                torch.save(load_checkpoint_file(path), buffer)
+                payload = buffer.getvalue()
+            except CheckpointError as err:  # every rank raises it, none waits
+                error = str(err)
+        payload, error = self.broadcast_object((payload, error))
+        if error is not None:
+            raise CheckpointError(error)
+        return None if payload is None else load_checkpoint_bytes(payload, str(path))
 
     def close(self) -> None:
         """Leave the process group if this context created it (safe to call twice).

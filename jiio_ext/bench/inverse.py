@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from jiio_ext.runs import load_checkpoint_file
 from jiio_ext.schedules import StepSwitch
 
 __all__ = ["bench_inverse", "compare_reconstruction", "psnr_of_latents"]
@@ -258,7 +259,7 @@ def bench_inverse(
             sample=False,
             device=device,
         )
-        state = torch.load(f"{folder}/checkpoint.pt", map_location=device, weights_only=False)
+        state = load_checkpoint_file(f"{folder}/checkpoint.pt")
     decoder = build_decoder(latent_dim=latent_dim).to(device)
     decoder.load_state_dict(state["decoder"])
     decoder.to(dtype)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from jiio_ext.distributed import init_from_env
 from jiio_ext.regularize import random_trajectory_iteration
+from jiio_ext.runs import open_run
 
 __all__ = ["evaluate_robustness", "load_dataset", "train_adversarial"]
 
@@ -240,6 +241,7 @@ def train_adversarial(
     data_dir: str | None = None,
     out: str = "jiio-runs/adversarial",
     resume: bool = False,
+    overwrite: bool = False,
     eval_steps: int = 20,
     train_size: int | None = None,
     eval_size: int | None = 200,
@@ -275,6 +277,10 @@ def train_adversarial(
     the same way and the accuracies are summed over the processes; a CUDA ``device`` becomes
     ``cuda:LOCAL_RANK``. Only rank 0 writes files and shows the progress bar; ``resume``
     reads the checkpoint on rank 0 and broadcasts it.
+
+    ``resume`` needs a checkpoint in ``out`` written with the same settings (all but
+    ``epochs``, ``device``, ``progress`` and ``robust_eval``; the error lists the differing
+    ones). A new run into a folder that holds a run is refused unless ``overwrite``.
 
     Example:
         >>> import tempfile
@@ -334,7 +340,24 @@ def train_adversarial(
         }
         start_epoch = 0
         checkpoint = folder / "checkpoint.pt"
-        state = ctx.load_checkpoint(checkpoint) if resume else None
+        settings = {
+            "method": method,
+            "norm": norm,
+            "eps": eps,
+            "steps": steps,
+            "iterations_per_step": iterations_per_step,
+            "batch_size": batch_size,
+            "lr": lr,
+            "data": data,
+            "train_size": train_size,
+            "eval_size": eval_size,
+            "eval_steps": eval_steps,
+            "channels": channels,
+            "seed": seed,
+            "jac_reg": jac_reg,
+            "random_start": random_start,
+        }
+        state = open_run(ctx, folder, settings, resume=resume, overwrite=overwrite)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -406,6 +429,7 @@ def train_adversarial(
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch,
                     "log": log,
+                    "settings": settings,
                 },
                 checkpoint,
             )

@@ -48,6 +48,7 @@ from torch import nn
 
 from jiio_ext.distributed import DistContext, init_from_env
 from jiio_ext.regularize import random_trajectory_iteration
+from jiio_ext.runs import open_run
 from jiio_ext.tasks.images import DATASETS, load_images
 from jiio_ext.tasks.latent import Encoder, build_decoder, infer_jiio, infer_nested, latent_objective
 
@@ -283,8 +284,13 @@ class _Run:
         self.log: dict[str, Any] = {"settings": settings, "epochs": []}
         self.epoch = 0
 
+    def resumable_settings(self) -> dict[str, Any]:
+        """The settings a resume must match (all but ``epochs``)."""
+        return {k: v for k, v in self.settings.items() if k != "epochs"}
+
     def state(self) -> dict[str, Any]:
         return {
+            "settings": self.resumable_settings(),
             "decoder": self.decoder.state_dict(),
             "encoder": None if self.encoder is None else self.encoder.state_dict(),
             "optimiser": self.optimiser.state_dict(),
@@ -294,11 +300,6 @@ class _Run:
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        saved = {k: v for k, v in state["log"]["settings"].items() if k != "epochs"}
-        if saved != {k: v for k, v in self.settings.items() if k != "epochs"}:
-            raise ValueError(
-                "resume: the checkpoint was written with other settings; start a new run folder"
-            )
         self.decoder.load_state_dict(state["decoder"])
         if self.encoder is not None:
             self.encoder.load_state_dict(state["encoder"])
@@ -478,6 +479,7 @@ def train_generative(
     seed: int = 0,
     out: str | Path = "jiio-runs/generative",
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
     sample: bool = True,
@@ -510,7 +512,9 @@ def train_generative(
         problem_options: options of the degradation (``sigma``, ``factor``, ...).
         seed: seed of the initialisation, the data order and the measurements.
         out: run folder.
-        resume: continue from ``out/checkpoint.pt``.
+        resume: continue from ``out/checkpoint.pt`` (written with the same settings but
+            ``epochs``).
+        overwrite: let a new run replace the run already in ``out`` (else refused).
         device: torch device.
         progress: show a tqdm bar.
         sample: fit the latent density model and save ``samples.png`` at the end.
@@ -520,7 +524,8 @@ def train_generative(
         ``test_ssim``, ``epoch_time_s``, ``inner_iterations``, and ``samples``.
 
     Raises:
-        ValueError: bad arguments, or resuming with other settings.
+        ValueError: bad arguments, resuming with other settings (the message lists them) or
+            without a checkpoint, or a new run into a folder that holds one.
 
     Example:
         >>> import tempfile
@@ -564,7 +569,7 @@ def train_generative(
     ctx = init_from_env(device)
     try:
         ctx.check_batch_size(batch_size)
-        return _train(settings, ctx, Path(out), resume, progress, sample)
+        return _train(settings, ctx, Path(out), resume, overwrite, progress, sample)
     finally:
         ctx.close()
 
@@ -574,6 +579,7 @@ def _train(
     ctx: DistContext,
     folder: Path,
     resume: bool,
+    overwrite: bool,
     progress: bool,
     sample: bool,
 ) -> dict[str, Any]:
@@ -586,10 +592,8 @@ def _train(
             "every process needs at least one"
         )
     checkpoint = folder / "checkpoint.pt"
-    if resume:
-        state = ctx.load_checkpoint(checkpoint)
-        if state is None:
-            raise ValueError(f"resume: no checkpoint at {checkpoint}")
+    state = open_run(ctx, folder, run.resumable_settings(), resume=resume, overwrite=overwrite)
+    if state is not None:
         run.load(state)
     run.training_step = ctx.wrap(run.module)
     seed, epochs, batch_size = settings["seed"], settings["epochs"], settings["batch_size"]

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from jiio_ext.distributed import DistContext, init_from_env
+from jiio_ext.runs import open_run
 from jiio_ext.tasks.meta_data import (
     ClassPool,
     TaskBatch,
@@ -239,6 +240,7 @@ def train_meta(
     data_dir: str | None = None,
     out: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
@@ -268,7 +270,9 @@ def train_meta(
         eval_tasks: held-out tasks of each meta-test.
         data_dir: Omniglot folder (torchvision layout, no download).
         out: output folder (default ``jiio-runs/<time>-meta-<task>-<method>``).
-        resume: continue from ``out/checkpoint.pt``.
+        resume: continue from ``out/checkpoint.pt`` (written with the same settings but
+            ``epochs``, ``eval_tasks``, ``device``).
+        overwrite: let a new run replace the run already in ``out`` (else refused).
         device: torch device.
         seed: seed of the model and the task stream.
         progress: show a tqdm bar.
@@ -384,7 +388,9 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
     log: dict[str, Any] = {"config": config, "epochs": []}
     start_epoch = 0
     checkpoint = folder / "checkpoint.pt"
-    state = ctx.load_checkpoint(checkpoint) if resume else None
+    fixed = {k: v for k, v in config.items() if k not in ("device", "threads")}
+    fixed.update(steps_per_epoch=steps_per_epoch, seed=seed, data_dir=data_dir)
+    state = open_run(ctx, folder, fixed, resume=resume, overwrite=settings["overwrite"])
     if state is not None:
         model.load_state_dict(state["model"])
         meta_opt.load_state_dict(state["meta_opt"])
@@ -438,6 +444,7 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
                 "generator": generator.get_state(),
                 "log": log,
                 "epoch": epoch,
+                "settings": fixed,
             },
             checkpoint,
         )
@@ -480,6 +487,9 @@ def add_meta_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--out", default=None, help="run folder (default jiio-runs/<time>-meta-...)"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in the folder"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -513,6 +523,7 @@ def run_meta_cli(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             out=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             device=args.device,
             seed=args.seed,
         )
