@@ -60,13 +60,16 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["JIIOPGD", "JIIOPGDL2", "adversarial_logits"]
 
+# How far outside [0, 1] input values may lie (float rounding of a normalisation round trip)
+_RANGE_SLACK = 1e-5
+
 
 class _AttackedModel(nn.Module):
     """The attacked model seen through the attack's normalisation (torchattacks semantics)."""
 
-    def __init__(self, attack: Attack) -> None:
+    def __init__(self, model: nn.Module, attack: Attack) -> None:
         super().__init__()
-        self.model = attack.model
+        self.model = model
         object.__setattr__(self, "attack", attack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,14 +115,25 @@ class _JIIOAttack(Attack):
         self.iterations_per_step = iterations_per_step
         self.solve_options = solve_options
         self.projection = "exact"
+        self.eps_for_division = 1e-10
         self.supported_mode = ["default", "targeted"]
-        self.last_solution = None
+        self._last_solution = None
+
+    @property
+    def last_solution(self) -> Any:
+        """The joint solution of the last call (kept out of ``repr``, as stock attacks are)."""
+        return self._last_solution
+
+    def set_model(self, model: nn.Module) -> None:
+        """Attack ``model`` from now on (torchattacks' ``set_model``; it must hold a DEQ)."""
         try:
-            self._view = input_optimizable(_AttackedModel(self))
+            view = input_optimizable(_AttackedModel(model, self))
         except TypeError as err:
             raise TypeError(
                 f"model: {err}. For a model without a torchdeq DEQ use torchattacks.PGD / PGDL2"
             ) from None
+        super().set_model(model)
+        self._view = view
 
     def _random_start(self, images: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
@@ -131,15 +145,28 @@ class _JIIOAttack(Attack):
             noise = noise * radius / norms.clamp_min(1e-12) * self.eps
         return torch.clamp(images + noise, 0.0, 1.0)
 
+    def _l2_direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """PGDL2's step direction: ``grad / (‖grad‖₂ + eps_for_division)`` per sample."""
+        norms = grad.flatten(1).norm(dim=1).view(-1, *([1] * (grad.dim() - 1)))
+        return grad / (norms + self.eps_for_division)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial images for ``images`` in ``[0, 1]`` with integer ``labels`` ``(B,)``."""
         if not isinstance(images, torch.Tensor) or not torch.is_floating_point(images):
             raise ValueError("images: expected a floating-point tensor")
-        if images.numel() and (images.min() < 0 or images.max() > 1):
+        if images.dim() < 1 or images.shape[0] == 0:
+            raise ValueError(f"images: expected a non-empty batch, got shape {tuple(images.shape)}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images: contains NaN or infinite values")
+        # torchattacks 3.5.1 accepts any values and clamps its output to [0, 1]; values a
+        # rounding error outside are accepted (and clamped) here too, others are an error
+        if images.min() < -_RANGE_SLACK or images.max() > 1 + _RANGE_SLACK:
             raise ValueError("images: expected values in [0, 1] (torchattacks' convention)")
         if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (images.shape[0],):
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
             raise ValueError(f"labels: expected shape ({images.shape[0]},), got {shape}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels: expected integer class indices, got dtype {labels.dtype}")
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         targets = self.get_target_label(images, labels) if self.targeted else labels
@@ -157,7 +184,7 @@ class _JIIOAttack(Attack):
         start = self._random_start(images) if self.random_start else images
         options = {
             "solver": "damped",
-            "step_rule": "sign" if self.norm == "linf" else "l2",
+            "step_rule": "sign" if self.norm == "linf" else self._l2_direction,
             "step_size": StepSwitch(self.alpha, self.alpha / 3),
             "max_iter": self.iterations_per_step * self.steps,
             "rtol": 0.0,
@@ -165,7 +192,7 @@ class _JIIOAttack(Attack):
             **self.solve_options,
         }
         solution = self._view.optimize_input(start, objective, constraint=threat, **options)
-        self.last_solution = solution
+        self._last_solution = solution
         adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
         self._last_problem = (objective, threat, adversarial)
         return adversarial
@@ -214,7 +241,9 @@ class JIIOPGDL2(_JIIOAttack):
         alpha: step size of the normalised-gradient steps.
         steps: PGD-equivalent budget (``iterations_per_step × steps`` joint iterations).
         random_start: start from a random point of the ball.
-        iterations_per_step: joint iterations per PGD step of budget.
+        eps_for_division: added to the gradient norm of each step (as in PGDL2).
+        iterations_per_step: joint iterations per PGD step of budget (keyword only, so that
+            the positional signature is PGDL2's).
         projection: ``"composed"`` (default; ball then pixel box, as torchattacks' PGDL2
             does — feasible, cheaper) or ``"exact"`` (the nearest point of ball ∩ box).
         **solve_options: further options of :func:`jiio_ext.solve_joint`.
@@ -233,12 +262,15 @@ class JIIOPGDL2(_JIIOAttack):
         alpha: float = 0.2,
         steps: int = 10,
         random_start: bool = True,
+        eps_for_division: float = 1e-10,
+        *,
         iterations_per_step: int = 4,
         projection: str = "composed",
         **solve_options: Any,
     ) -> None:
         if projection not in ("composed", "exact"):
             raise ValueError(f"projection: expected 'composed' or 'exact', got {projection!r}")
+        _check_number(eps_for_division, "eps_for_division")
         super().__init__(
             "JIIOPGDL2",
             model,
@@ -250,6 +282,7 @@ class JIIOPGDL2(_JIIOAttack):
             **solve_options,
         )
         self.projection = projection
+        self.eps_for_division = float(eps_for_division)
 
 
 def adversarial_logits(

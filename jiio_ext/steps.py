@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -62,6 +63,23 @@ def l2_step(grad: torch.Tensor) -> torch.Tensor:
 STEP_RULES: dict[str, StepRule] = {"l2": l2_step, "raw": raw_step, "sign": sign_step}
 
 
+def _shape_checked(rule: StepRule) -> StepRule:
+    """``rule`` with a check that its direction has the gradient's shape (no broadcasting)."""
+
+    @functools.wraps(rule)
+    def checked(grad: torch.Tensor) -> torch.Tensor:
+        direction = rule(grad)
+        if not isinstance(direction, torch.Tensor) or direction.shape != grad.shape:
+            got = tuple(direction.shape) if isinstance(direction, torch.Tensor) else direction
+            raise ValueError(
+                f"step_rule: the custom rule returned {got!r} for a gradient of shape "
+                f"{tuple(grad.shape)}; a step rule must return a direction of the same shape"
+            )
+        return direction
+
+    return checked
+
+
 def get_step_rule(name: str | StepRule) -> StepRule:
     """Look a step rule up by name (``"raw"``, ``"sign"``, ``"l2"``) or pass a callable through.
 
@@ -72,14 +90,15 @@ def get_step_rule(name: str | StepRule) -> StepRule:
         The step rule.
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name. A custom callable is wrapped so that a direction of
+            another shape than the gradient raises ``ValueError`` when it is used.
 
     Example:
         >>> get_step_rule("sign").__name__
         'sign_step'
     """
     if callable(name):
-        return name
+        return name if name in STEP_RULES.values() else _shape_checked(name)
     if name not in STEP_RULES:
         raise ValueError(f"step_rule: unknown rule {name!r}; expected one of {sorted(STEP_RULES)}")
     return STEP_RULES[name]
