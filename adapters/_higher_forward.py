@@ -124,8 +124,12 @@ def joint_forward(loop: InnerLoop, args: tuple, kwargs: dict, support: Any) -> A
     """
     z_rows, phi_rows, _ = loop.split_state(loop.state)
     record = Forward(support, "joint", Gate(), loop.rows, batched=True)
-    record.z = [t.detach().requires_grad_() for t in record.split(z_rows, loop.z_shapes)]
-    record.phi = [t.detach().requires_grad_() for t in loop.slot_layout.unflatten(phi_rows)]
+    record.z = record.split(z_rows, loop.z_shapes)
+    record.phi = list(loop.slot_layout.unflatten(phi_rows))
+    if not (loop.keep_graph and loop.state.requires_grad):
+        # one step's graph: the state enters as leaves (the unrolled mode keeps the chain)
+        record.z = [t.detach().requires_grad_() for t in record.z]
+        record.phi = [t.detach().requires_grad_() for t in record.phi]
     output = _try_vmapped(loop, lambda: _vmapped(loop, "joint", record, record.phi, args, kwargs))
     if output is None:
         outputs, images = [], []
@@ -168,6 +172,7 @@ def solve_forward(loop: InnerLoop, args: tuple, kwargs: dict, support: Any) -> A
         if loop.n_steps == 0:
             leaves, phi = _first_leaves(loop, phi)
             record.phi.extend(leaves)
+            record.values.extend(phi)
         values, call_kwargs = _bind(loop, phi, kwargs)
         with loop.tap.active("solve", [], record.gate):
             task_args = _task_args(loop, args, t)
@@ -191,6 +196,7 @@ def _solve_vmapped(loop: InnerLoop, adapted: list, args: tuple, kwargs: dict, su
     phi = adapted
     if loop.n_steps == 0:
         record.phi, phi = _first_leaves(loop, adapted)
+        record.values = list(phi)
     output = _vmapped(loop, "solved", record, phi, args, kwargs)
     loop.last = record
     return output

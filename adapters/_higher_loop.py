@@ -11,18 +11,19 @@ Example:
     ...                  context_arg="context", prox=1.0, tasks=None, alpha_z=None,
     ...                  alpha_mu=None, memory=5, rtol=1e-4, atol=1e-6,
     ...                  backward=AdjointSolve(50, 1e-6, 1e-10), vectorize=True)
-    >>> [s.name for s in loop.slots]
-    ['weight', 'bias']
+    >>> [s.name for s in loop.slots], loop.unrolled
+    (['weight', 'bias'], True)
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jiio_ext.adapters._higher_backward import AdjointSolve, Gate
+from jiio_ext.adapters._higher_backward import AdjointSolve, Gate, attach_ift
 from jiio_ext.adapters._higher_forward import joint_forward, solve_forward
 from jiio_ext.adapters._higher_slots import make_slots
 from jiio_ext.adapters._higher_tap import Forward, Tap, find_deqs
@@ -30,10 +31,15 @@ from torch import nn
 from torch.func import functional_call
 
 from jiio_ext.layout import Layout
+from jiio_ext.schedules import Schedule, as_schedule
 from jiio_ext.solution import Status
 from jiio_ext.solvers import Anderson
 
-__all__ = ["InnerLoop"]
+__all__ = ["META_GRADIENTS", "InnerLoop"]
+
+# "unrolled": the meta-gradient of the computed steps (plain damped steps, graph kept);
+# "implicit": the implicit gradient of the inner fixed point (Anderson steps, one step's graph)
+META_GRADIENTS = ("unrolled", "implicit")
 
 
 class InnerLoop:
@@ -71,6 +77,9 @@ class InnerLoop:
         atol: float,
         backward: AdjointSolve,
         vectorize: bool,
+        meta_gradient: str = "unrolled",
+        lr_scale: float | Schedule = 1.0,
+        budget: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -93,7 +102,20 @@ class InnerLoop:
                 raise ValueError(f"{name}: expected a damping in (0, 1], got {value!r}")
         self.alpha_z = 0.8 if alpha_z is None else float(alpha_z)
         self.alpha_mu = 0.6 if alpha_mu is None else float(alpha_mu)
+        if meta_gradient not in META_GRADIENTS:
+            raise ValueError(
+                f"meta_gradient: expected one of {META_GRADIENTS}, got {meta_gradient!r}"
+            )
+        self.unrolled = meta_gradient == "unrolled"
+        self.lr_scale = as_schedule(lr_scale, "lr_scale")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ValueError(f"budget: expected None or an integer >= 1, got {budget!r}")
+        self.budget = budget
         self.exact = track_higher_grads and not first_order
+        # unrolled and exact: every step keeps its graph (the meta-gradient of the computed steps)
+        self.keep_graph = self.unrolled and self.exact
         self.track = track_higher_grads
         self.first_order = first_order
         self.rtol, self.atol = rtol, atol
@@ -122,7 +144,17 @@ class InnerLoop:
         self.wd_vec = (
             torch.cat(decay).to(ref.device) if any(s.weight_decay for s in self.slots) else None
         )
-        weights = _prox_per_group(prox, 1 if context is not None else len(opt.param_groups))
+        weights = _prox_per_group(
+            prox, 1 if context is not None else len(opt.param_groups), meta_gradient
+        )
+        if not self.unrolled and self.exact and context is None and not all(weights):
+            group = weights.index(0.0)
+            raise ValueError(
+                f"prox: 0 for param group {group} of opt with meta_gradient='implicit': the inner "
+                "solution then does not depend on those meta-parameters, so they would get no "
+                "meta-gradient; give prox > 0 (e.g. 1/(lr*K) for K steps at rate lr) or use "
+                "meta_gradient='unrolled' (the gradient of the K steps, plain MAML)"
+            )
         self.prox_vec = (
             torch.cat(
                 [
@@ -167,9 +199,13 @@ class InnerLoop:
 
     def _finalise(self) -> list[torch.Tensor]:
         record, state_e, mapped_e = self.step_record
+        if self.keep_graph:
+            return self.split_phi(self.split_state(mapped_e)[1])
         parts = self.split_phi(self.split_state(mapped_e)[1].detach())
         if not self.track:
             return parts
+        if self.exact:
+            self._warn_unconverged()
         if self.first_order:
             return [
                 p if s.is_context else s.anchor + (p - s.anchor.detach())
@@ -291,11 +327,16 @@ class InnerLoop:
             record.flat(record.images, mu),
         )
 
-    def _apply(self, z, phi, mu, image, g_z, g_phi) -> torch.Tensor:
+    def _apply(self, z, phi, mu, image, g_z, g_phi, lr: torch.Tensor) -> torch.Tensor:
         z_new = z + self.alpha_z * (image - z)
         mu_new = mu + self.alpha_mu * (g_z - mu)
-        phi_new = phi - self.lr_vec * g_phi
+        phi_new = phi - lr * g_phi
         return torch.cat([z_new, phi_new, mu_new], dim=1)
+
+    def _lr(self, k: int) -> torch.Tensor:
+        """The φ-step of step ``k``: ``opt``'s lr per group times the ``lr_scale`` schedule."""
+        scale = self.lr_scale(k, self.budget or k + 1)
+        return self.lr_vec if scale == 1.0 else self.lr_vec * scale
 
     def _map_with_graph(self, record: Forward, state_e: torch.Tensor):
         """``F`` at the last evaluated state with a graph to the state and the meta-parameters."""
@@ -303,8 +344,31 @@ class InnerLoop:
         with torch.enable_grad():
             g_z, g_phi, image = self._grads(record, record.total, mu, create_graph=True)
             z, phi = record.flat(record.z, mu), record.flat(record.phi, mu)
-            mapped = self._apply(z, phi, mu, image, g_z, g_phi)
+            mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps - 1))
         return mapped, record.leaves(mu)
+
+    def _unrolled_step(self, record: Forward, total: torch.Tensor) -> torch.Tensor:
+        """One damped step with its graph to the previous state and to the meta-parameters.
+
+        At the first step the DEQ states are the leaves ``z*`` of the first forward's solve;
+        :class:`_Reconnect` sends their cotangent through the DEQ's implicit backward
+        (``dz*/dθ``), so the chain of steps is differentiable end to end.
+        """
+        first = self.n_steps == 0
+        like = total
+        with torch.enable_grad():
+            z = record.flat(record.z, like)
+            phi = record.flat(record.values if first else record.phi, like)
+            mu = self.split_state(self.state)[2]
+            g_z, g_phi, image = self._grads(record, total, mu, create_graph=True)
+            mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps))
+            if first and record.z:
+                fixed = _attach_per_task(record, self.backward)
+                # every dependence on z* now goes through the leaves and _Reconnect: the first
+                # forward's own implicit backward would count the output's share twice
+                record.gate.active = False
+                mapped = _Reconnect.apply(mapped, record.flat(fixed, like), record)
+        return mapped
 
     def step(self, loss: torch.Tensor) -> list[torch.Tensor]:
         """One joint iteration from the latest support forward; the adapted values after it."""
@@ -325,20 +389,45 @@ class InnerLoop:
         total = self._objective(record, loss)
         record.total = total
         state = self.state
-        z, phi, mu = self.split_state(state)  # the values of the record's leaves
-        with torch.no_grad():
-            g_z, g_phi, image = self._grads(record, total, mu, create_graph=False)
-            mapped = self._apply(z, phi, mu, image, g_z, g_phi)
-            resid = mapped - state
-            if self.buffers is None:
-                self.buffers = self.solver.init(state, resid, self.weights)
-            w_norm = (resid * self.weights).norm(dim=1)
-            nxt, self.buffers = self.solver.step(self.buffers, state, resid, w_norm)
-        self._pending = (state, resid, total.detach())
+        if self.keep_graph:
+            mapped = self._unrolled_step(record, total)
+            nxt = mapped
+            resid = (mapped - state).detach()
+        else:
+            z, phi, mu = self.split_state(state)  # the values of the record's leaves
+            with torch.no_grad():
+                g_z, g_phi, image = self._grads(record, total, mu, create_graph=False)
+                mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps))
+                resid = mapped - state
+                if self.unrolled:
+                    nxt = mapped
+                else:
+                    if self.buffers is None:
+                        self.buffers = self.solver.init(state, resid, self.weights)
+                    w_norm = (resid * self.weights).norm(dim=1)
+                    nxt, self.buffers = self.solver.step(self.buffers, state, resid, w_norm)
+        self._pending = (state.detach(), resid, total.detach())
         self.step_record = (record, state, mapped)
         self.state = nxt
         self.n_steps += 1
         return [p.detach() for p in self.split_phi(self.split_state(mapped)[1])]
+
+    def _warn_unconverged(self) -> None:
+        """The implicit meta-gradient assumes a fixed point: say when the state is not one."""
+        status = self.status
+        failed = int((status != int(Status.CONVERGED)).sum())
+        if not failed:
+            return
+        worst = ", ".join(f"{k} {float(v.max()):.2e}" for k, v in self._residuals.items())
+        warnings.warn(
+            f"meta-gradient: the inner state is not converged at the query for {failed} of "
+            f"{status.numel()} task(s) after {self.n_steps} steps (largest RMS residuals: "
+            f"{worst}; rtol {self.rtol:g}, atol {self.atol:g}); meta_gradient='implicit' "
+            "assumes a fixed point, so the meta-gradient is approximate: take more steps, or "
+            "use meta_gradient='unrolled' (see diffopt.status and diffopt.residuals)",
+            RuntimeWarning,
+            stacklevel=6,
+        )
 
     # ----- status (computed when read: no per-step synchronisation) -----
     @property
@@ -378,8 +467,22 @@ class InnerLoop:
         self._status = torch.where(ok, status, int(Status.NONFINITE)).long().cpu()
 
 
-def _prox_per_group(prox: float | Sequence[float], groups: int) -> list[float]:
-    """The proximal weight of each param group: one number for all, or one per group."""
+def _prox_per_group(
+    prox: float | Sequence[float] | None, groups: int, meta_gradient: str
+) -> list[float]:
+    """The proximal weight of each param group: one number for all, or one per group.
+
+    ``None``: no proximal term for the unrolled meta-gradient (the user's loop as written);
+    the implicit one needs an explicit weight.
+    """
+    if prox is None:
+        if meta_gradient == "implicit":
+            raise ValueError(
+                "prox: meta_gradient='implicit' differentiates the solution of the proximal "
+                "problem min L(φ) + prox/2 ||φ - φ₀||², so it needs an explicit prox > 0; "
+                "K SGD steps at rate lr act like prox ≈ 1/(lr*K)"
+            )
+        prox = 0.0
     values = list(prox) if isinstance(prox, (list, tuple)) else [prox] * groups
     if len(values) != groups:
         raise ValueError(
@@ -391,3 +494,40 @@ def _prox_per_group(prox: float | Sequence[float], groups: int) -> list[float]:
         ):
             raise ValueError(f"prox: expected finite numbers >= 0, got {prox!r}")
     return [float(v) for v in values]
+
+
+def _attach_per_task(record: Forward, backward: AdjointSolve) -> list[torch.Tensor]:
+    """The first forward's ``f(z*)`` with the DEQ's implicit backward, one row per task."""
+    if record.batched:
+        return list(attach_ift(tuple(record.z), tuple(record.images), Gate(), backward, 1))
+    per = len(record.z) // record.rows
+    fixed: list[torch.Tensor] = []
+    for r in range(record.rows):
+        part = slice(r * per, (r + 1) * per)
+        fixed.extend(
+            attach_ift(tuple(record.z[part]), tuple(record.images[part]), Gate(), backward, 0)
+        )
+    return fixed
+
+
+class _Reconnect(torch.autograd.Function):
+    """Identity on the first step's output, whose backward also reaches the DEQ solve.
+
+    The cotangent of the first step's leaves ``z*`` is sent to ``fixed`` (``f(z*)`` with the
+    DEQ's implicit backward attached), i.e. through ``dz*/dθ``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, mapped: torch.Tensor, fixed: torch.Tensor, record: Forward):
+        ctx.mapped, ctx.record = mapped, record
+        return mapped.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        record = ctx.record
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                ctx.mapped, record.z, grad, retain_graph=True, allow_unused=True
+            )
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, record.z)]
+        return grad, record.flat(grads, grad), None

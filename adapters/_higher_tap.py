@@ -40,8 +40,9 @@ class Forward:
 
     ``batched=True``: every tensor of ``z``, ``images`` and ``phi`` has a leading task dimension
     ``(rows, ...)`` and the lists run over DEQ-call parts (``z``, ``images``) or slots
-    (``phi``). ``batched=False``: the lists are task-major, ``rows`` equal chunks of per-task
-    tensors.
+    (``phi``, ``values``: before the first step, ``phi`` holds leaves and ``values`` the same
+    numbers with their gradient path to the meta-parameters). ``batched=False``: the lists
+    are task-major, ``rows`` equal chunks of per-task tensors.
 
     Example:
         >>> import torch
@@ -58,6 +59,7 @@ class Forward:
     z: list[torch.Tensor] = field(default_factory=list)
     images: list[torch.Tensor] = field(default_factory=list)
     phi: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)  # φ as used (first forward)
     total: torch.Tensor | None = None
 
     def flat(self, tensors: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

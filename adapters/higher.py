@@ -9,28 +9,32 @@
 
 The adapted quantity ``φ`` is the set of parameters held by ``opt`` (e.g. a head or FiLM
 layers) or, with ``context=``, a task-context vector passed to ``forward`` as a keyword. The
-inner problem ``min_φ  support_loss(φ) + prox/2 ||φ - φ₀||²`` (iMAML's proximal term toward
-the meta-parameters ``φ₀``; for a context, the L2 term toward its initial value) is solved as
-one fixed point of the augmented map over ``(z, φ, μ)``: the DEQ states of the support
-forward, the adapted quantity and the DEQ adjoint (see ``docs/meta.md``).
+inner loop iterates the augmented map over ``(z, φ, μ)``: the DEQ states of the support
+forward, the adapted quantity and the DEQ adjoint (see ``docs/meta.md``), optionally with
+iMAML's proximal term ``prox/2 ||φ - φ₀||²`` toward the meta-parameters ``φ₀``.
 
 **What one ``diffopt.step(loss)`` does.** The support forward ``fnet(x_spt)`` evaluates each
 DEQ layer *once* at the current joint state ``z`` (no inner DEQ solve) and returns the model's
 output at ``f(z)``; ``diffopt.step`` takes one vector-Jacobian product of ``[loss + prox, f(z)]``
 with ``[1, μ]``, which gives the φ-gradient and the adjoint update together, and applies one
-Anderson-accelerated step of the augmented map ``z ← z + α_z (f(z) − z)``,
-``μ ← μ + α_μ (g_z − μ)``, ``φ ← φ − lr · g_φ`` (``lr`` from ``opt``). So ``n_inner`` steps are
-``n_inner`` joint iterations, each costing one ``f`` evaluation and one VJP on the support set
-(the first support forward also solves the DEQ once, with the model's own solver, as a warm
-start). The query forward ``fnet(x_qry)`` solves the DEQ with the model's solver at the adapted
-``φ`` and differentiates it implicitly.
+step of the augmented map ``z ← z + α_z (f(z) − z)``, ``μ ← μ + α_μ (g_z − μ)``,
+``φ ← φ − lr · g_φ`` (``lr`` from ``opt``). So ``n_inner`` steps are ``n_inner`` joint
+iterations, each costing one ``f`` evaluation and one VJP on the support set (the first support
+forward also solves the DEQ once, with the model's own solver, as a warm start). The query
+forward ``fnet(x_qry)`` solves the DEQ with the model's solver at the adapted ``φ`` and
+differentiates it implicitly.
 
-**Meta-gradient.** Backward from the query loss differentiates through the inner *solution*,
-not the loop: ``λ = (∂F/∂s)ᵀ λ + v`` is solved at the last joint state with Hessian-vector
-products of the support objective (implicit function theorem on the augmented fixed point),
-so the DEQ's own implicit dependence is included and memory does not grow with ``n_inner``.
-``first_order=True`` gives the first-order (FOMAML) gradient; ``track_higher_grads=False``
-none. Built on ``torch.func.functional_call``; higher itself is not needed.
+**Meta-gradient** (``meta_gradient=``). ``"unrolled"`` (default): the steps are plain (damped,
+not Anderson-mixed) joint iterations and backward from the query loss is the exact gradient of
+the steps that were computed, for any number of steps, converged or not (each step keeps its
+graph: one ``f`` evaluation and its VJP, not a DEQ solve). With no ``prox`` this is the user's
+MAML loop. ``"implicit"``: Anderson-accelerated steps and the implicit gradient of the inner
+fixed point of ``min_φ support_loss(φ) + prox/2 ||φ − φ₀||²`` (``prox > 0`` required), solved
+at the last joint state with Hessian-vector products: memory does not grow with ``n_inner``,
+and a ``RuntimeWarning`` says when the state is not converged at the query (then the gradient
+is approximate). ``first_order=True`` gives the first-order (FOMAML) gradient;
+``track_higher_grads=False`` none. Built on ``torch.func.functional_call``; higher itself is
+not needed.
 
 Example:
     >>> import torch
@@ -60,6 +64,7 @@ from jiio_ext.adapters._higher_backward import AdjointSolve
 from jiio_ext.adapters._higher_loop import InnerLoop
 from torch import nn
 
+from jiio_ext.schedules import Schedule
 from jiio_ext.solution import Status
 
 __all__ = ["DifferentiableJointOptimizer", "JointFunctionalModel", "innerloop_ctx"]
@@ -193,7 +198,10 @@ def innerloop_ctx(
     first_order: bool = False,
     context: int | torch.Tensor | None = None,
     context_arg: str = "context",
-    prox: float | Sequence[float] = 1.0,
+    meta_gradient: str = "unrolled",
+    prox: float | Sequence[float] | None = None,
+    lr_scale: float | Schedule = 1.0,
+    budget: int | None = None,
     tasks: int | None = None,
     alpha_z: float | None = None,
     alpha_mu: float | None = None,
@@ -221,10 +229,21 @@ def innerloop_ctx(
         context: adapt a task-context vector instead of ``opt``'s parameters: its size (starts
             at zeros) or its initial value; it is passed to ``forward`` as ``context_arg=``.
         context_arg: keyword under which the context reaches ``forward``.
+        meta_gradient: ``"unrolled"`` (default): the steps are plain damped joint steps and
+            the meta-gradient is the exact gradient of the computed steps (every step's graph
+            is kept: one ``f`` evaluation and one VJP per step, no DEQ solve); ``"implicit"``:
+            Anderson-accelerated steps and the implicit gradient of the inner fixed point
+            (one step's graph; exact only once converged, else a ``RuntimeWarning`` at the
+            query).
         prox: weight ``λ`` of ``λ/2 ||φ − φ₀||²`` (iMAML's proximal term; for a context the
             L2 term toward its initial value), or one weight per param group of ``opt`` (e.g.
-            a weak pull on a context and a strong one on a head). ``0`` solves the plain
-            support loss.
+            a weak pull on a context and a strong one on a head). ``None`` (default): no
+            proximal term with the unrolled meta-gradient (the loop the user wrote, plain
+            MAML); the implicit one needs an explicit ``prox > 0`` for every param group
+            (K steps at rate lr act like ``prox ≈ 1/(lr*K)``), and ``0`` is rejected there.
+        lr_scale: a number or a :class:`~jiio_ext.schedules.Schedule` multiplying ``opt``'s
+            lr at step ``k`` (e.g. ``StepSwitch(1.0, 0.25)``: the reference's 0.04 → 0.01).
+        budget: the planned number of steps, passed to ``lr_scale`` as its ``max_iter``.
         tasks: ``T`` tasks solved as one batched joint fixed point: every positional tensor
             argument of ``fnet`` has a leading task dimension and ``diffopt.step`` takes the
             per-task losses ``(T,)``; each task has its own Anderson coefficients and status.
@@ -278,6 +297,9 @@ def innerloop_ctx(
         context=context,
         context_arg=context_arg,
         prox=prox,
+        meta_gradient=meta_gradient,
+        lr_scale=lr_scale,
+        budget=budget,
         tasks=tasks,
         alpha_z=alpha_z,
         alpha_mu=alpha_mu,

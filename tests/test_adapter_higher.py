@@ -161,7 +161,9 @@ def _directions(net, seed=2):
 def test_meta_gradient_matches_finite_differences_of_converged_inner_solution(prox):
     net = FiLMDEQ(tol=1e-11)
     xs, ys, xq, yq = _data()
-    grads, status = _jiio_meta_grad(net, xs, ys, xq, yq, steps=80, prox=prox, **TIGHT)
+    grads, status = _jiio_meta_grad(
+        net, xs, ys, xq, yq, steps=80, prox=prox, meta_gradient="implicit", **TIGHT
+    )
     assert bool((status == 0).all())
     theta = {n: p.detach().clone() for n, p in net.named_parameters()}
     direction = _directions(net)
@@ -172,6 +174,99 @@ def test_meta_gradient_matches_finite_differences_of_converged_inner_solution(pr
     assert abs(float(analytic - fd)) <= 1e-4 * abs(float(fd))
     # the DEQ weights get a meta-gradient only through z*(x; θ) and φ*(θ)
     assert float(grads["cell.weight"].abs().sum()) > 0
+
+
+def _computed_query_loss(net, data, steps, backward, tasks=None, **options):
+    """The user's loop (every parameter adapted, higher's MAML example); the query loss."""
+    xs, ys, xq, yq = data
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    with innerloop_ctx(net, opt, copy_initial_weights=False, tasks=tasks, **options) as (
+        fnet,
+        diffopt,
+    ):
+        for _ in range(steps):
+            out = fnet(xs)
+            if tasks:
+                diffopt.step(torch.stack([F.cross_entropy(o, y) for o, y in zip(out, ys)]))
+            else:
+                diffopt.step(F.cross_entropy(out, ys))
+        out = fnet(xq)
+        query = sum(F.cross_entropy(o, y) for o, y in zip(out, yq)) if tasks else None
+        query = F.cross_entropy(out, yq) if query is None else query
+        if backward:
+            query.backward()
+    return query.detach()
+
+
+@pytest.mark.parametrize(
+    ("steps", "tasks"), [(1, None), (5, None), (20, None), (5, 2)], ids=["1", "5", "20", "5-tasks"]
+)
+def test_meta_gradient_is_the_gradient_of_the_computed_steps(steps, tasks):
+    """Default (unrolled) meta-gradient = central differences of the same computation."""
+    net = FiLMDEQ(tol=1e-12)
+    data = _data() if tasks is None else tuple(torch.stack(p) for p in zip(_data(3), _data(4)))
+    net.zero_grad()
+    _computed_query_loss(net, data, steps, True, tasks)
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    assert all(bool(g.abs().sum() > 0) for g in grads.values())
+    theta = {n: p.detach().clone() for n, p in net.named_parameters()}
+    direction = _directions(net)
+
+    def loss_at(point):
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(point[n])
+        return _computed_query_loss(net, data, steps, False, tasks)
+
+    fd = _directional_fd(loss_at, theta, direction)
+    analytic = sum((grads[n] * direction[n]).sum() for n in grads)
+    assert abs(float(analytic - fd)) <= 1e-4 * abs(float(fd))
+
+
+def test_implicit_meta_gradient_warns_when_the_query_comes_before_convergence():
+    net = FiLMDEQ(tol=1e-10)
+    xs, ys, xq, yq = _data()
+    with pytest.warns(RuntimeWarning, match=r"not converged at the query for 1 of 1 task.*z "):
+        _, status = _jiio_meta_grad(net, xs, ys, xq, yq, steps=3, meta_gradient="implicit")
+    assert status.tolist() == [1]
+
+
+def test_prox_defaults_never_leave_gradients_missing():
+    net = FiLMDEQ(tol=1e-10)
+    xs, ys, xq, yq = _data()
+    for prox in (None, 0.0):  # unrolled: plain MAML, the meta-parameters are the start point
+        net.zero_grad()
+        _computed_query_loss(net, (xs, ys, xq, yq), 3, True, prox=prox)
+        assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    for prox, message in ((None, "needs an explicit prox > 0"), (0.0, "prox: 0 for param group 0")):
+        with pytest.raises(ValueError, match=message):
+            with innerloop_ctx(net, opt, meta_gradient="implicit", prox=prox):
+                pass
+    with pytest.raises(ValueError, match="meta_gradient: expected one of"):
+        with innerloop_ctx(net, opt, meta_gradient="exact"):
+            pass
+
+
+def test_lr_scale_schedules_the_steps():
+    from jiio_ext.schedules import StepSwitch
+
+    net = FiLMDEQ(tol=1e-10)
+    xs, ys, _, _ = _data()
+
+    def fast_after(steps, lr, **options):
+        with innerloop_ctx(net, torch.optim.SGD(_adapted(net), lr=lr), **options) as (f, opt):
+            for _ in range(steps):
+                opt.step(F.cross_entropy(f(xs), ys))
+            return torch.cat([p.detach().reshape(-1) for p in f.parameters(time=-1)])
+
+    torch.testing.assert_close(fast_after(3, LR, lr_scale=0.5), fast_after(3, LR / 2))
+    switch = {"lr_scale": StepSwitch(1.0, 0.5, min_switch=2), "budget": 4}
+    torch.testing.assert_close(fast_after(2, LR, **switch), fast_after(2, LR))
+    four = fast_after(4, LR, **switch)
+    assert not torch.allclose(four, fast_after(4, LR)) and not torch.allclose(
+        four, fast_after(4, LR, lr_scale=0.5)
+    )
 
 
 def test_higher_meta_gradient_through_torchdeq_is_wrong_on_the_same_deq():
@@ -326,8 +421,8 @@ def test_vmapped_tasks_equal_the_task_loop_and_unvmappable_models_fall_back():
         torch.testing.assert_close(fallback[n], looped[n], rtol=1e-9, atol=1e-12, msg=n)
 
 
-def test_memory_is_independent_of_the_budget():
-    """Only the latest step's graph is kept: the number of live autograd nodes is flat."""
+def test_implicit_memory_is_independent_of_the_budget():
+    """Implicit mode keeps only the latest step's graph: the number of live tensors is flat."""
     import gc
     import warnings
 
@@ -336,7 +431,9 @@ def test_memory_is_independent_of_the_budget():
     counts = []
     for steps in (5, 40):
         opt = torch.optim.SGD(_adapted(net), lr=LR)
-        with innerloop_ctx(net, opt, copy_initial_weights=False) as (fnet, diffopt):
+        with innerloop_ctx(
+            net, opt, copy_initial_weights=False, meta_gradient="implicit", prox=PROX
+        ) as (fnet, diffopt):
             for _ in range(steps):
                 diffopt.step(F.cross_entropy(fnet(xs), ys))
             gc.collect()
@@ -451,7 +548,7 @@ def test_copy_initial_weights_sends_the_meta_gradient_to_time_zero():
     net = FiLMDEQ(tol=1e-10)
     xs, ys, xq, yq = _data()
     opt = torch.optim.SGD(_adapted(net), lr=LR)
-    with innerloop_ctx(net, opt, copy_initial_weights=True) as (fnet, diffopt):
+    with innerloop_ctx(net, opt, copy_initial_weights=True, prox=PROX) as (fnet, diffopt):
         for _ in range(20):
             diffopt.step(F.cross_entropy(fnet(xs), ys))
         F.cross_entropy(fnet(xq), yq).backward()
