@@ -26,8 +26,7 @@ import torch
 
 from jiio_ext.constraints import Constraint
 from jiio_ext.layout import Layout, State, as_tuple
-from jiio_ext.schedules import Constant, Schedule
-from jiio_ext.steps import StepRule, raw_step
+from jiio_ext.updates import Adaptive, InputUpdate
 
 __all__ = ["AugmentedMap", "Objective", "call_objective", "check_f_output"]
 
@@ -75,16 +74,22 @@ def call_objective(
     if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (batch,):
         got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(f"objective: expected per-sample losses of shape ({batch},), got {got}")
+    if not torch.is_floating_point(loss):
+        raise TypeError(f"objective: expected floating-point losses, got dtype {loss.dtype}")
     return loss
 
 
-def check_f_output(z_out: State, layout: Layout, batch: int) -> None:
+def check_f_output(
+    z_out: State, layout: Layout, batch: int, *, like: torch.Tensor | None = None
+) -> None:
     """Raise a ValueError when ``f`` returned a state of another structure or shape.
 
     Args:
         z_out: what ``f`` returned.
         layout: layout of ``z0``.
         batch: expected batch size.
+        like: a tensor whose dtype and device every part must have (a ``TypeError`` for
+            another dtype, a ``ValueError`` for another device).
 
     Example:
         >>> import torch
@@ -95,6 +100,11 @@ def check_f_output(z_out: State, layout: Layout, batch: int) -> None:
     expected = tuple((batch, *s) for s in layout.shapes)
     if shapes != expected:
         raise ValueError(f"f: expected a state of shapes {expected} (like z0), got {shapes}")
+    for part in parts if like is not None else ():
+        if part.dtype != like.dtype:
+            raise TypeError(f"f: returned dtype {part.dtype}; z0 and x0 are {like.dtype}")
+        if part.device != like.device:
+            raise ValueError(f"f: returned a tensor on {part.device}; z0, x0 are on {like.device}")
 
 
 class AugmentedMap:
@@ -106,9 +116,9 @@ class AugmentedMap:
         z_like: a state with the structure of ``z`` (for the layout).
         x_like: a tensor with the shape of ``x``.
         constraint: set for ``x`` or ``None``.
-        step_rule: gradient → direction.
-        step_size: schedule of ``α_x``.
-        max_iter: budget, passed to the schedule.
+        update: the input update (default :class:`~jiio_ext.updates.Adaptive`); the caller
+            starts it (``update.start(x0, constraint)``) before the first application.
+        max_iter: budget, passed to the update's schedule.
         alpha_z: damping of the forward block.
         alpha_mu: damping of the adjoint block.
         targets: per-sample data passed to the objective (sliced with the active samples).
@@ -140,8 +150,7 @@ class AugmentedMap:
         x_like: torch.Tensor,
         *,
         constraint: Constraint | None = None,
-        step_rule: StepRule = raw_step,
-        step_size: Schedule | None = None,
+        update: InputUpdate | None = None,
         max_iter: int = 100,
         alpha_z: float = 0.8,
         alpha_mu: float = 0.6,
@@ -154,8 +163,8 @@ class AugmentedMap:
         self.z_layout = Layout.of(z_like)
         self.x_layout = Layout.of(x_like)
         self.constraint = constraint
-        self.step_rule = step_rule
-        self.step_size = step_size if step_size is not None else Constant(0.01)
+        self.update = update if update is not None else Adaptive()
+        self.update.start(x_like, constraint)
         self.max_iter = max_iter
         self.alpha_z = alpha_z
         self.alpha_mu = alpha_mu
@@ -248,7 +257,7 @@ class AugmentedMap:
         z_parts = as_tuple(z)
         with torch.enable_grad():
             z_out = self._call_f(z, x)
-            check_f_output(z_out, self.z_layout, x.shape[0])
+            check_f_output(z_out, self.z_layout, x.shape[0], like=x)
             loss = self._objective(z, x, index)
             out_parts = as_tuple(z_out)
             outputs = [loss, *out_parts]
@@ -281,31 +290,53 @@ class AugmentedMap:
         """Projection of ``x`` onto the constraint (identity without one)."""
         return x if self.constraint is None else self.constraint.project(x, index)
 
+    def stationarity(
+        self, x: torch.Tensor, g_x: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-sample RMS of the projected gradient ``(x − Π_C(x − D g)) / D``.
+
+        ``D`` is the update's last gain, so the measure has the gradient's units whatever the
+        step size: without a constraint it is ``rms(g)``, and it vanishes exactly at projected
+        stationarity.
+        """
+        gain = self.update.gain(index)
+        if isinstance(gain, torch.Tensor):
+            gain = gain.view_as(x).clamp_min(torch.finfo(x.dtype).tiny)
+        moved = x - self.project(x - gain * g_x, index)
+        return (moved / gain).flatten(1).pow(2).mean(dim=1).sqrt()
+
     def apply(
         self, flat: torch.Tensor, index: torch.Tensor | None, k: int, *, create_graph: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``F`` on flat states: the next flat state and the per-sample objective."""
+        new_flat, aux = self.apply_aux(flat, index, k, create_graph=create_graph)
+        return new_flat, aux["objective"]
+
+    def apply_aux(
+        self, flat: torch.Tensor, index: torch.Tensor | None, k: int, *, create_graph: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``F`` on flat states: the next flat state, the objective and the stationarity."""
         z, x, mu = self.split(flat)
         z_out, loss, g_z, g_x = self.evaluate(z, x, mu, index, create_graph=create_graph)
         zf, _, muf = torch.split(flat, list(self.blocks), dim=1)
-        step = self.step_size(k, self.max_iter)
-        x_new = self.x_layout.flatten(self.project(x - step * self.step_rule(g_x), index))
+        step = self.update(g_x, index, k, self.max_iter, frozen=create_graph)
+        x_new = self.x_layout.flatten(self.project(x - step, index))
         z_out, g_z = self.z_layout.flatten(z_out), self.z_layout.flatten(g_z)
         if create_graph:
             z_new = zf + self.alpha_z * (z_out - zf)
             mu_new = muf + self.alpha_mu * (g_z - muf)
-            return torch.cat([z_new, x_new, mu_new], dim=1), loss
+            return torch.cat([z_new, x_new, mu_new], dim=1), {"objective": loss}
+        aux = {"objective": loss, "stationarity": self.stationarity(x, g_x, index)}
         # fused damping written straight into the output blocks (no temporaries, no cat)
         out = torch.empty_like(flat)
         z_slot, x_slot, mu_slot = torch.split(out, list(self.blocks), dim=1)
         torch.lerp(zf, z_out, self.alpha_z, out=z_slot)
         torch.lerp(muf, g_z, self.alpha_mu, out=mu_slot)
         x_slot.copy_(x_new)
-        return out, loss
+        return out, aux
 
     def __call__(
         self, flat: torch.Tensor, index: torch.Tensor, k: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The engine's map interface: ``(F(s), {"objective": L})``."""
-        new_flat, loss = self.apply(flat, index, k)
-        return new_flat, {"objective": loss}
+        """The engine's map interface: ``(F(s), {"objective": L, "stationarity": G})``."""
+        return self.apply_aux(flat, index, k)

@@ -133,6 +133,36 @@ class Constraint:
                     f"expected 1 or {x.shape[0]} (the batch size of x0)"
                 )
 
+    #: whether the set is a product of per-coordinate intervals (a diagonal preconditioner
+    #: keeps projected stationarity as the fixed point of a projected step)
+    separable: bool = True
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample size of the set in the units of one coordinate (``inf``: unbounded).
+
+        Adaptive input updates measure their steps in this unit (see :mod:`jiio_ext.updates`).
+
+        Args:
+            x: a batch ``(B, ...)`` the set acts on.
+
+        Returns:
+            ``(B,)`` tensor: half-width of a box or L∞ ball, ``radius / sqrt(n)`` for an L2
+            ball over ``n`` coordinates, the smallest part's for an intersection.
+
+        Example:
+            >>> import torch
+            >>> from jiio_ext import Box
+            >>> Box(0.0, 1.0).scale(torch.zeros(2, 3))
+            tensor([0.5000, 0.5000])
+        """
+        lo = self.project(torch.full_like(x, -math.inf)).flatten(1)
+        hi = self.project(torch.full_like(x, math.inf)).flatten(1)
+        half = (hi - lo) / 2
+        finite = torch.isfinite(half)
+        count = finite.sum(dim=1)
+        mean = torch.where(finite, half, torch.zeros_like(half)).sum(dim=1) / count.clamp_min(1)
+        return torch.where(count > 0, mean, torch.full_like(mean, math.inf))
+
     def _tensors(self) -> list[torch.Tensor]:
         return []
 
@@ -238,6 +268,14 @@ class L2Ball(Constraint):
         scale = torch.clamp(radius / norm.clamp_min(torch.finfo(x.dtype).tiny), max=1.0)
         return center + offset * scale
 
+    separable = False
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``radius / sqrt(n)`` per sample (see :meth:`Constraint.scale`)."""
+        n = max(x[0].numel(), 1)
+        radius = torch.as_tensor(self.radius, dtype=x.dtype, device=x.device).flatten()
+        return (radius / math.sqrt(n)).expand(x.shape[0]).clone()
+
     def _tensors(self) -> list[torch.Tensor]:
         return [v for v in (self.center, self.radius) if isinstance(v, torch.Tensor)]
 
@@ -278,6 +316,7 @@ class Intersection(Constraint):
                 "Intersection: at most one L2Ball is supported (boxes and L∞ balls merge exactly)"
             )
         self.parts = flat
+        self.separable = not balls
         self._ball = balls[0] if balls else None
         self._boxes = [p for p in flat if p is not self._ball]
 
@@ -344,6 +383,10 @@ class Intersection(Constraint):
         t = torch.where(ok, t_graph, torch.where(full_ok, 1.0, 0.0).to(x.dtype))
         return point(t.clamp(max=1.0))
 
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The smallest part's scale per sample (see :meth:`Constraint.scale`)."""
+        return torch.stack([part.scale(x) for part in self.parts]).amin(dim=0)
+
     def _tensors(self) -> list[torch.Tensor]:
         return [t for part in self.parts for t in part._tensors()]
 
@@ -378,6 +421,15 @@ class ComposedProjection(Constraint):
     def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """``then``'s projection of ``first``'s projection of ``x``."""
         return self.then.project(self.first.project(x, index), index)
+
+    @property
+    def separable(self) -> bool:  # type: ignore[override]
+        """Separable when both parts are."""
+        return self.first.separable and self.then.separable
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The smaller part's scale per sample (see :meth:`Constraint.scale`)."""
+        return torch.minimum(self.first.scale(x), self.then.scale(x))
 
     def contains(self, x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         """Per-sample membership in both sets."""

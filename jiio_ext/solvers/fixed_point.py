@@ -47,6 +47,7 @@ class FixedPointResult:
         n_calls: number of batched calls of the map.
         snapshots: ``{k: state}`` at the requested iterations ``(B, n)``.
         fallbacks: safeguard / singular-system fallbacks per sample ``(B,)``.
+        peaks: the final per-sample peaks of the ``peak_tests`` outputs ``{name: (B,)}``.
 
     Example:
         >>> import torch
@@ -67,6 +68,7 @@ class FixedPointResult:
     n_calls: int
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
     fallbacks: torch.Tensor | None = None
+    peaks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _block_rms(v: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
@@ -191,6 +193,10 @@ def fixed_point(
     progress: object | None = None,
     snapshot_at: Collection[int] = (),
     score: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None,
+    tested_blocks: Sequence[bool] | None = None,
+    peak_tests: Collection[str] = (),
+    peak_start: dict[str, torch.Tensor] | None = None,
+    mixed_blocks: Sequence[bool] | None = None,
 ) -> FixedPointResult:
     """Solve ``s = F(s)`` for a batch of flat states with per-sample convergence and freezing.
 
@@ -221,6 +227,17 @@ def fixed_point(
         score: best-iterate selection: ``score(residuals, state_rms, aux) -> (b,)`` (lower is
             better, ``inf`` ineligible); a sample that does not converge returns its
             best-scoring iterate instead of its last one.
+        tested_blocks: which blocks the state-relative test covers (default all); a block
+            left out must be covered by ``peak_tests``.
+        peak_tests: names of ``aux`` outputs (per-sample, ``>= 0``) that must also fall to
+            ``atol + rtol × peak``, where ``peak`` is the largest value the sample has had so
+            far: a test relative to the start that no step size can fake (the joint solve
+            tests the projected gradient this way).
+        peak_start: initial peaks ``{name: (B,)}`` (a warm start passes its own run's).
+        mixed_blocks: which blocks the solver mixes (default all); a block left out takes
+            the map's own update (``F(s)``) every iteration and is left out of Anderson's
+            metric: for a block whose update carries state of its own, such as an adaptive
+            input step, which Anderson's linear model of ``F`` does not fit.
 
     Returns:
         A :class:`FixedPointResult`.
@@ -244,6 +261,17 @@ def fixed_point(
         tuple(block_names) if block_names is not None else tuple(f"b{i}" for i in range(len(sizes)))
     )
     scale = torch.tensor(block_scale if block_scale is not None else [1.0] * len(sizes)).to(state0)
+    tested = torch.tensor(
+        list(tested_blocks) if tested_blocks is not None else [True] * len(sizes),
+        device=state0.device,
+    )
+    peaks: dict[str, torch.Tensor] = {k: v.to(state0) for k, v in (peak_start or {}).items()}
+    mixed = list(mixed_blocks) if mixed_blocks is not None else [True] * len(sizes)
+    mix_mask = torch.repeat_interleave(
+        torch.tensor(mixed, device=state0.device), torch.tensor(sizes, device=state0.device)
+    )
+    passthrough = None if all(mixed) else ~mix_mask
+    out_peaks: dict[str, torch.Tensor] = {}
     device = state0.device
 
     out_state = state0.clone()
@@ -273,6 +301,10 @@ def fixed_point(
         solver_fallbacks = getattr(buffers, "fallbacks", None)
         if solver_fallbacks is not None:
             fallbacks.index_copy_(0, where, solver_fallbacks[done])
+        for key, value in peaks.items():
+            if key not in out_peaks:
+                out_peaks[key] = torch.zeros(batch, dtype=value.dtype, device=device)
+            out_peaks[key].index_copy_(0, where, value[done])
         for key, value in aux.items():
             if key not in out_aux:
                 out_aux[key] = torch.full((batch,), float("nan"), dtype=value.dtype, device=device)
@@ -288,9 +320,16 @@ def fixed_point(
         for value in aux.values():
             finite = finite & torch.isfinite(value)
         # the residual norm in Anderson's metric, from the block norms (no extra pass)
-        w_norm = rms.pow(2).sum(dim=1).sqrt() if balance else resid.norm(dim=1)
+        if passthrough is None:
+            w_norm = rms.pow(2).sum(dim=1).sqrt() if balance else resid.norm(dim=1)
+        elif balance:
+            w_norm = (rms * mix_mask.new_tensor(mixed).to(rms)).pow(2).sum(dim=1).sqrt()
+        else:
+            w_norm = (resid * mix_mask.to(resid)).norm(dim=1)
         if ref_norm is None:
             weights = _balance_weights(s, sizes) if balance else None
+            if passthrough is not None:
+                weights = (torch.ones_like(s[:1]) if weights is None else weights) * mix_mask.to(s)
             ref_norm = w_norm
             good = s
         if bool(finite.all()):
@@ -298,6 +337,9 @@ def fixed_point(
         else:
             good = torch.where(finite.unsqueeze(1), mapped, good)
         state_rms = _block_rms(s, sizes)
+        for key in peak_tests:
+            value = aux[key].detach()
+            peaks[key] = value if key not in peaks else torch.maximum(peaks[key], value)
         if score is not None:
             best.update(score(res, state_rms, aux), finite, mapped, res, aux)
         nstep.index_add_(0, rows, active[rows].long() if not subset else torch.ones_like(rows))
@@ -315,10 +357,14 @@ def fixed_point(
         if buffers is None:
             buffers = solver.init(s, resid, weights)
         s_next, buffers = solver.step(buffers, s, resid, w_norm)
+        if passthrough is not None:
+            s_next = torch.where(passthrough, mapped, s_next)
 
         last = k == max_iter - 1
         if (k + 1) % check_every == 0 or last:
-            converged = (res <= atol + rtol * state_rms).all(dim=1) & finite
+            converged = ((res <= atol + rtol * state_rms) | ~tested).all(dim=1) & finite
+            for key in peak_tests:
+                converged = converged & (aux[key] <= atol + rtol * peaks[key])
             diverged = finite & (w_norm > divergence * ref_norm.clamp_min(1.0))
             done = converged | ~finite | diverged
             if not subset:
@@ -345,6 +391,7 @@ def fixed_point(
                     rows = rows.index_select(0, keep)
                     s_next = s_next.index_select(0, keep)
                     ref_norm = ref_norm.index_select(0, keep)
+                    peaks = {key: value.index_select(0, keep) for key, value in peaks.items()}
                     good = good.index_select(0, keep)
                     buffers = solver.select(buffers, keep)
                     best.select(keep)
@@ -372,4 +419,5 @@ def fixed_point(
         n_calls=n_calls,
         snapshots=snapshots,
         fallbacks=fallbacks,
+        peaks=out_peaks,
     )

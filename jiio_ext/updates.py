@@ -1,0 +1,263 @@
+"""Input updates: how the x-block of the augmented map turns the x-gradient into a step.
+
+The fixed point of the x-block, ``x = Π_C(x − P(g))``, is projected stationarity for any
+positive preconditioner ``P`` that is a per-sample scalar (or diagonal, for separable
+constraints); the update only decides how fast the iteration gets there.
+
+* :class:`Adaptive` (the default): an Adam-style diagonal preconditioner kept per sample in
+  the map's state, so the step does not depend on the scale of the objective; its learning
+  rate is relative to the scale of ``x`` (its RMS at the start, or the constraint's radius),
+  so rescaling the units of ``x`` changes nothing either; the rate decays over the budget
+  (cosine), so the iteration settles instead of oscillating at the rate.
+* :class:`GradientStep`: the raw step ``α_x · step_rule(g)`` with a hand-set schedule, as in
+  the reference code (attacks use it with the ``sign`` / ``l2`` rules, whose steps are
+  already scale-free).
+
+Example:
+    >>> import torch
+    >>> from jiio_ext.updates import Adaptive
+    >>> update = Adaptive(lr=0.1)
+    >>> update.start(torch.zeros(2, 3), None)
+    >>> step = update(torch.tensor([[1e-6, 2e-6, 0.0], [1e6, -1e6, 0.0]]), None, 0, 100)
+    >>> step.abs().amax(dim=1).round(decimals=3)  # the same first step at any gradient scale
+    tensor([0.1000, 0.1000])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from jiio_ext.constraints import Constraint
+from jiio_ext.schedules import Constant, Schedule
+from jiio_ext.steps import StepRule, raw_step
+
+__all__ = ["Adaptive", "GradientStep", "InputUpdate", "check_step_shape"]
+
+
+def check_step_shape(step: torch.Tensor, grad: torch.Tensor, name: str = "step_rule") -> None:
+    """Raise a ValueError when a step rule returned a step of another shape than the gradient.
+
+    Args:
+        step: what the rule returned.
+        grad: the gradient it was given.
+        name: argument name for the message.
+
+    Example:
+        >>> import torch
+        >>> check_step_shape(torch.zeros(2, 3), torch.zeros(2, 3))
+    """
+    if not isinstance(step, torch.Tensor) or step.shape != grad.shape:
+        got = tuple(step.shape) if isinstance(step, torch.Tensor) else type(step).__name__
+        raise ValueError(
+            f"{name}: expected a step of the gradient's shape {tuple(grad.shape)}, got {got}"
+        )
+
+
+class InputUpdate:
+    """Base class: ``update(g, index, k, max_iter) -> step`` with ``x⁺ = Π_C(x − step)``.
+
+    ``start(x0, constraint)`` is called once per solve with the full batch; ``index`` holds
+    the batch positions of the rows of ``g`` (``None``: the whole batch), so per-sample state
+    follows the active samples. With ``frozen=True`` the update is a fixed linear function of
+    ``g`` (the one the iteration ended with), which is what implicit differentiation of the
+    fixed point needs.
+
+    Example:
+        >>> import torch
+        >>> update = GradientStep(step_size=0.5)
+        >>> update.start(torch.zeros(1, 2), None)
+        >>> update(torch.tensor([[2.0, -4.0]]), None, 0, 10)
+        tensor([[ 1., -2.]])
+    """
+
+    #: whether the update ends in a differentiable linear map of ``g`` (implicit gradients)
+    differentiable: bool = True
+
+    def start(self, x0: torch.Tensor, constraint: Constraint | None) -> None:
+        """Reset the per-sample state for a new solve over ``x0`` (full batch)."""
+
+    def __call__(
+        self,
+        grad: torch.Tensor,
+        index: torch.Tensor | None,
+        k: int,
+        max_iter: int,
+        *,
+        frozen: bool = False,
+    ) -> torch.Tensor:
+        """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
+        raise NotImplementedError
+
+    def gain(self, index: torch.Tensor | None) -> torch.Tensor | float:
+        """Step per unit gradient of the last step, per element ``(b, n)`` or a number.
+
+        The stationarity measure ``(x − Π_C(x − gain ⊙ g)) / gain`` of the augmented map uses
+        it: a projected gradient in the gradient's units, whatever the step size.
+        """
+        raise NotImplementedError
+
+
+@dataclass
+class GradientStep(InputUpdate):
+    """The hand-set step ``α_x(k) · step_rule(g)`` (the reference code's update).
+
+    Args:
+        step_size: ``α_x``: a number or a schedule.
+        step_rule: gradient → direction (raw, sign, l2).
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext.steps import sign_step
+        >>> update = GradientStep(step_size=0.1, step_rule=sign_step)
+        >>> update(torch.tensor([[3.0, -0.01]]), None, 0, 10)
+        tensor([[ 0.1000, -0.1000]])
+    """
+
+    step_size: float | Schedule = 0.01
+    step_rule: StepRule = raw_step
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.step_size, Schedule):
+            self.step_size = Constant(float(self.step_size))
+        self.differentiable = getattr(self.step_rule, "__name__", "") == "raw_step"
+        self._last = float(self.step_size(0, 1))
+
+    def __call__(self, grad, index, k, max_iter, *, frozen=False):
+        """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
+        if frozen:
+            return self._last * self.step_rule(grad)
+        self._last = float(self.step_size(k, max_iter))
+        step = self.step_rule(grad)
+        check_step_shape(step, grad)
+        return self._last * step
+
+    def gain(self, index: torch.Tensor | None) -> float:
+        """The last step size (see :meth:`InputUpdate.gain`)."""
+        return self._last
+
+
+def _unit(x0: torch.Tensor, constraint: Constraint | None) -> torch.Tensor:
+    """Per-sample scale of ``x``: the constraint's radius, else the RMS of ``x0``, else 1."""
+    batch = x0.shape[0]
+    radius = None if constraint is None else constraint.scale(x0)
+    rms = x0.detach().flatten(1).pow(2).mean(1).sqrt() if x0[0].numel() else x0.new_ones(batch)
+    unit = torch.where(rms > 0, rms, torch.ones_like(rms))
+    if radius is not None:
+        unit = torch.where(torch.isfinite(radius), radius.to(unit), unit)
+    return unit
+
+
+@dataclass
+class Adaptive(InputUpdate):
+    """Adam-style preconditioned steps, scale-free in the objective and in the units of ``x``.
+
+    Per sample, ``m`` and ``v`` are exponential moving averages of ``g`` and ``g²`` (bias
+    corrected), and the step is ``lr(k) · unit · m̂ / (√v̂ + ε)``, where ``unit`` is the
+    sample's scale of ``x`` (the constraint's radius, else the RMS of ``x0``, else 1) and
+    ``lr(k)`` decays from ``lr`` to ``lr · final`` on a half cosine over the budget. With a
+    non-separable constraint (an L2 ball) the preconditioner is the per-sample mean of ``v̂``,
+    a scalar, so that the fixed point is still projected stationarity. Multiplying the
+    objective by any constant leaves every step unchanged.
+
+    Args:
+        lr: initial step, relative to the scale of ``x``.
+        final: final step as a fraction of ``lr`` (the cosine decay's floor).
+        beta1: momentum of the first moment.
+        beta2: averaging of the second moment.
+        eps: relative floor of ``√v̂`` (against its per-sample mean).
+
+    Example:
+        >>> import torch
+        >>> from jiio_ext import solve_joint
+        >>> f = lambda z, x: 0.5 * z + x
+        >>> target = torch.ones(2, 3)
+        >>> objective = lambda z, x: 1e4 * (z - target).pow(2).sum(1)  # any scale works
+        >>> sol = solve_joint(f, objective, torch.zeros(2, 3), torch.zeros(2, 3), max_iter=300)
+        >>> bool((sol.x - 0.5).abs().max() < 1e-3)
+        True
+    """
+
+    lr: float = 0.1
+    final: float = 0.01
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 1e-3
+    _m: torch.Tensor | None = field(default=None, repr=False)
+    _v: torch.Tensor | None = field(default=None, repr=False)
+    _t: torch.Tensor | None = field(default=None, repr=False)
+    _unit: torch.Tensor | None = field(default=None, repr=False)
+    _scalar: bool = field(default=False, repr=False)
+    _gain: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "final", "beta1", "beta2", "eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Adaptive.{name}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"Adaptive.{name}: expected a finite number, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"Adaptive.lr: expected a number > 0, got {self.lr!r}")
+        if not 0 < self.final <= 1:
+            raise ValueError(f"Adaptive.final: expected a number in (0, 1], got {self.final!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"Adaptive.{name}: expected a number in [0, 1)")
+        if self.eps < 0:
+            raise ValueError(f"Adaptive.eps: expected a number >= 0, got {self.eps!r}")
+
+    def start(self, x0: torch.Tensor, constraint: Constraint | None) -> None:
+        """Reset the moments for a new solve over ``x0`` (full batch)."""
+        flat = x0.detach().flatten(1)
+        self._m = torch.zeros_like(flat)
+        self._v = torch.zeros_like(flat)
+        self._t = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        self._unit = _unit(x0, constraint).to(flat)
+        self._scalar = constraint is not None and not constraint.separable
+        self._gain = torch.zeros_like(flat)
+
+    def rate(self, k: int, max_iter: int) -> float:
+        """The relative step at iteration ``k`` of ``max_iter`` (half-cosine decay).
+
+        Example:
+            >>> update = Adaptive(lr=0.1, final=0.01)
+            >>> round(update.rate(0, 100), 4), round(update.rate(99, 100), 4)
+            (0.1, 0.001)
+        """
+        progress = min(k / max(max_iter - 1, 1), 1.0)
+        floor = self.lr * self.final
+        return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+    def __call__(self, grad, index, k, max_iter, *, frozen=False):
+        """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
+        if self._m is None:
+            raise RuntimeError("Adaptive: start(x0, constraint) must be called before stepping")
+        flat = grad.flatten(1)
+        rows = slice(None) if index is None else index
+        if frozen:
+            return (self._gain[rows] * flat).view_as(grad)
+        g = flat.detach()
+        m = self.beta1 * self._m[rows] + (1 - self.beta1) * g
+        v = self.beta2 * self._v[rows] + (1 - self.beta2) * g * g
+        t = self._t[rows] + 1
+        m_hat = m / (1 - self.beta1**t).unsqueeze(1)
+        v_hat = v / (1 - self.beta2**t).unsqueeze(1)
+        mean_v = v_hat.mean(dim=1, keepdim=True)
+        if self._scalar:
+            v_hat = mean_v.expand_as(v_hat)
+        tiny = torch.finfo(g.dtype).tiny
+        denom = v_hat.sqrt() + self.eps * mean_v.sqrt() + tiny
+        gain = (self.rate(k, max_iter) * self._unit[rows]).unsqueeze(1) / denom
+        if index is None:
+            self._m, self._v, self._t, self._gain = m, v, t, gain
+        else:
+            self._m[index], self._v[index], self._t[index] = m, v, t
+            self._gain[index] = gain
+        return (gain * m_hat).view_as(grad)
+
+    def gain(self, index: torch.Tensor | None) -> torch.Tensor:
+        """Per-element gain of the last step (see :meth:`InputUpdate.gain`)."""
+        return self._gain if index is None else self._gain[index]
