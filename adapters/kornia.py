@@ -646,6 +646,8 @@ class IrregularInpainting(_Inpainting):
             mask = torch.ones(height * width, dtype=clean.dtype)
             mask[first] = 0
             masks.append(mask.view(1, height, width))
+        if not masks:  # an empty batch has an empty mask, as the other problems do
+            return clean.new_ones(0, 1, height, width)
         return torch.stack(masks).to(clean.device)
 
 

@@ -44,6 +44,7 @@ from jiio_ext.layout import as_tuple
 from jiio_ext.solution import JointSolution
 from jiio_ext.solve import solve_joint
 from jiio_ext.solvers import Anderson, fixed_point
+from jiio_ext.validate import check_positive
 
 __all__ = ["JIIODEQ", "input_optimizable", "jiio_solver", "trajectory_penalty"]
 
@@ -261,6 +262,8 @@ def _optimize_input(
     _check_input_arg(self, input_arg)
     if not isinstance(x0, torch.Tensor) or not torch.is_floating_point(x0) or x0.dim() < 1:
         raise TypeError("x0: expected a batch-first floating-point tensor")
+    if x0.shape[0] == 0:
+        raise ValueError("x0: empty batch (B = 0); pass at least one sample")
     deqs = _deq_modules(self)
     if not deqs:
         raise TypeError(
@@ -479,7 +482,7 @@ def jiio_solver(
     indexing: Sequence[int] | None = None,
     m: int = 5,
     lam: float = 1e-4,
-    kind: str = "I",
+    kind: str = "II",
     safeguard: float | None = 10.0,
     **kwargs: Any,
 ):
@@ -500,7 +503,7 @@ def jiio_solver(
         indexing: iteration counts at which to return intermediate states.
         m: Anderson memory.
         lam: ridge regularisation.
-        kind: ``'I'`` or ``'II'`` Anderson.
+        kind: ``'II'`` (default) or ``'I'`` Anderson (see :class:`~jiio_ext.solvers.Anderson`).
         safeguard: residual-growth factor that rejects an Anderson step (``None``: off).
         **kwargs: other torchdeq solver options (ignored, as torchdeq's own solvers do).
 
@@ -519,6 +522,12 @@ def jiio_solver(
 
     if stop_mode not in ("abs", "rel"):
         raise ValueError(f"stop_mode: expected 'abs' or 'rel', got {stop_mode!r}")
+    if not isinstance(x0, torch.Tensor) or x0.dim() < 1 or x0.shape[0] == 0:
+        shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+        raise ValueError(f"x0: expected a non-empty batch (B, ...), got {shape}")
+    check_positive(tol, "tol", allow_zero=True)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
     batch = x0.shape[0]
     flat0 = x0.reshape(batch, -1)
     dim = flat0.shape[1]

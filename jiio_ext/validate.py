@@ -31,6 +31,8 @@ def _check_tensor(t: object, name: str) -> torch.Tensor:
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
     if t.dim() < 1:
         raise ValueError(f"{name}: expected a batch-first tensor (at least 1-D), got a scalar")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (B = 0); pass at least one sample")
     return t
 
 

@@ -164,7 +164,7 @@ def infer_jiio(
 ) -> JointSolution:
     """Latents minimising ``objective(decoder(x), x)`` by one joint fixed point (JIIO).
 
-    A fixed budget (``rtol=atol=0`` unless given), safeguarded Anderson type I, step size
+    A fixed budget (``rtol=atol=0`` unless given), safeguarded Anderson type II, step size
     ``StepSwitch(3.0, 1.0)`` (switching at ``max(50, ⌊0.625·max_iter⌋)`` iterations, the
     reference schedule) and the best iterate per sample.
 
@@ -192,7 +192,7 @@ def infer_jiio(
 
     options.setdefault("rtol", 0.0)
     options.setdefault("atol", 0.0)
-    options.setdefault("solver", Anderson(memory=5, kind="I"))
+    options.setdefault("solver", Anderson(memory=5, kind="II"))
     if step_size is None:
         step_size = StepSwitch(3.0, 1.0)
     return decoder.optimize_input(x0, objective, step_size=step_size, max_iter=max_iter, **options)
