@@ -66,6 +66,7 @@ from torch import nn
 
 from jiio_ext.schedules import Schedule
 from jiio_ext.solution import Status
+from jiio_ext.validate import check_positive
 
 __all__ = ["DifferentiableJointOptimizer", "JointFunctionalModel", "innerloop_ctx"]
 
@@ -283,6 +284,19 @@ def innerloop_ctx(
         expected = (
             next(model.parameters()).device if any(True for _ in model.parameters()) else None
         )
+    for name, value in (
+        ("rtol", rtol),
+        ("atol", atol),
+        ("backward_rtol", backward_rtol),
+        ("backward_atol", backward_atol),
+    ):
+        check_positive(value, name, allow_zero=True)
+    if (
+        isinstance(backward_max_iter, bool)
+        or not isinstance(backward_max_iter, int)
+        or backward_max_iter < 1
+    ):
+        raise ValueError(f"backward_max_iter: expected an integer >= 1, got {backward_max_iter!r}")
         if expected is not None and torch.device(device) != expected:
             raise ValueError(
                 f"device: fast weights live on the model's device ({expected}); got {device}"

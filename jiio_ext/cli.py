@@ -340,6 +340,8 @@ def _check_device(device: str) -> None:
         dev = torch.device(device)
     except RuntimeError as err:
         raise SystemExit(f"jiio: --device: {err}") from None
+    if dev.type == "meta":
+        raise SystemExit(f"jiio: --device {device}: 'meta' tensors hold no data; use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"jiio: --device {device}: CUDA is not available on this machine")
 

@@ -132,6 +132,15 @@ class Constraint:
                     f"{name}: per-sample tensor has batch size {value.shape[0]}, "
                     f"expected 1 or {x.shape[0]} (the batch size of x0)"
                 )
+        try:  # the other dimensions too: one trial projection of a batch shaped like x
+            fits = self.project(torch.zeros_like(x)).shape == x.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            shapes = [tuple(v.shape) for v in self._tensors()]
+            raise ValueError(
+                f"{name}: tensors of shapes {shapes} do not fit x0 of shape {tuple(x.shape)}"
+            )
 
     #: whether the set is a product of per-coordinate intervals (a diagonal preconditioner
     #: keeps projected stationarity as the fixed point of a projected step)
@@ -189,6 +198,13 @@ class Box(Constraint):
     def __init__(self, lower: Bound | None = None, upper: Bound | None = None) -> None:
         if lower is None and upper is None:
             raise ValueError("Box: give at least one of lower and upper")
+        for label, bound in (("lower", lower), ("upper", upper)):
+            if bound is not None and (
+                isinstance(bound, bool) or not isinstance(bound, (int, float, torch.Tensor))
+            ):
+                raise TypeError(
+                    f"Box: {label}: expected a number or a tensor, got {type(bound).__name__}"
+                )
         if (
             lower is not None
             and upper is not None
@@ -260,6 +276,9 @@ class L2Ball(Constraint):
 
     def project(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Scale ``x - center`` back onto the ball (see :meth:`Constraint.project`)."""
+        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"x: L2Ball.project needs a floating-point tensor, got {got}")
         center = _select(self.center, index)
         center = torch.zeros_like(x) if center is None else _as_like(center, x)
         radius = _as_like(_radius_like(_select(self.radius, index), x), x)

@@ -473,6 +473,8 @@ def init_from_env(device: str | torch.device = "cpu", *, backend: str | None = N
         raise ValueError(
             f"device: expected a torch device such as 'cpu' or 'cuda', {err}"
         ) from None
+    if dev.type == "meta":
+        raise ValueError("device: 'meta' tensors hold no data; train on 'cpu' or 'cuda'")
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = _env_int("LOCAL_RANK", rank)

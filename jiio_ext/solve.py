@@ -57,9 +57,28 @@ def _progress_bar(progress: object, total: int, desc: str):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, leave=False)
-    if progress in (False, None):
+    if progress is False or progress is None:
         return None
+    if not all(callable(getattr(progress, name, None)) for name in ("update", "set_postfix")):
+        raise TypeError(
+            f"progress: expected True, False, None or a tqdm bar, got {type(progress).__name__}"
+        )
     return progress
+
+
+def _check_trajectory(trajectory: Sequence[int], max_iter: object) -> list[int]:
+    """The iterations of ``trajectory``, each an integer in ``[0, max_iter)``."""
+    if not isinstance(trajectory, (list, tuple, range)) or any(
+        isinstance(k, bool) or not isinstance(k, int) for k in trajectory
+    ):
+        raise TypeError(f"trajectory: expected a sequence of iteration numbers, got {trajectory!r}")
+    if isinstance(max_iter, int):
+        outside = [k for k in trajectory if not 0 <= k < max_iter]
+        if outside:
+            raise ValueError(
+                f"trajectory: iterations {outside} lie outside [0, max_iter={max_iter})"
+            )
+    return list(trajectory)
 
 
 def _zeros_like_state(state: State) -> State:
@@ -282,6 +301,7 @@ def solve_joint(
     if solver is None:
         solver = "damped" if isinstance(update, Adaptive) else "anderson"
     engine = get_solver(solver)
+    trajectory = _check_trajectory(trajectory, max_iter)
     if autocast not in (None, torch.bfloat16, torch.float16):
         raise ValueError(
             f"autocast: expected None, torch.bfloat16 or torch.float16, got {autocast!r}"

@@ -130,3 +130,89 @@ def test_torchdeq_solver_and_latent_inference_default_to_type_ii():
 
     latent.infer_jiio(Decoder(), _objective, torch.zeros(1, 2))
     assert captured["solver"].kind == "II"
+
+
+def test_solve_joint_settings_are_named():
+    x0, z0 = torch.zeros(3, 2), torch.zeros(3, 2)
+    for points in ([100000], [-1]):
+        with pytest.raises(ValueError, match=r"trajectory: iterations \[-?\d+\] lie outside"):
+            solve_joint(_f, _objective, x0, z0, max_iter=10, trajectory=points)
+    with pytest.raises(TypeError, match="trajectory"):
+        solve_joint(_f, _objective, x0, z0, max_iter=10, trajectory=[1.5])
+    with pytest.raises(TypeError, match="progress: expected True, False, None or a tqdm bar"):
+        solve_joint(_f, _objective, x0, z0, max_iter=10, progress="yes")
+
+
+def test_innerloop_ctx_settings_are_named():
+    pytest.importorskip("higher")
+    pytest.importorskip("torchdeq")
+    from jiio_ext.adapters.higher import innerloop_ctx
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for kwargs, name in (({"rtol": -1}, "rtol"), ({"backward_max_iter": 0}, "backward_max_iter")):
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            with innerloop_ctx(net, opt, **kwargs):
+                pass
+
+
+# ---- constraints (item 15)
+
+
+def test_constraint_shapes_and_types_are_named():
+    from jiio_ext import Box, L2Ball
+
+    with pytest.raises(ValueError, match=r"constraint: tensors of shapes \[\(4, 7\)\] do not fit"):
+        solve_joint(
+            _f,
+            _objective,
+            torch.zeros(4, 5),
+            torch.zeros(4, 5),
+            constraint=L2Ball(torch.zeros(4, 7), 1.0),
+        )
+    with pytest.raises(TypeError, match="Box: lower: expected a number or a tensor, got str"):
+        Box("a", "b")
+    with pytest.raises(TypeError, match="x: L2Ball.project needs a floating-point tensor"):
+        L2Ball(None, 1.0).project(torch.zeros(2, 3, dtype=torch.long))
+
+
+# ---- CLI and training settings (item 17)
+
+
+@pytest.mark.parametrize(
+    "flag,name",
+    [
+        ("--k-shot", "k_shot"),
+        ("--n-way", "n_way"),
+        ("--eval-tasks", "eval_tasks"),
+        ("--tasks-per-batch", "tasks_per_batch"),
+    ],
+)
+def test_meta_cli_zero_settings_are_named(tmp_path, flag, name):
+    pytest.importorskip("higher")
+    pytest.importorskip("torchdeq")
+    from jiio_ext.cli import main
+
+    argv = ["train", "meta", "--task", "digits", flag, "0", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=f"{name}: expected an integer >= 1"):
+        main(argv)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["bench", "latent", "--quick"], ["train", "adversarial"], ["train", "generative"]],
+    ids=["bench", "adversarial", "generative"],
+)
+def test_meta_device_is_refused_without_a_traceback(tmp_path, argv):
+    from jiio_ext.cli import main
+
+    with pytest.raises(SystemExit, match="meta"):
+        main([*argv, "--device", "meta"])
+
+
+def test_meta_device_is_refused_by_the_trainers():
+    from jiio_ext.distributed import init_from_env
+
+    with pytest.raises(ValueError, match="device: 'meta'"):
+        init_from_env("meta")

@@ -296,7 +296,15 @@ def train_meta(
         raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
     if task not in TASKS:
         raise ValueError(f"task: unknown meta-learning task {task!r}; expected one of {TASKS}")
-    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+    for name, value in (
+        ("epochs", epochs),
+        ("steps_per_epoch", steps_per_epoch),
+        ("tasks_per_batch", tasks_per_batch),
+        ("n_way", n_way),
+        ("eval_tasks", eval_tasks),
+        ("k_shot", 1 if k_shot is None else k_shot),
+        ("k_query", 1 if k_query is None else k_query),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     cfg = _inner_settings(task, inner_lr, inner_steps, prox, head_prox)
