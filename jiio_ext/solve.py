@@ -52,6 +52,10 @@ __all__ = ["solve_joint", "solve_nested"]
 Fn = Callable[[State, torch.Tensor], State]
 
 
+# solve_nested's DIVERGED test: the state's RMS grew past this factor times (1 + its start)
+_NESTED_DIVERGENCE = 1e4
+
+
 def _progress_bar(progress: object, total: int, desc: str):
     if progress is True:
         from tqdm.auto import tqdm
@@ -697,6 +701,11 @@ def solve_nested(
         [residuals[name] <= atol + rtol * sc for name, sc in zip(("z", "mu"), scales[::2])]
     ).all(dim=0) & (stationary <= atol + rtol * torch.maximum(peak, stationary))
     finite = torch.isfinite(resid).all(dim=1) & torch.isfinite(loss)
+    # a sample without a fixed point: its state grew by solve_joint's divergence factor (the
+    # inner solves may each "converge" relatively on a state running away), or an inner solve
+    # said so itself
+    start_rms = layout.flatten(_detach(z0)).pow(2).mean(dim=1).sqrt()
+    ran_away = ~(scales[0] <= _NESTED_DIVERGENCE * (1.0 + start_rms))
     status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
     status = torch.where(fwd_status == Status.DIVERGED, int(Status.DIVERGED), status)
     status = torch.where(finite, status, int(Status.NONFINITE)).long()

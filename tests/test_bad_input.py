@@ -216,3 +216,34 @@ def test_meta_device_is_refused_by_the_trainers():
 
     with pytest.raises(ValueError, match="device: 'meta'"):
         init_from_env("meta")
+
+
+# ---- solve_nested statuses (item 5)
+
+
+def _runaway(kind: str):
+    """f on a state whose last column flags the sample that has no fixed point."""
+
+    def f(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        flag = z[:, 2:3]
+        good = 0.5 * z[:, :2] + x
+        bad = z[:, :2] + 1 if kind == "shift" else torch.exp(3 * z[:, :2]) + 1
+        return torch.cat([torch.where(flag > 0, bad, good), flag], 1)
+
+    return f
+
+
+@pytest.mark.parametrize("kind", ["shift", "exp"])
+def test_solve_nested_reports_a_sample_without_fixed_point_as_solve_joint_does(kind):
+    from jiio_ext import solve_nested
+    from jiio_ext.solution import Status
+
+    z0 = torch.cat([torch.full((3, 2), 0.1), torch.tensor([[0.0], [1.0], [0.0]])], 1)
+    objective = lambda z, x: (z[:, :2] - 1.0).pow(2).sum(1)  # noqa: E731
+    joint = solve_joint(_runaway(kind), objective, torch.zeros(3, 2), z0, step_size=0.1)
+    nested = solve_nested(_runaway(kind), objective, torch.zeros(3, 2), z0, steps=5)
+    failed = (int(Status.DIVERGED), int(Status.NONFINITE))
+    assert int(joint.status[1]) in failed and int(nested.status[1]) in failed
+    if kind == "shift":
+        assert int(nested.status[1]) == int(joint.status[1]) == int(Status.DIVERGED)
+    assert int(nested.status[0]) not in failed and int(nested.status[2]) not in failed
