@@ -707,7 +707,9 @@ def solve_nested(
     start_rms = layout.flatten(_detach(z0)).pow(2).mean(dim=1).sqrt()
     ran_away = ~(scales[0] <= _NESTED_DIVERGENCE * (1.0 + start_rms))
     status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
+    status = torch.where(ran_away, int(Status.DIVERGED), status)
     status = torch.where(fwd_status == Status.DIVERGED, int(Status.DIVERGED), status)
+    status = torch.where(fwd_status == Status.NONFINITE, int(Status.NONFINITE), status)
     status = torch.where(finite, status, int(Status.NONFINITE)).long()
     solution = JointSolution(
         z=z_final,
