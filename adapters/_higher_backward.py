@@ -62,12 +62,23 @@ class AdjointSolve:
     max_iter: int
     rtol: float
     atol: float
+    method: str = "anderson"
 
     def solve(self, vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, what: str):
-        """Solve ``w = vjp(w) + v`` row by row; warn about rows that did not converge."""
+        """Solve ``w = vjp(w) + v`` row by row; warn about rows that did not converge.
+
+        ``method="neumann"`` iterates ``w ← vjp(w) + v`` (the Neumann series: no mixing
+        overhead, fast for a contractive DEQ) and hands over to Anderson, warm-started, when
+        a step does not shrink the residual or the budget's first half is spent.
+        """
+        start = v
+        if self.method == "neumann":
+            start, done = self._neumann(vjp, v)
+            if done:
+                return start
         result = fixed_point(
             lambda w, index, k: (vjp(w) + v, {}),
-            v,
+            start,
             solver=Anderson(memory=5, kind="II"),
             max_iter=self.max_iter,
             rtol=self.rtol,
@@ -84,6 +95,23 @@ class AdjointSolve:
                 stacklevel=4,
             )
         return result.state
+
+    def _neumann(self, vjp, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Plain iteration; a row is frozen once converged (as the Anderson solve does)."""
+        w, previous = v, None
+        active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
+        for _ in range(max(1, self.max_iter // 2)):
+            nxt = vjp(w) + v
+            resid = (nxt - w).norm(dim=1)
+            w = torch.where(active[:, None], nxt, w)
+            done = resid <= self.atol * math.sqrt(w.shape[1]) + self.rtol * nxt.norm(dim=1)
+            if previous is not None and bool((active & ~done & (resid > 0.9 * previous)).any()):
+                return w, False  # too slow a contraction for the plain series: Anderson next
+            active &= ~done
+            if not bool(active.any()):
+                return w, True
+            previous = resid
+        return w, False
 
 
 def attach_ift(

@@ -119,6 +119,10 @@ class InnerLoop:
         self.track = track_higher_grads
         self.first_order = first_order
         self.rtol, self.atol = rtol, atol
+        if backward.method not in ("anderson", "neumann"):
+            raise ValueError(
+                f"backward_solver: expected 'anderson' or 'neumann', got {backward.method!r}"
+            )
         self.backward = AdjointSolve(**vars(backward))
         self.solver = Anderson(memory=memory, kind="II")
         self.tap = Tap(deqs, self.backward)

@@ -212,6 +212,7 @@ def innerloop_ctx(
     backward_max_iter: int = 100,
     backward_rtol: float = 1e-6,
     backward_atol: float = 1e-10,
+    backward_solver: str = "neumann",
     vectorize: bool = True,
 ) -> Iterator[tuple[JointFunctionalModel, DifferentiableJointOptimizer]]:
     """Drop-in for ``higher.innerloop_ctx``: the inner loop is one joint fixed point.
@@ -256,6 +257,9 @@ def innerloop_ctx(
         backward_max_iter: budget of the adjoint fixed points of backward passes.
         backward_rtol: their relative tolerance.
         backward_atol: their absolute tolerance.
+        backward_solver: ``"neumann"`` (default: the plain series ``w ← Jᵀw + v``, handing
+            over to Anderson, warm-started, when it contracts too slowly; measured cheaper
+            than Anderson on a contractive DEQ, docs/meta.md) or ``"anderson"``.
         vectorize: with ``tasks=T``, evaluate the T support forwards of a joint iteration as
             one ``torch.func.vmap`` call of the model (``False``: a Python loop over the tasks;
             a model that vmap cannot trace falls back to the loop with a warning).
@@ -280,10 +284,6 @@ def innerloop_ctx(
         ...     print(str(err)[:45])
         opt: cannot map torch.optim.adam.Adam to a fi
     """
-    if device is not None:
-        expected = (
-            next(model.parameters()).device if any(True for _ in model.parameters()) else None
-        )
     for name, value in (
         ("rtol", rtol),
         ("atol", atol),
@@ -297,6 +297,10 @@ def innerloop_ctx(
         or backward_max_iter < 1
     ):
         raise ValueError(f"backward_max_iter: expected an integer >= 1, got {backward_max_iter!r}")
+    if device is not None:
+        expected = (
+            next(model.parameters()).device if any(True for _ in model.parameters()) else None
+        )
         if expected is not None and torch.device(device) != expected:
             raise ValueError(
                 f"device: fast weights live on the model's device ({expected}); got {device}"
@@ -320,7 +324,7 @@ def innerloop_ctx(
         memory=memory,
         rtol=rtol,
         atol=atol,
-        backward=AdjointSolve(backward_max_iter, backward_rtol, backward_atol),
+        backward=AdjointSolve(backward_max_iter, backward_rtol, backward_atol, backward_solver),
         vectorize=vectorize,
     )
     yield JointFunctionalModel(ctx), DifferentiableJointOptimizer(ctx)

@@ -269,6 +269,21 @@ def test_lr_scale_schedules_the_steps():
     )
 
 
+def test_backward_solvers_agree():
+    net = FiLMDEQ(tol=1e-12)
+    xs, ys, xq, yq = _data()
+    tight = {"backward_rtol": 1e-12, "backward_atol": 1e-15}
+    grads = [
+        _jiio_meta_grad(net, xs, ys, xq, yq, steps=5, backward_solver=solver, **tight)[0]
+        for solver in ("neumann", "anderson")
+    ]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-12, msg=n)
+    with pytest.raises(ValueError, match="backward_solver: expected 'anderson' or 'neumann'"):
+        with innerloop_ctx(net, torch.optim.SGD(_adapted(net), lr=LR), backward_solver="cg"):
+            pass
+
+
 def test_higher_meta_gradient_through_torchdeq_is_wrong_on_the_same_deq():
     """higher through torchdeq with ift=True misses second-order terms (design.md)."""
     net = FiLMDEQ(tol=1e-9)
