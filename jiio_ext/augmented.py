@@ -293,7 +293,7 @@ class AugmentedMap:
     def stationarity(
         self, x: torch.Tensor, g_x: torch.Tensor, index: torch.Tensor | None
     ) -> torch.Tensor:
-        """Per-sample RMS of the projected gradient ``(x − Π_C(x − D g)) / D``.
+        """Per-sample RMS of the projected gradient ``(x − Π_C(x − D g)) / D`` (``x`` in the set).
 
         ``D`` is the update's last gain, so the measure has the gradient's units whatever the
         step size: without a constraint it is ``rms(g)``, and it vanishes exactly at projected
@@ -317,6 +317,8 @@ class AugmentedMap:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``F`` on flat states: the next flat state, the objective and the stationarity."""
         z, x, mu = self.split(flat)
+        if self.constraint is not None:  # an accelerated iterate may lie outside the set
+            x = self.project(x, index)
         z_out, loss, g_z, g_x = self.evaluate(z, x, mu, index, create_graph=create_graph)
         zf, _, muf = torch.split(flat, list(self.blocks), dim=1)
         step = self.update(g_x, index, k, self.max_iter, frozen=create_graph)

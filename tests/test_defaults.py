@@ -1,0 +1,113 @@
+"""Issue 13: tuning-free defaults, honest statuses and objectives at the returned answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from problems import DTYPE, dense_reference, forward_fixed_point, make_problem
+
+from jiio_ext import Box, L2Ball, Status, solve_joint
+from jiio_ext.updates import Adaptive, GradientStep
+
+
+def _solve(problem, objective=None, **options):
+    objective = problem.objective if objective is None else objective
+    return solve_joint(problem.f, objective, problem.x0(), problem.z0(), **options)
+
+
+def test_default_reaches_the_optimum_of_the_dense_oracle():
+    p = make_problem(seed=40)
+    sol = _solve(p, max_iter=400)
+    _, _, grad = dense_reference(p, sol.z, sol.x)
+    _, _, grad0 = dense_reference(p, p.z0(), p.x0())
+    assert bool((grad.norm(dim=1) < 1e-3 * grad0.norm(dim=1)).all())
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3])
+def test_default_result_does_not_depend_on_the_objective_scale(factor):
+    p = make_problem(seed=41)
+    base = _solve(p)
+    scaled = _solve(p, lambda z, x: factor * p.objective(z, x))
+    torch.testing.assert_close(scaled.x, base.x, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(scaled.objective, factor * base.objective, rtol=1e-5, atol=0)
+    assert torch.equal(scaled.status, base.status)
+
+
+@pytest.mark.parametrize("units", [1e-3, 1e3])
+def test_default_result_does_not_depend_on_the_units_of_x(units):
+    p = make_problem(seed=42)
+    x0 = 0.2 + 0.1 * torch.randn(
+        p.batch, 3, generator=torch.Generator().manual_seed(0), dtype=DTYPE
+    )
+    base = solve_joint(p.f, p.objective, x0, p.z0())
+    # the same problem with x measured in other units: x' = x / units
+    f_scaled = lambda z, x: p.f(z, units * x)  # noqa: E731
+    objective_scaled = lambda z, x: p.objective(z, units * x)  # noqa: E731
+    scaled = solve_joint(f_scaled, objective_scaled, x0 / units, p.z0())
+    torch.testing.assert_close(units * scaled.x, base.x, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(scaled.objective, base.objective, rtol=1e-5, atol=1e-10)
+
+
+def test_adaptive_keeps_constraints_and_stationarity_on_a_ball():
+    p = make_problem(seed=43, reg=0.0)
+    ball = L2Ball(radius=0.05)
+    sol = _solve(p, constraint=ball, max_iter=600, rtol=1e-6)
+    assert bool(ball.contains(sol.x, tol=1e-9).all())
+    _, _, grad = dense_reference(p, sol.z, sol.x)
+    # KKT on the sphere: the gradient points inwards along -x (it is parallel to x)
+    cosine = torch.nn.functional.cosine_similarity(grad, -sol.x, dim=1)
+    assert bool((cosine > 1 - 1e-4).all())
+
+
+@pytest.mark.parametrize("solver", ["anderson", "damped"])
+@pytest.mark.parametrize("step", [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+def test_converged_means_the_projected_gradient_is_small(step, solver):
+    p = make_problem(seed=44)
+    box = Box(-0.3, 0.3)
+    sol = _solve(p, constraint=box, step_size=step, solver=solver, max_iter=300, rtol=1e-3)
+    _, _, grad0 = dense_reference(p, p.z0(), p.x0())
+    z_star, mu, grad = dense_reference(p, sol.z, sol.x)
+    # the projected gradient (gradient mapping at unit step) against the one at the start
+    mapping = (sol.x - box.project(sol.x - grad)).norm(dim=1)
+    start = (p.x0() - box.project(p.x0() - grad0)).norm(dim=1)
+    converged = sol.status == Status.CONVERGED
+    assert bool((mapping[converged] <= 2e-2 * start[converged]).all())
+    assert bool(((sol.z - z_star).norm(dim=1)[converged] <= 1e-3).all())
+    if solver == "damped" and step <= 1e-3:
+        # 300 plain steps this small cannot reach stationarity: never reported CONVERGED
+        assert not bool(converged.any())
+        assert bool((mapping > 0.1 * start).all())
+    if solver == "anderson" and step >= 1e-2:  # the test is not vacuous: these converge
+        assert bool(converged.all())
+
+
+def test_objective_is_reported_at_the_returned_x_with_z_at_its_fixed_point():
+    p = make_problem(seed=45)
+    sol = _solve(p, max_iter=15)  # far from converged
+    assert bool((sol.status == Status.MAX_ITER).all())
+    z_star = forward_fixed_point(p.f, sol.x, sol.z)
+    torch.testing.assert_close(sol.z, z_star, rtol=0, atol=1e-4)
+    torch.testing.assert_close(sol.objective, p.objective(z_star, sol.x), rtol=1e-4, atol=1e-8)
+    assert "objective_last_iterate" in sol.info
+
+
+def test_adaptive_rejects_bad_settings_by_name():
+    with pytest.raises(ValueError, match="Adaptive.lr"):
+        Adaptive(lr=0.0)
+    with pytest.raises(ValueError, match="Adaptive.final"):
+        Adaptive(final=2.0)
+    with pytest.raises(ValueError, match="Adaptive.beta2"):
+        Adaptive(beta2=1.0)
+    with pytest.raises(TypeError, match="Adaptive.eps"):
+        Adaptive(eps="small")
+    p = make_problem(seed=46)
+    with pytest.raises(ValueError, match="step_size"):
+        _solve(p, step_rule="sign")  # PGD-style rules need a hand-set alpha
+
+
+def test_hand_set_step_is_still_available():
+    p = make_problem(seed=47)
+    sol = _solve(p, step_size=GradientStep(0.3), solver="anderson", max_iter=300, rtol=1e-8)
+    ref = _solve(p, step_size=0.3, max_iter=300, rtol=1e-8)
+    torch.testing.assert_close(sol.x, ref.x)
+    assert sol.success
