@@ -147,11 +147,18 @@ def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentPars
     bench = sub.add_parser(
         "bench", parents=[common], help="run a benchmark: JIIO and its baseline side by side"
     )
-    bench.add_argument("task", choices=sorted(BENCH_TASKS) + ["all"], help="benchmark task")
+    bench.add_argument(
+        "task", choices=sorted(BENCH_TASKS) + ["all", "meta-example"], help="benchmark task"
+    )
     bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     bench.add_argument("--json", action="store_true", help="print one JSON object per task")
     bench.add_argument("--quick", action="store_true", help="small batch and budget")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    # meta-example only (jiio_ext.bench.meta_example)
+    bench.add_argument("--data-dir", default=None, help="meta-example: Omniglot folder")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="meta-example")
+    bench.add_argument("--meta-steps", type=int, default=12, help="meta-example")
+    bench.add_argument("--out", default=".", help="meta-example: folder of the loss plot")
 
     train = sub.add_parser("train", help="train a model with JIIO or its baseline in the loop")
     train_sub = train.add_subparsers(dest="train_task", required=True)
@@ -391,6 +398,10 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from jiio_ext.bench import run_task
 
+    if args.task == "meta-example":
+        from jiio_ext.bench.meta_example import run_cli
+
+        return run_cli(args)
     names = sorted(BENCH_TASKS) if args.task == "all" else [args.task]
     for name in names:
         dtype = getattr(torch, args.dtype)

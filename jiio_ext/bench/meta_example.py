@@ -46,7 +46,15 @@ from torch.nn import functional as F
 
 from jiio_ext.bench.tasks import PeakMemory
 
-__all__ = ["ConvDEQ", "NShot", "bench_meta_example", "load_omniglot_folder", "write_omniglot_like"]
+__all__ = [
+    "ConvDEQ",
+    "NShot",
+    "bench_meta_example",
+    "format_meta_example",
+    "load_omniglot_folder",
+    "run_cli",
+    "write_omniglot_like",
+]
 
 # the loader's split: the first 1200 of Omniglot's 1623 classes are meta-training classes
 TRAIN_FRACTION = 1200 / 1623
@@ -469,3 +477,48 @@ def bench_meta_example(
     _plot(per_seed, plot)
     speedup = methods["higher"]["time_per_meta_step_s"] / methods["jiio"]["time_per_meta_step_s"]
     return {"settings": settings, "methods": methods, "speedup": speedup, "plot": str(plot)}
+
+
+def format_meta_example(report: dict[str, Any]) -> str:
+    """A text table of a :func:`bench_meta_example` report.
+
+    Example:
+        >>> one = {"test_accuracy": 80.0, "final_query_loss": 0.5, "time_per_meta_step_s": 1.0,
+        ...        "peak_memory_mb": 3.0}
+        >>> report = {"settings": {"seeds": [0], "meta_steps": 1, "data": "synthetic"},
+        ...           "methods": {"higher": one, "jiio": one}, "speedup": 1.0, "plot": "p.png"}
+        >>> print(format_meta_example(report).splitlines()[2])
+        higher     80.0 %       0.500      1.000 s         3 MB
+    """
+    settings = report["settings"]
+    lines = [
+        f"jiio bench meta-example: {settings['data']} data, seeds {settings['seeds']}, "
+        f"{settings['meta_steps']} meta-steps",
+        "method   test acc.  query loss  s / meta-step  peak memory",
+    ]
+    for name, r in report["methods"].items():
+        lines.append(
+            f"{name:<8}{r['test_accuracy']:>7.1f} %{r['final_query_loss']:>12.3f}"
+            f"{r['time_per_meta_step_s']:>11.3f} s{r['peak_memory_mb']:>10.0f} MB"
+        )
+    lines.append(f"speed-up per meta-step: {report['speedup']:.2f}x; plot: {report['plot']}")
+    return "\n".join(lines)
+
+
+def run_cli(args: Any) -> int:
+    """``jiio bench meta-example``: run, print a table (or JSON with ``--json``).
+
+    Example:
+        >>> from jiio_ext.cli import build_parser
+        >>> args = build_parser().parse_args(["bench", "meta-example", "--quick"])
+        >>> run_cli(args)  # doctest: +SKIP
+        0
+    """
+    import json
+
+    options: dict[str, Any] = {"seeds": tuple(args.seeds), "meta_steps": args.meta_steps}
+    if args.quick:
+        options.update(meta_steps=min(args.meta_steps, 3), tasks=2, test_tasks=6)
+    report = bench_meta_example(data_dir=args.data_dir, out=args.out, **options)
+    print(json.dumps(report) if args.json else format_meta_example(report), flush=True)
+    return 0
