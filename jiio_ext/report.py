@@ -30,7 +30,16 @@ import re
 import time
 from pathlib import Path
 
-__all__ = ["convergence_plot", "machine_info", "summary_table", "write_report"]
+__all__ = [
+    "convergence_plot",
+    "machine_info",
+    "quality_time_plot",
+    "summary_table",
+    "task_sentence",
+    "time_ratio",
+    "verdict",
+    "write_report",
+]
 
 _PACKAGES = ("torchdeq", "torchattacks", "kornia", "higher", "numpy", "matplotlib")
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -59,6 +68,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .meta { color: #666; margin-top: 0; }
 .lead { font-size: 1.1em; }
 .good { color: #17692d; font-weight: 600; }
+.bad { color: #a3261b; font-weight: 600; }
+ul.sentences { padding-left: 1.2em; }
+ul.sentences li { margin: 0.35em 0; }
 .error { background: #fdecea; border-left: 4px solid #c62828; padding: 8px 12px;
          white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.9em; }
 .note { color: #666; font-size: 0.88em; }
@@ -119,10 +131,12 @@ def convergence_plot(
     ylabel: str,
     *,
     xlabel: str = "time (s)",
+    log_y: bool = True,
 ) -> Path:
-    """Plot objective or residual against time (or iteration), log scale, one line per method.
+    """Plot objective or residual against time (or iteration), one line per method.
 
-    Non-positive and non-finite values cannot be shown on a log scale and are left out.
+    On the default log scale non-positive values cannot be shown; they and non-finite values
+    are left out.
 
     Args:
         traces: ``{label: (xs, ys)}``, e.g. ``{"JIIO": (times, objectives), "Adam": ...}``.
@@ -130,6 +144,7 @@ def convergence_plot(
         title: the plot title.
         ylabel: the y-axis label.
         xlabel: the x-axis label.
+        log_y: a log-scaled y axis (residuals, objectives); ``False`` for PSNR, accuracy.
 
     Returns:
         ``path``.
@@ -155,7 +170,7 @@ def convergence_plot(
     for label, (xs, ys) in traces.items():
         if len(xs) != len(ys):
             raise ValueError(f"trace {label!r}: {len(xs)} xs but {len(ys)} ys")
-        points = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y) and y > 0]
+        points = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not log_y)]
         ax.plot(
             [x for x, _ in points],
             [y for _, y in points],
@@ -164,7 +179,8 @@ def convergence_plot(
             markersize=3,
             linewidth=1.6,
         )
-    ax.set_yscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -202,66 +218,278 @@ def _label(key: str) -> str:
     return " / ".join(_LABELS.get(part, part.replace("_", " ")) for part in key.split("."))
 
 
+def _side_value(report: dict, side: str, key: str) -> float | None:
+    value = (report.get(side) or {}).get(key)
+    return float(value) if _is_number(value) and math.isfinite(value) else None
+
+
+def time_ratio(report: dict) -> float | None:
+    """The baseline's time over JIIO's (above 1: JIIO is faster), or ``None``.
+
+    Example:
+        >>> time_ratio({"baseline": {"time_s": 3.0}, "jiio": {"time_s": 1.5}})
+        2.0
+    """
+    if _is_number(report.get("speedup_time")):
+        return float(report["speedup_time"])
+    base, jiio = _side_value(report, "baseline", "time_s"), _side_value(report, "jiio", "time_s")
+    return base / jiio if base and jiio else None
+
+
+def verdict(report: dict) -> dict[str, str | None]:
+    """Who won a task on quality and on time: ``"jiio"``, ``"baseline"``, ``"equal"`` or None.
+
+    Quality uses ``report["quality"]`` (``{"name", "better": "higher" | "lower",
+    "tolerance"}``): differences up to the tolerance are equal; a JIIO side that was stopped
+    on reaching the baseline's quality (``reached_baseline``) is equal by construction. Time
+    uses :func:`time_ratio`, within 5 % counting as equal.
+
+    Args:
+        report: one task's report.
+
+    Returns:
+        ``{"quality": ..., "time": ...}``.
+
+    Example:
+        >>> side = lambda t, q: {"time_s": t, "objective": q}
+        >>> verdict({"quality": {"name": "PSNR", "better": "higher", "tolerance": 0.05},
+        ...          "baseline": side(2.0, 13.52), "jiio": side(1.0, 13.37)})
+        {'quality': 'baseline', 'time': 'jiio'}
+    """
+    quality = report.get("quality") or {}
+    base = _side_value(report, "baseline", "objective")
+    jiio = _side_value(report, "jiio", "objective")
+    won = None
+    if quality and base is not None and jiio is not None:
+        gain = jiio - base if quality.get("better") == "higher" else base - jiio
+        if (report.get("jiio") or {}).get("reached_baseline") is True:
+            won = "equal"
+        elif abs(gain) <= float(quality.get("tolerance") or 0.0):
+            won = "equal"
+        else:
+            won = "jiio" if gain > 0 else "baseline"
+    ratio = time_ratio(report) if "overhead" not in report else None
+    timed = None
+    if ratio is not None:
+        timed = "jiio" if ratio > 1.05 else "baseline" if ratio < 1 / 1.05 else "equal"
+    return {"quality": won, "time": timed}
+
+
+def _q(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _time_words(report: dict) -> str:
+    if _is_number(report.get("overhead")):
+        return (
+            f"one joint iteration costs {report['overhead']:.3g}× one f evaluation plus one VJP "
+            "(the work it cannot avoid; 1× is the floor)"
+        )
+    ratio, won = time_ratio(report), verdict(report)["time"]
+    base, jiio = _side_value(report, "baseline", "time_s"), _side_value(report, "jiio", "time_s")
+    unit = report.get("time_name", "wall time")
+    times = f"{unit} {_fmt(jiio, 'time_s')} for JIIO against {_fmt(base, 'time_s')}"
+    if ratio is None:
+        return times
+    if won == "jiio":
+        return f"JIIO is {ratio:.3g}× faster ({times})"
+    if won == "baseline":
+        return f"JIIO is {1 / ratio:.3g}× slower ({times})"
+    return f"about equal ({times})"
+
+
+def task_sentence(name: str, report: dict) -> str:
+    """One sentence on a task: what was compared, who won on quality and on time, by how much.
+
+    Args:
+        name: the task's name.
+        report: its report (see :func:`verdict`); ``"error"`` and ``"skipped"`` are said so.
+
+    Returns:
+        The sentence.
+
+    Example:
+        >>> side = lambda t, q: {"time_s": t, "objective": q}
+        >>> print(task_sentence("inverse", {  # doctest: +NORMALIZE_WHITESPACE
+        ...     "what": "inpainting digits", "baseline": side(2.0, 13.52),
+        ...     "jiio": {**side(1.0, 13.37), "reached_baseline": False},
+        ...     "quality": {"name": "test PSNR", "better": "higher", "tolerance": 0.05}}))
+        inverse: inpainting digits. Quality (test PSNR, higher is better): the baseline is
+        better, 13.52 against 13.37 for JIIO, because JIIO's budget ended before it reached the
+        baseline's quality. Time: JIIO is 2× faster (wall time 1 s for JIIO against 2 s).
+    """
+    if "error" in report:
+        return f"{name}: failed ({report['error']})."
+    if "skipped" in report:
+        return f"{name}: skipped ({report['skipped']})."
+    parts = [f"{name}: {report.get('what') or report.get('task', name)}."]
+    quality = report.get("quality")
+    won = verdict(report)
+    if quality:
+        base = _side_value(report, "baseline", "objective")
+        jiio = _side_value(report, "jiio", "objective")
+        values = f"{_q(jiio)} for JIIO against {_q(base)}"
+        head = f"Quality ({quality['name']}, {quality['better']} is better): "
+        if won["quality"] == "equal":
+            if (report.get("jiio") or {}).get("reached_baseline") is True:
+                text = f"equal by construction, JIIO timed until it reached the baseline ({values})"
+            else:
+                text = f"equal within {quality.get('tolerance'):.3g} ({values})"
+        elif won["quality"] == "jiio":
+            text = f"JIIO is better, {values}"
+        elif won["quality"] == "baseline":
+            text = f"the baseline is better, {_q(base)} against {_q(jiio)} for JIIO"
+            if (report.get("jiio") or {}).get("reached_baseline") is False:
+                text += ", because JIIO's budget ended before it reached the baseline's quality"
+        else:
+            text = "not measured"
+        parts.append(head + text + ".")
+    parts.append(f"Time: {_time_words(report)}.")
+    if report.get("note"):
+        parts.append(str(report["note"]))
+    if won["time"] == "baseline" and report.get("why_slower"):
+        parts.append(f"Why slower: {report['why_slower']}")
+    return " ".join(parts)
+
+
+def quality_time_plot(report: dict, path: Path) -> Path:
+    """Quality against wall time for both methods of one task, labelled axes with units.
+
+    Traces (``report["traces"]``: ``{side: [times_s, values]}``) are drawn as lines; each
+    side's reported result as a marker at its time; JIIO's full budget (``full_run``), when
+    reported, as a hollow marker.
+
+    Args:
+        report: one task's report with ``quality`` (see :func:`verdict`).
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> report = {"task": "t", "quality": {"name": "PSNR (dB)", "better": "higher"},
+        ...           "baseline": {"name": "Adam", "time_s": 2.0, "objective": 13.0},
+        ...           "jiio": {"name": "JIIO", "time_s": 0.5, "objective": 13.1}}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     quality_time_plot(report, Path(tmp) / "q.png").read_bytes()[1:4]
+        b'PNG'
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    quality = report.get("quality") or {}
+    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    traces = report.get("traces") or {}
+    styles = {"baseline": ("baseline", "tab:blue", "s"), "jiio": ("JIIO", "tab:orange", "o")}
+    for side, (title, color, marker) in styles.items():
+        data = report.get(side) or {}
+        name = str(data.get("name", ""))
+        label = f"{title}: {name[:48]}{'…' if len(name) > 48 else ''}"
+        if side in traces:
+            xs, ys = traces[side]
+            ax.plot(xs, ys, color=color, linewidth=1.5, label=label)
+            label = None
+        x, y = _side_value(report, side, "time_s"), _side_value(report, side, "objective")
+        if x is not None and y is not None:
+            ax.scatter([x], [y], color=color, marker=marker, s=60, zorder=3, label=label)
+        full = data.get("full_run") if isinstance(data.get("full_run"), dict) else {}
+        if _is_number(full.get("time_s")) and _is_number(full.get("objective")):
+            ax.scatter(
+                [full["time_s"]],
+                [full["objective"]],
+                facecolors="none",
+                edgecolors=color,
+                marker=marker,
+                s=60,
+                zorder=3,
+                label=f"{title}, its whole budget",
+            )
+    ax.set_xlim(left=0)
+    ax.set_title(f"{report.get('task', '')}: quality against time")
+    ax.set_xlabel(f"{report.get('time_name', 'wall time')} (s)")
+    ax.set_ylabel(f"{quality.get('name', 'objective')} ({quality.get('better', '?')} is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _ratio(report: dict) -> str:
-    """The headline time ratio of a task: a speed-up, an overhead or an error."""
+    """The headline time verdict of a task in words."""
     if "error" in report:
         return "error"
-    if _is_number(report.get("speedup_time")):
-        return f"{_fmt(report['speedup_time'], 'speedup_time')} faster"
+    if "skipped" in report:
+        return "skipped"
     if _is_number(report.get("overhead")):
         return f"{_fmt(report['overhead'], 'overhead')} overhead"
-    return "-"
+    ratio, won = time_ratio(report), verdict(report)["time"]
+    if ratio is None:
+        return "-"
+    if won == "baseline":
+        return f"{1 / ratio:.3g}× slower"
+    return f"{ratio:.3g}× faster" if won == "jiio" else "equal"
+
+
+_QUALITY_WORDS = {"jiio": "JIIO better", "baseline": "JIIO worse", "equal": "equal", None: "-"}
 
 
 def _summary_rows(record: dict) -> list[dict[str, str]]:
     rows = []
     for name, report in record.get("tasks", {}).items():
-        baseline, jiio = report.get("baseline") or {}, report.get("jiio") or {}
+        quality = report.get("quality") or {}
+        direction = {"higher": "↑", "lower": "↓"}.get(quality.get("better", ""), "")
         rows.append(
             {
                 "task": name,
-                "baseline": _fmt(baseline.get("name")),
-                "baseline time": _fmt(baseline.get("time_s"), "time_s"),
-                "JIIO time": _fmt(jiio.get("time_s"), "time_s"),
-                "time ratio": _ratio(report),
-                "baseline objective": _fmt(baseline.get("objective")),
-                "JIIO objective": _fmt(jiio.get("objective")),
+                "quality": f"{quality['name']} {direction}" if quality else "-",
+                "baseline": _q(_side_value(report, "baseline", "objective")),
+                "JIIO": _q(_side_value(report, "jiio", "objective")),
+                "verdict": _QUALITY_WORDS[verdict(report)["quality"]],
+                "base time": _fmt(_side_value(report, "baseline", "time_s"), "time_s"),
+                "JIIO time": _fmt(_side_value(report, "jiio", "time_s"), "time_s"),
+                "time": _ratio(report),
             }
         )
     return rows
 
 
-def summary_table(record: dict, name_width: int = 34) -> str:
+def summary_table(record: dict, name_width: int = 40) -> str:
     """The plain-text summary table ``jiio demo`` prints, one row per task.
 
     Args:
         record: the demo record (``{"version", "machine", "tasks", "total_time_s"}``).
-        name_width: baseline names longer than this are cut with an ellipsis.
+        name_width: quality names longer than this are cut with an ellipsis.
 
     Returns:
-        The table, followed by one line per failed task and the total time; ``"no tasks ran"``
-        for a record without tasks.
+        The table, followed by one line per failed or skipped task and the total time; ``"no
+        tasks ran"`` for a record without tasks.
 
     Example:
         >>> side = {"name": "Adam", "time_s": 2.0, "objective": 0.512}
+        >>> quality = {"name": "MSE", "better": "lower", "tolerance": 0.001}
         >>> record = {"tasks": {"latent": {"baseline": side, "jiio": {**side, "time_s": 0.25},
-        ...                                "speedup_time": 8.0},
+        ...                                "speedup_time": 8.0, "quality": quality},
         ...                     "torchdeq": {"error": "ImportError: torchdeq"}}}
         >>> print(summary_table(record))  # doctest: +NORMALIZE_WHITESPACE
-        task      baseline  baseline time  JIIO time  time ratio  baseline objective  JIIO objective
-        latent    Adam              2 s     0.25 s    8× faster               0.512           0.512
-        torchdeq  -                   -          -        error                   -               -
+        task      quality  baseline   JIIO  verdict  base time  JIIO time       time
+        latent    MSE ↓       0.512  0.512    equal        2 s     0.25 s  8× faster
+        torchdeq  -               -      -        -          -          -      error
         torchdeq failed: ImportError: torchdeq
     """
     rows = _summary_rows(record)
     if not rows:
         return "no tasks ran"
     for row in rows:
-        if len(row["baseline"]) > name_width:
-            row["baseline"] = row["baseline"][: name_width - 1] + "…"
+        if len(row["quality"]) > name_width:
+            row["quality"] = row["quality"][: name_width - 3] + "… " + row["quality"][-1]
     columns = list(rows[0])
     widths = {col: max([len(col)] + [len(row[col]) for row in rows]) for col in columns}
-    left = ("task", "baseline")
+    left = ("task", "quality")
 
     def line(cells: dict[str, str]) -> str:
         parts = [
@@ -274,8 +502,15 @@ def summary_table(record: dict, name_width: int = 34) -> str:
     for name, report in record.get("tasks", {}).items():
         if "error" in report:
             lines.append(f"{name} failed: {report['error']}")
+        elif "skipped" in report:
+            lines.append(f"{name} skipped: {report['skipped']}")
+    if "interrupted" in record:
+        lines.append(f"interrupted: {record['interrupted']}")
     if _is_number(record.get("total_time_s")):
-        lines.append(f"total time: {_fmt(record['total_time_s'], 'time_s')}")
+        total = f"total time: {_fmt(record['total_time_s'], 'time_s')}"
+        if _is_number(record.get("budget_s")):
+            total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
+        lines.append(total)
     return "\n".join(lines)
 
 
@@ -401,13 +636,32 @@ def _summary_html(record: dict) -> str:
     body = []
     for row, report in zip(rows, record["tasks"].values()):
         cells = [f'<td><a href="#{_anchor(row["task"])}">{html.escape(row["task"])}</a></td>']
+        won = verdict(report)
         for col, text in list(row.items())[1:]:
-            speedup = report.get("speedup_time")
-            good = col == "time ratio" and _is_number(speedup) and speedup > 1
-            css = ' class="num good"' if good else ("" if col == "baseline" else ' class="num"')
-            cells.append(f"<td{css}>{html.escape(text)}</td>")
+            side = {"verdict": won["quality"], "time": won["time"]}.get(col)
+            css = {"jiio": "num good", "baseline": "num bad"}.get(side or "", "num")
+            css = "" if col.startswith("quality") else css
+            cells.append(
+                f'<td class="{css}">{html.escape(text)}</td>'
+                if css
+                else f"<td>{html.escape(text)}</td>"
+            )
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _machine_line(machine: dict) -> str:
+    """The machine in a few words; a CUDA build of torch on a CPU run says so."""
+    device = str(machine.get("device", "cpu"))
+    words = machine.get("gpu") or f"{machine.get('cpu_count', '?')} CPU cores"
+    torch_version = str(machine.get("torch", "?"))
+    note = ""
+    if "+cu" in torch_version and not device.startswith("cuda"):
+        note = " (a CUDA build of torch; this run used the CPU)"
+    return (
+        f"{device}, {words}, {machine.get('threads', '?')} torch thread(s), "
+        f"torch {torch_version}{note}"
+    )
 
 
 def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | None = None) -> Path:
@@ -440,30 +694,50 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
     machine = {
         key: value
         for key, value in record.items()
-        if key not in ("version", "machine", "tasks", "total_time_s")
+        if key not in ("version", "machine", "tasks", "total_time_s", "interrupted")
     }
     machine.update(record.get("machine") or {})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    total = _fmt(record.get("total_time_s"), "time_s")
+    if _is_number(record.get("budget_s")):
+        total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
+    sentences = "".join(
+        f'<li><a href="#{_anchor(name)}">{html.escape(name)}</a>'
+        f"{html.escape(task_sentence(name, report)[len(name) :])}</li>"
+        for name, report in tasks.items()
+    )
     body = [
         "<h1>jiio demo report</h1>",
         f'<p class="meta">jiio-ext {html.escape(_fmt(record.get("version")))} · '
-        f"{len(tasks)} task{'' if len(tasks) == 1 else 's'} · total time "
-        f"{html.escape(_fmt(record.get('total_time_s'), 'time_s'))} · written {stamp}</p>",
-        _chips(machine),
+        f"{html.escape(_fmt(record.get('budget')))} budget · {len(tasks)} "
+        f"task{'' if len(tasks) == 1 else 's'} · total time {html.escape(total)} · on "
+        f"{html.escape(_machine_line(record.get('machine') or {}))} · written {stamp}</p>",
+    ]
+    if "interrupted" in record:
+        body.append(
+            f'<p class="error">Interrupted ({html.escape(str(record["interrupted"]))}): '
+            "only the tasks finished before are shown.</p>"
+        )
+    body += [
+        f'<ul class="sentences">{sentences}</ul>' if sentences else "",
         "<h2>Summary</h2>",
         _summary_html(record),
-        "<p class=\"note\">time ratio: the baseline's time over JIIO's, as each task measures it "
-        "(a speed-up above 1× favours JIIO); overhead: JIIO's time per iteration over the "
-        "baseline's. Objectives are the task's own quality measure.</p>",
+        '<p class="note">Quality: each task\'s own measure, ↑ higher or ↓ lower is better; '
+        "differences within the task's noise count as equal. Time ratio: the baseline's time "
+        "over JIIO's as each task measures it (a task that compares at equal quality times JIIO "
+        "until it reaches the baseline's quality); overhead: JIIO's time per iteration over one "
+        "f evaluation plus one VJP. JIIO runs with its default options.</p>",
     ]
     for name, report in tasks.items():
         body.append(f'<section id="{_anchor(name)}"><h2>{html.escape(name)}</h2>')
-        if "error" not in report:
-            lead = html.escape(_ratio(report))
-            body.append(f'<p class="lead">JIIO: <strong>{lead}</strong></p>')
+        body.append(f'<p class="lead">{html.escape(task_sentence(name, report))}</p>')
+        pictures = sorted(images.get(name, []), key=lambda p: Path(p).stem != "quality_vs_time")
+        body.append(_figures(pictures))
         body.append(_report_body(report))
-        body.append(_figures(images.get(name, [])))
         body.append("</section>")
+    body.append('<section id="machine"><h2>Machine and versions</h2>')
+    body.append(_chips(machine))
+    body.append("</section>")
     for name, paths in images.items():
         if name not in tasks:
             body.append(f"<section><h2>{html.escape(name)}</h2>{_figures(paths)}</section>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -63,6 +64,7 @@ def make_record() -> dict:
             },
             "adversarial": {
                 "task": "adversarial",
+                "quality": {"name": "robust accuracy", "better": "lower", "tolerance": 0.01},
                 "clean_accuracy": 0.953,
                 "baseline": side("torchattacks.PGD steps=5", 0.512, None, 0.31),
                 "jiio": adversarial_jiio,
@@ -195,16 +197,61 @@ def test_report_tables_hold_numbers(report):
 
 
 def test_summary_table_text():
-    text = summary_table(make_record())
+    record = make_record()
+    record["tasks"]["latent"]["quality"] = {"name": "MSE", "better": "lower", "tolerance": 0.0}
+    text = summary_table(record)
     lines = text.splitlines()
-    assert lines[0].split()[:2] == ["task", "baseline"]
+    assert lines[0].split()[:3] == ["task", "quality", "baseline"]
     latent = next(line for line in lines if line.startswith("latent"))
     assert "22.3 s" in latent and "2.42 s" in latent and "9.19× faster" in latent
+    assert "MSE ↓" in latent and "JIIO better" in latent  # 0.00977 against 0.0111
     overhead = next(line for line in lines if line.startswith("overhead"))
-    assert "1.23× overhead" in overhead and overhead.endswith("-")
+    assert overhead.endswith("1.23× overhead")
     assert "torchdeq failed: ModuleNotFoundError" in text
     assert lines[-1] == "total time: 123 s"
-    assert len({len(line) for line in lines[1:5]}) <= 2  # aligned columns (two lines end "-")
+    assert len({len(line) for line in lines[1:5]}) <= 2  # aligned columns
+
+
+def test_first_screen_says_who_won_in_one_sentence_per_task(report):
+    path, _ = report
+    page = path.read_text(encoding="utf-8")
+    first = page.split("<h2>Summary</h2>", 1)[0]
+    sentences = re.findall(r"<li>(.*?)</li>", first.split('<ul class="sentences">', 1)[1])
+    assert len(sentences) == 4
+    latent = next(text for text in sentences if "task-latent" in text)
+    assert "JIIO is 9.19× faster" in latent
+    adversarial = next(text for text in sentences if "task-adversarial" in text)
+    assert "lower is better" in adversarial and "JIIO is better" in adversarial
+    assert "failed" in next(text for text in sentences if "task-torchdeq" in text)
+
+
+def test_sentences_say_losses_in_words():
+    from jiio_ext.report import task_sentence, verdict
+
+    quality = {"name": "test PSNR", "better": "higher", "tolerance": 0.05}
+    report = {
+        "quality": quality,
+        "baseline": side("nested Adam", 0.4, None, 13.52),
+        "jiio": {**side("JIIO", 1.2, 200, 13.37), "reached_baseline": False},
+        "speedup_time": None,
+        "why_slower": "its budget ran out.",
+    }
+    assert verdict(report) == {"quality": "baseline", "time": "baseline"}
+    text = task_sentence("inverse", report)
+    assert "the baseline is better, 13.52 against 13.37" in text
+    assert "JIIO is 3× slower" in text and "Why slower: its budget ran out." in text
+    report["jiio"]["objective"] = 13.50  # within the tolerance
+    assert verdict(report)["quality"] == "equal"
+    assert "skipped (GPU only)" in task_sentence("autocast", {"skipped": "GPU only"})
+
+
+def test_quality_time_plot(tmp_path):
+    from jiio_ext.report import quality_time_plot
+
+    report = make_record()["tasks"]["latent"]
+    report["quality"] = {"name": "MSE", "better": "lower", "tolerance": 0.0}
+    report["traces"] = {"baseline": [[0.0, 10.0, 22.0], [0.1, 0.02, 0.0111]]}
+    png_size(quality_time_plot(report, tmp_path / "q.png").read_bytes())
 
 
 def test_report_with_empty_record(tmp_path):

@@ -127,15 +127,31 @@ def _train(model: DEQClassifier, images, labels, epochs: int) -> None:
     model.eval()
 
 
-def bench_adversarial(device: torch.device, *, quick: bool = False, dtype=torch.float32) -> dict:
+def bench_adversarial(
+    device: torch.device,
+    *,
+    quick: bool = False,
+    dtype=torch.float32,
+    model: DEQClassifier | None = None,
+) -> dict:
     """PGD-k (torchattacks) vs JIIOPGD with the same ``steps``, L∞ and L2, on the digits.
+
+    Args:
+        device: torch device.
+        quick: fewer test images and attack steps.
+        dtype: floating dtype.
+        model: a trained classifier to attack (``jiio demo`` passes its shipped one); ``None``
+            trains one first (untimed).
+
+    Returns:
+        The bench report (``objective`` = robust accuracy, lower is a stronger attack).
 
     Example:
         >>> import inspect
         >>> # a run trains the classifier first (seconds even with quick=True), e.g.
         >>> # bench_adversarial(torch.device("cpu"), quick=True)["jiio"]["objective"]
         >>> list(inspect.signature(bench_adversarial).parameters)
-        ['device', 'quick', 'dtype']
+        ['device', 'quick', 'dtype', 'model']
     """
     import torchattacks
 
@@ -145,8 +161,10 @@ def bench_adversarial(device: torch.device, *, quick: bool = False, dtype=torch.
     train_x, train_y, test_x, test_y = load_digits(device, dtype)
     if quick:
         train_x, train_y, test_x, test_y = train_x[:256], train_y[:256], test_x[:64], test_y[:64]
-    model = DEQClassifier().to(device=device, dtype=dtype)
-    _train(model, train_x, train_y, epochs=2 if quick else 6)
+    if model is None:
+        model = DEQClassifier().to(device=device, dtype=dtype)
+        _train(model, train_x, train_y, epochs=2 if quick else 6)
+    model = model.to(device=device, dtype=dtype).eval()
     steps = 5 if quick else 20
 
     def evaluate(adv: torch.Tensor) -> tuple[float, float]:
