@@ -80,6 +80,8 @@ class InnerLoop:
         meta_gradient: str = "unrolled",
         lr_scale: float | Schedule = 1.0,
         budget: int | None = None,
+        jac_reg: float = 0.0,
+        jac_probes: int = 2,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -113,6 +115,13 @@ class InnerLoop:
         ):
             raise ValueError(f"budget: expected None or an integer >= 1, got {budget!r}")
         self.budget = budget
+        if isinstance(jac_reg, bool) or not (
+            isinstance(jac_reg, (int, float)) and math.isfinite(jac_reg) and jac_reg >= 0
+        ):
+            raise ValueError(f"jac_reg: expected a finite number >= 0, got {jac_reg!r}")
+        if isinstance(jac_probes, bool) or not isinstance(jac_probes, int) or jac_probes < 1:
+            raise ValueError(f"jac_probes: expected an integer >= 1, got {jac_probes!r}")
+        self.jac_reg, self.jac_probes = float(jac_reg), jac_probes
         self.exact = track_higher_grads and not first_order
         # unrolled and exact: every step keeps its graph (the meta-gradient of the computed steps)
         self.keep_graph = self.unrolled and self.exact
@@ -320,7 +329,7 @@ class InnerLoop:
                 inputs,
                 [grad_outputs[i] for i in keep],
                 allow_unused=True,
-                retain_graph=self.exact or create_graph,
+                retain_graph=self.exact or create_graph or self.jac_reg > 0,
                 create_graph=create_graph,
             )
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
@@ -415,6 +424,30 @@ class InnerLoop:
         self.state = nxt
         self.n_steps += 1
         return [p.detach() for p in self.split_phi(self.split_state(mapped)[1])]
+
+    def jacobian_penalty(self) -> torch.Tensor:
+        """``jac_reg ×`` a Hutchinson estimate of ``||∂f/∂z||_F² / dim(z)`` at the latest step.
+
+        Taken at the DEQ states of the latest joint step (a point of the inner trajectory, the
+        reference's trajectory regularisation), averaged over tasks and ``jac_probes`` Gaussian
+        probes; differentiable in the meta-parameters. ``0`` when ``jac_reg`` is 0.
+        """
+        if self.step_record is None:
+            raise RuntimeError("jacobian_penalty: take a diffopt.step first")
+        record = self.step_record[0]
+        ref = self.slots[0].anchor
+        if self.jac_reg == 0 or not record.z or not self.track:
+            return ref.new_zeros(())
+        dim = sum(t[0].numel() for t in record.z) if record.batched else self.nz
+        total = ref.new_zeros(())
+        with torch.enable_grad(), record.gate.off():
+            for _ in range(self.jac_probes):
+                probes = [torch.randn_like(t) for t in record.images]
+                grads = torch.autograd.grad(
+                    record.images, record.z, probes, create_graph=True, allow_unused=True
+                )
+                total = total + sum(g.pow(2).sum() for g in grads if g is not None)
+        return self.jac_reg * total / (self.jac_probes * self.rows * dim)
 
     def _warn_unconverged(self) -> None:
         """The implicit meta-gradient assumes a fixed point: say when the state is not one."""

@@ -167,6 +167,21 @@ class DifferentiableJointOptimizer:
         parts = [f"{s.name}: {int(counts[s])}" for s in Status if int(counts[s]) > 0]
         return f"{', '.join(parts)} (of {self.status.numel()} samples)"
 
+    def jacobian_penalty(self) -> torch.Tensor:
+        """``jac_reg`` × Hutchinson ``||∂f/∂z||_F² / dim(z)`` at the latest joint step.
+
+        Add it to the query loss: ``(loss_qry + diffopt.jacobian_penalty()).backward()``.
+
+        Example:
+            >>> import torch
+            >>> net = torch.nn.Linear(2, 1)
+            >>> with innerloop_ctx(net, torch.optim.SGD(net.parameters(), lr=0.1)) as (f, opt):
+            ...     _ = opt.step(f(torch.ones(3, 2)).pow(2).mean())
+            ...     float(opt.jacobian_penalty())  # no DEQ, jac_reg=0: nothing to penalise
+            0.0
+        """
+        return self._ctx.jacobian_penalty()
+
     def step(self, loss: torch.Tensor, params: Any = None, **kwargs: Any) -> list[torch.Tensor]:
         """One joint iteration on the inner objective ``loss + prox term``.
 
@@ -203,6 +218,8 @@ def innerloop_ctx(
     prox: float | Sequence[float] | None = None,
     lr_scale: float | Schedule = 1.0,
     budget: int | None = None,
+    jac_reg: float = 0.0,
+    jac_probes: int = 2,
     tasks: int | None = None,
     alpha_z: float | None = None,
     alpha_mu: float | None = None,
@@ -246,6 +263,11 @@ def innerloop_ctx(
         lr_scale: a number or a :class:`~jiio_ext.schedules.Schedule` multiplying ``opt``'s
             lr at step ``k`` (e.g. ``StepSwitch(1.0, 0.25)``: the reference's 0.04 → 0.01).
         budget: the planned number of steps, passed to ``lr_scale`` as its ``max_iter``.
+        jac_reg: weight of the trajectory Jacobian regularisation (the reference uses 0.5 on
+            Omniglot): ``diffopt.jacobian_penalty()`` then returns ``jac_reg`` times a
+            Hutchinson estimate of ``||∂f/∂z||_F² / dim(z)`` at the latest joint step, to add
+            to the query loss (``0`` when ``jac_reg=0``).
+        jac_probes: Gaussian probes of that estimate.
         tasks: ``T`` tasks solved as one batched joint fixed point: every positional tensor
             argument of ``fnet`` has a leading task dimension and ``diffopt.step`` takes the
             per-task losses ``(T,)``; each task has its own Anderson coefficients and status.
@@ -318,6 +340,8 @@ def innerloop_ctx(
         meta_gradient=meta_gradient,
         lr_scale=lr_scale,
         budget=budget,
+        jac_reg=jac_reg,
+        jac_probes=jac_probes,
         tasks=tasks,
         alpha_z=alpha_z,
         alpha_mu=alpha_mu,

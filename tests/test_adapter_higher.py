@@ -284,6 +284,32 @@ def test_backward_solvers_agree():
             pass
 
 
+def test_jacobian_penalty_estimates_the_deq_jacobian_at_the_trajectory_point():
+    torch.manual_seed(0)
+    net = FiLMDEQ(tol=1e-12)
+    xs, ys, _, _ = _data()
+    opt = torch.optim.SGD(_adapted(net), lr=LR)
+    with innerloop_ctx(net, opt, None, False, jac_reg=0.5, jac_probes=400) as (fnet, diffopt):
+        diffopt.step(F.cross_entropy(fnet(xs), ys))  # the latest step is at z*(x; θ)
+        penalty = diffopt.jacobian_penalty()
+    penalty.backward()
+    assert float(net.cell.weight.grad.abs().sum()) > 0
+    with torch.no_grad():  # exact: f = tanh(W z + u), so ∂f/∂z = diag(1 − z*²) W per sample
+        params = dict(net.named_parameters())
+        gamma, beta = net.film(params["context"]).chunk(2, -1)
+        u = net.inject(xs) * (1 + gamma) + beta
+        z = torch.zeros(xs.shape[0], net.dz, dtype=D)
+        for _ in range(200):
+            z = torch.tanh(net.cell(z) + u)
+        exact = (
+            sum(((1 - zi.pow(2))[:, None] * net.cell.weight).pow(2).sum() for zi in z) / z.numel()
+        )
+    assert abs(float(penalty.detach()) - 0.5 * float(exact)) <= 0.2 * 0.5 * float(exact)
+    with pytest.raises(ValueError, match="jac_reg: expected a finite number >= 0"):
+        with innerloop_ctx(net, opt, jac_reg=-1.0):
+            pass
+
+
 def test_higher_meta_gradient_through_torchdeq_is_wrong_on_the_same_deq():
     """higher through torchdeq with ift=True misses second-order terms (design.md)."""
     net = FiLMDEQ(tol=1e-9)
