@@ -19,7 +19,8 @@ synthetic stroke characters that :func:`write_omniglot_like` draws into that lay
 Both methods run in the same process, their meta-steps interleaved, so that a shared CPU slows
 both alike. Reported per method and seed: the train query-loss curve, the mean query loss of
 the last meta-steps, test accuracy, median time per meta-step, peak resident-set growth over
-two meta-steps, and a plot of the loss curves.
+two meta-steps (coarse: the allocator reuses memory), the largest autograd graph of one task
+(MB of the storages saved for backward) and a plot of the loss curves.
 
 Example:
     >>> from jiio_ext.bench.meta_example import bench_meta_example
@@ -274,14 +275,19 @@ def _modules() -> dict[str, ModuleType]:
     return {"higher": higher, "jiio": ours}
 
 
-def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> float:
-    """One meta-step of the example's training loop; the mean query loss of its tasks."""
+def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> tuple[float, float]:
+    """One meta-step of the example's training loop.
+
+    Returns:
+        The mean query loss of its tasks, and the largest autograd graph of one task: MB of
+        the distinct storages saved for backward while the task ran (forward and inner steps).
+    """
     from jiio_ext.tasks.meta_methods import _boxed_saved_tensors, _release_ift_closures
 
     x_spt, y_spt, x_qry, y_qry = batch
     inner_opt = torch.optim.SGD(net.parameters(), lr=lr)
     meta_opt.zero_grad()
-    losses = []
+    losses, graph_mb = [], 0.0
     for i in range(x_spt.shape[0]):
         boxes: list[list[torch.Tensor]] = []
         with (
@@ -297,10 +303,13 @@ def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> float:
             # higher through torchdeq keeps each task's graph alive in C++ reference cycles
             # (jiio_ext.tasks.meta_methods); breaking them changes no number
             _release_ift_closures([logits, *fnet.parameters()])
+        storages = {b[0].untyped_storage().data_ptr(): b[0].untyped_storage().nbytes()
+                    for b in boxes if isinstance(b[0], torch.Tensor)}  # fmt: skip
+        graph_mb = max(graph_mb, sum(storages.values()) / 2**20)
         for box in boxes:
             box.clear()
     meta_opt.step()
-    return sum(losses) / len(losses)
+    return sum(losses) / len(losses), graph_mb
 
 
 def _test_accuracy(module, net, stream: NShot, batches: int, n_inner: int, lr: float) -> float:
@@ -320,13 +329,13 @@ def _test_accuracy(module, net, stream: NShot, batches: int, n_inner: int, lr: f
 
 
 def _one_seed(images, seed, names, *, n_way, k_spt, k_qry, tasks, meta_steps, test_tasks,
-              n_inner, lr) -> dict[str, dict[str, Any]]:  # fmt: skip
+              n_inner, lr, deq) -> dict[str, dict[str, Any]]:  # fmt: skip
     modules = _modules()
     torch.manual_seed(seed)
     init = ConvDEQ(n_way).state_dict()
     nets, opts, streams, runs = {}, {}, {}, {}
     for name in names:
-        nets[name] = ConvDEQ(n_way)
+        nets[name] = ConvDEQ(n_way, solver_iters=deq[0], tol=deq[1])
         nets[name].load_state_dict(init)
         opts[name] = torch.optim.Adam(nets[name].parameters(), lr=1e-3)
         streams[name] = NShot(images, n_way, k_spt, k_qry, tasks, seed=seed)
@@ -336,9 +345,10 @@ def _one_seed(images, seed, names, *, n_way, k_spt, k_qry, tasks, meta_steps, te
         for name in order:
             batch = streams[name].next("train")
             start = time.perf_counter()
-            loss = _meta_step(modules[name], nets[name], opts[name], batch, n_inner, lr)
+            loss, graph = _meta_step(modules[name], nets[name], opts[name], batch, n_inner, lr)
             runs[name]["times_s"].append(time.perf_counter() - start)
             runs[name]["loss_curve"].append(loss)
+            runs[name]["graph_mb"] = max(runs[name].get("graph_mb", 0.0), graph)
     for name in names:
         batches = max(1, math.ceil(test_tasks / tasks))
         test = NShot(images, n_way, k_spt, k_qry, tasks, seed=10_000 + seed)
@@ -388,6 +398,8 @@ def bench_meta_example(
     n_inner: int = 5,
     lr: float = 0.1,
     test_tasks: int = 20,
+    deq_tol: float = 1e-3,
+    deq_iters: int = 20,
     out: str | Path | None = None,
     threads: int | None = 1,
 ) -> dict[str, Any]:
@@ -405,6 +417,8 @@ def bench_meta_example(
         n_inner: inner SGD steps (5 in the example).
         lr: inner SGD learning rate (0.1 in the example).
         test_tasks: test tasks scored after meta-training.
+        deq_tol: tolerance of the network's torchdeq solves (forward and IFT backward).
+        deq_iters: their iteration budget.
         out: folder for ``meta_example_losses.png`` (default: the current folder).
         threads: torch intra-op threads during the run (``None``: unchanged).
 
@@ -426,6 +440,8 @@ def bench_meta_example(
         "n_inner": n_inner,
         "lr": lr,
         "test_tasks": test_tasks,
+        "deq_tol": deq_tol,
+        "deq_iters": deq_iters,
     }
     previous = torch.get_num_threads()
     if threads is not None:
@@ -450,6 +466,7 @@ def bench_meta_example(
                 test_tasks=test_tasks,
                 n_inner=n_inner,
                 lr=lr,
+                deq=(deq_iters, deq_tol),
             )
             for seed in seeds
         }
@@ -466,6 +483,7 @@ def bench_meta_example(
             ),
             "time_per_meta_step_s": statistics.median(t for r in runs for t in r["times_s"]),
             "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+            "graph_mb_per_task": max(r["graph_mb"] for r in runs),
             "per_seed": {
                 str(s): {k: v for k, v in per_seed[s][name].items() if k != "times_s"}
                 | {"time_per_meta_step_s": statistics.median(per_seed[s][name]["times_s"])}
@@ -484,22 +502,23 @@ def format_meta_example(report: dict[str, Any]) -> str:
 
     Example:
         >>> one = {"test_accuracy": 80.0, "final_query_loss": 0.5, "time_per_meta_step_s": 1.0,
-        ...        "peak_memory_mb": 3.0}
+        ...        "peak_memory_mb": 3.0, "graph_mb_per_task": 2.0}
         >>> report = {"settings": {"seeds": [0], "meta_steps": 1, "data": "synthetic"},
         ...           "methods": {"higher": one, "jiio": one}, "speedup": 1.0, "plot": "p.png"}
         >>> print(format_meta_example(report).splitlines()[2])
-        higher     80.0 %       0.500      1.000 s         3 MB
+        higher     80.0 %       0.500      1.000 s         3 MB       2.0 MB
     """
     settings = report["settings"]
     lines = [
         f"jiio bench meta-example: {settings['data']} data, seeds {settings['seeds']}, "
         f"{settings['meta_steps']} meta-steps",
-        "method   test acc.  query loss  s / meta-step  peak memory",
+        "method   test acc.  query loss  s / meta-step  peak memory  graph / task",
     ]
     for name, r in report["methods"].items():
         lines.append(
             f"{name:<8}{r['test_accuracy']:>7.1f} %{r['final_query_loss']:>12.3f}"
             f"{r['time_per_meta_step_s']:>11.3f} s{r['peak_memory_mb']:>10.0f} MB"
+            f"{r.get('graph_mb_per_task', 0.0):>10.1f} MB"
         )
     lines.append(f"speed-up per meta-step: {report['speedup']:.2f}x; plot: {report['plot']}")
     return "\n".join(lines)
