@@ -418,6 +418,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         run_demo(args.out, device=args.device, budget=budget, tasks=args.tasks)
     except ValueError as err:
         raise SystemExit(f"jiio demo: {err}") from None
+    except KeyboardInterrupt:  # run_demo has written the report of the finished tasks
+        return 130
     return 0
 
 

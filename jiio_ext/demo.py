@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shutil
 import sys
@@ -82,6 +81,17 @@ class DemoTask:
     run: Callable[[str, str, Path], dict[str, Any]]
     gpu_only: bool = False
     why_slower: str = ""
+
+    def budget_s(self, budget: str, device: str) -> float:
+        """The stated budget in seconds on ``device`` (0 for a GPU option off the GPU).
+
+        Example:
+            >>> TASKS["autocast"].budget_s("quick", "cpu"), TASKS["latent"].budget_s("quick", "cpu")
+            (0.0, 18.0)
+        """
+        if self.gpu_only and not device.startswith("cuda"):
+            return 0.0
+        return float(self.budgets[budget])
 
 
 def load_weights(name: str) -> dict[str, Any]:
@@ -210,7 +220,7 @@ def _generative_training(budget: str, device: str, folder: Path) -> dict[str, An
             epochs=1, train_size=32, eval_size=16, batch_size=16, inner_iters=5, eval_iters=5
         ),
         "quick": dict(
-            epochs=1, train_size=64, eval_size=16, batch_size=32, inner_iters=40, eval_iters=30
+            epochs=1, train_size=32, eval_size=8, batch_size=32, inner_iters=40, eval_iters=20
         ),
         "full": dict(epochs=1, train_size=384, eval_size=64, batch_size=64, inner_iters=40),
     }[budget]
@@ -276,7 +286,7 @@ def _inverse(budget: str, device: str, folder: Path) -> dict[str, Any]:
     latent_dim = stored["config"]["latent_dim"]
     decoder = build_decoder(latent_dim=latent_dim).to(device)
     decoder.load_state_dict(stored["state_dict"])
-    batch = {"tiny": 4, "quick": 16, "full": 64}[budget]
+    batch = {"tiny": 4, "quick": 8, "full": 64}[budget]
     steps, max_iter = {"tiny": (5, 10), "quick": (40, 100), "full": (40, 200)}[budget]
     clean = load_images("digits", image_size=16, device=torch.device(device))[2][:batch]
     operator = make_problem("inpaint", 16)
@@ -288,7 +298,7 @@ def _inverse(budget: str, device: str, folder: Path) -> dict[str, Any]:
         latent_dim=latent_dim,
         steps=steps,
         max_iter=max_iter,
-        trace_stride=5 if budget == "full" else 10,
+        trace_stride={"tiny": 2, "quick": 20, "full": 5}[budget],
     )
     return {
         "task": "inverse",
@@ -327,7 +337,7 @@ TASKS: dict[str, DemoTask] = {
             "decoded MSE",
             "lower",
             1e-6,
-            {"tiny": 60, "quick": 15, "full": 90},
+            {"tiny": 60, "quick": 18, "full": 90},
             _bench("latent"),
         ),
         DemoTask(
@@ -336,7 +346,7 @@ TASKS: dict[str, DemoTask] = {
             "",
             "lower",
             0.0,
-            {"tiny": 30, "quick": 5, "full": 30},
+            {"tiny": 30, "quick": 6, "full": 30},
             _bench("overhead"),
         ),
         DemoTask(
@@ -346,7 +356,7 @@ TASKS: dict[str, DemoTask] = {
             "objective (MSE)",
             "lower",
             1e-6,
-            {"tiny": 60, "quick": 12, "full": 120},
+            {"tiny": 60, "quick": 15, "full": 120},
             _bench("torchdeq"),
         ),
         DemoTask(
@@ -368,7 +378,7 @@ TASKS: dict[str, DemoTask] = {
             "test PSNR (dB)",
             "higher",
             0.05,
-            {"tiny": 60, "quick": 20, "full": 90},
+            {"tiny": 60, "quick": 25, "full": 90},
             _inverse,
             why_slower=(
                 "JIIO's time counts until its iterate first reaches the baseline's PSNR; when "
@@ -382,7 +392,7 @@ TASKS: dict[str, DemoTask] = {
             "meta-test accuracy",
             "higher",
             0.05,
-            {"tiny": 120, "quick": 35, "full": 60},
+            {"tiny": 120, "quick": 25, "full": 60},
             _bench("meta"),
             why_slower="a few meta-steps only: set-up costs weigh on both sides.",
         ),
@@ -403,7 +413,7 @@ TASKS: dict[str, DemoTask] = {
             "robust accuracy",
             "higher",
             0.03,
-            {"tiny": 120, "quick": 25, "full": 150},
+            {"tiny": 120, "quick": 20, "full": 150},
             _adversarial_training,
             why_slower=_ADVERSARIAL_SLOWER,
         ),
@@ -414,7 +424,7 @@ TASKS: dict[str, DemoTask] = {
             "test PSNR (dB)",
             "higher",
             0.3,
-            {"tiny": 120, "quick": 40, "full": 200},
+            {"tiny": 120, "quick": 25, "full": 200},
             _generative_training,
         ),
     )
@@ -480,8 +490,8 @@ def _preload() -> None:
 class _Progress:
     """One overall bar over the tasks' stated budgets, with the time left (each second)."""
 
-    def __init__(self, tasks: list[DemoTask], budget: str, enabled: bool) -> None:
-        self.budgets = [task.budgets[budget] for task in tasks]
+    def __init__(self, budgets: list[float], enabled: bool) -> None:
+        self.budgets = budgets
         self.enabled = enabled
         self.done = 0.0
         self.current = 0.0
@@ -556,7 +566,7 @@ def _run_one(task: DemoTask, budget: str, device: str, folder: Path) -> dict[str
     return _isolated(task.run, budget, device, folder)
 
 
-def _annotate(report: dict[str, Any], task: DemoTask, budget: str, elapsed: float) -> None:
+def _annotate(report: dict[str, Any], task: DemoTask, budget_s: float, elapsed: float) -> None:
     """Add what the report needs to judge a row: the quality measure and the budget."""
     report.setdefault("task", task.name)
     report["what"] = task.what
@@ -568,7 +578,7 @@ def _annotate(report: dict[str, Any], task: DemoTask, budget: str, elapsed: floa
         }
     if task.why_slower:
         report["why_slower"] = task.why_slower
-    report["budget_s"] = task.budgets[budget]
+    report["budget_s"] = budget_s
     report["wall_time_s"] = round(elapsed, 2)
 
 
@@ -611,6 +621,7 @@ def run_demo(
         task_sentence,
         write_report,
     )
+    from jiio_ext.runlog import write_json
 
     if budget not in BUDGETS:
         raise ValueError(f"budget: expected one of {BUDGETS}, got {budget!r}")
@@ -625,15 +636,16 @@ def run_demo(
         suffix += 1
     folder.mkdir(parents=True)
     chosen = [TASKS[name] for name in names]
+    budgets = [task.budget_s(budget, device) for task in chosen]
     record: dict[str, Any] = {
         "version": __version__,
         "budget": budget,
-        "budget_s": sum(task.budgets[budget] for task in chosen),
+        "budget_s": sum(budgets),
         "machine": machine_info(device),
         "tasks": {},
     }
     _preload()
-    progress = _Progress(chosen, budget, enabled=verbose)
+    progress = _Progress(budgets, enabled=verbose)
     begin = time.perf_counter()
     try:
         for index, task in enumerate(chosen):
@@ -650,18 +662,18 @@ def run_demo(
             finally:
                 progress.end(index)
             elapsed = time.perf_counter() - started
-            _annotate(report, task, budget, elapsed)
+            _annotate(report, task, budgets[index], elapsed)
             record["tasks"][task.name] = report
             if report.get("quality") and "error" not in report and "skipped" not in report:
                 quality_time_plot(report, images / "quality_vs_time.png")
             progress.write(
-                f"{label}: {elapsed:.1f} s (budget {task.budgets[budget]:.0f} s). "
+                f"{label}: {elapsed:.1f} s (budget {budgets[index]:.0f} s). "
                 + task_sentence(task.name, report)
             )
     finally:
         progress.close()
         record["total_time_s"] = round(time.perf_counter() - begin, 2)
-        (folder / "record.json").write_text(json.dumps(_finite(record), indent=2))
+        write_json(folder / "record.json", record)
         pictures = {name: sorted((folder / name).glob("*.png")) for name in record["tasks"]}
         report_path = write_report(record, folder, pictures)
         if verbose:
@@ -671,14 +683,3 @@ def run_demo(
             print(f"record written to {folder / 'record.json'}")
             print(f"report written to {report_path}")
     return folder
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None`` (valid JSON)."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value

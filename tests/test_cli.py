@@ -158,3 +158,18 @@ def test_data_flag_errors_name_the_cli_flags(tmp_path):
     assert "--data-dir: cannot read mnist" in str(err.value) and "download=True" not in str(
         err.value
     )
+
+
+def test_train_adversarial_log_is_strict_json_with_the_shared_header(tmp_path, capsys):
+    pytest.importorskip("torchattacks")
+    out = tmp_path / "run"
+    args = ["train", "adversarial", "--epochs", "1", "--train-size", "32", "--eval-size", "16"]
+    args += ["--steps", "2", "--batch-size", "16", "--lr", "0.005", "--seed", "3"]
+    assert main([*args, "--no-robust-eval", "--out", str(out)]) == 0
+    text = (out / "log.json").read_text()
+    log = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert log["schema"] == "jiio-run-log/1" and log["task"] == "adversarial"
+    assert log["settings"]["lr"] == 0.005 and log["settings"]["batch_size"] == 16
+    assert log["settings"]["seed"] == 3 and "torch" in log["versions"]
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["epoch", "time", "(s)"]

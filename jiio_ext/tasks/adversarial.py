@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from torch.nn import functional as F
 
 from jiio_ext.distributed import init_from_env
 from jiio_ext.regularize import random_trajectory_iteration
+from jiio_ext.runlog import log_header, write_json
 from jiio_ext.runs import open_run
 
 __all__ = ["evaluate_robustness", "load_dataset", "train_adversarial"]
@@ -357,6 +357,7 @@ def train_adversarial(
             "jac_reg": jac_reg,
             "random_start": random_start,
         }
+        log = {**log_header("adversarial", settings), **log}
         state = open_run(ctx, folder, settings, resume=resume, overwrite=overwrite)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -434,7 +435,7 @@ def train_adversarial(
                 checkpoint,
             )
             if ctx.is_main:
-                (folder / "log.json").write_text(json.dumps(log, indent=2))
+                write_json(folder / "log.json", log)
             if bar is not None:
                 bar.close()
         if robust_eval:
@@ -444,7 +445,7 @@ def train_adversarial(
             total = ctx.all_reduce_sum(count)
             log["robustness"] = {key: value / total for key, value in summed.items()}
         if ctx.is_main:
-            (folder / "log.json").write_text(json.dumps(log, indent=2))
+            write_json(folder / "log.json", log)
             _plots(folder, log, test_x, adversarial)
         return log
     finally:

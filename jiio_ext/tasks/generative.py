@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from torch import nn
 
 from jiio_ext.distributed import DistContext, init_from_env
 from jiio_ext.regularize import random_trajectory_iteration
+from jiio_ext.runlog import log_header, write_json
 from jiio_ext.runs import open_run
 from jiio_ext.tasks.images import DATASETS, load_images
 from jiio_ext.tasks.latent import Encoder, build_decoder, infer_jiio, infer_nested, latent_objective
@@ -281,7 +281,8 @@ class _Run:
         self.updated = torch.zeros(train_x.shape[0], dtype=torch.bool, device=device)
         self.module = _TrainingStep(self.decoder, self.encoder, self.operator, settings)
         self.training_step: nn.Module = self.module
-        self.log: dict[str, Any] = {"settings": settings, "epochs": []}
+        task = "generative" if settings.get("problem") == "reconstruct" else "inverse"
+        self.log: dict[str, Any] = {**log_header(task, settings), "epochs": []}
         self.epoch = 0
 
     def resumable_settings(self) -> dict[str, Any]:
@@ -636,12 +637,12 @@ def _train(
         run.log["epochs"].append(entry)
         ctx.save_checkpoint(run.state(), checkpoint)
         if ctx.is_main:
-            (folder / "log.json").write_text(json.dumps(run.log, indent=2))
+            write_json(folder / "log.json", run.log)
             _save_plots(run, folder)
     if bar is not None:
         bar.close()
     run.training_step = run.module  # drop the DDP wrapper before the group can go
     if sample and run.epoch > 0 and ctx.is_main:
         run.log["samples"] = _save_samples(run, folder)
-        (folder / "log.json").write_text(json.dumps(run.log, indent=2))
+        write_json(folder / "log.json", run.log)
     return run.log
