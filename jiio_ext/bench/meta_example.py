@@ -373,10 +373,12 @@ def _plot(seeds_runs: dict[int, dict[str, dict[str, Any]]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = {"higher": "tab:blue", "jiio": "tab:orange"}
-    for seed, runs in seeds_runs.items():
+    styles = ("-", "--", ":", "-.")
+    for i, (seed, runs) in enumerate(seeds_runs.items()):
         for name, run in runs.items():
             label = f"{name}, seed {seed}"
-            ax.plot(run["loss_curve"], color=colors.get(name), alpha=0.8, label=label)
+            style = styles[i % len(styles)]
+            ax.plot(run["loss_curve"], style, color=colors.get(name), alpha=0.8, label=label)
     ax.set_xlabel("meta-step")
     ax.set_ylabel("train query loss (mean over the meta-batch)")
     ax.set_title("higher's MAML example loop on a torchdeq conv DEQ")
