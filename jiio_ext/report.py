@@ -29,9 +29,12 @@ import platform
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "convergence_plot",
+    "headline",
+    "image_grid",
     "machine_info",
     "quality_time_plot",
     "summary_table",
@@ -51,8 +54,22 @@ _LABELS = {
     "peak_mem_mb": "peak memory",
     "speedup_time": "time ratio (speed-up)",
     "speedup_evals": "evaluation ratio",
+    "budget_s": "stated budget",
+    "wall_time_s": "elapsed",
 }
-_SHOWN_APART = ("task", "error", "baseline", "jiio")
+# shown in the task's sentence or its own table, not among the details
+_SHOWN_APART = (
+    "task",
+    "error",
+    "baseline",
+    "jiio",
+    "what",
+    "short",
+    "quality",
+    "why_slower",
+    "note",
+    "traces",
+)
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        background: #eef0f3; margin: 0; }
@@ -205,7 +222,7 @@ def _fmt(value: object, key: str = "") -> str:
         return "yes" if value else "no"
     if not _is_number(value):
         return str(value)
-    if key.endswith("time_s"):
+    if key.endswith("_s"):
         return f"{value:.3g} s"
     if key.endswith("mem_mb"):
         return f"{value:.3g} MB"
@@ -352,6 +369,56 @@ def task_sentence(name: str, report: dict) -> str:
     return " ".join(parts)
 
 
+def headline(report: dict) -> str:
+    """The first screen's sentence on a task: who won on quality and on time, by how much.
+
+    Args:
+        report: one task's report (``short`` or ``what`` names the comparison).
+
+    Returns:
+        The sentence, without the task's name.
+
+    Example:
+        >>> side = lambda t, q: {"time_s": t, "objective": q}
+        >>> print(headline({"short": "inpainting, vs nested Adam", "baseline": side(2.0, 13.52),
+        ...                 "jiio": side(1.0, 13.37),
+        ...                 "quality": {"name": "PSNR", "better": "higher", "tolerance": 0.05}}))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        inpainting, vs nested Adam: JIIO worse on quality (PSNR ↑ 13.37 against 13.52);
+        JIIO 2× faster (1 s against 2 s).
+    """
+    if "error" in report:
+        return f"failed: {report['error']}."
+    if "skipped" in report:
+        return f"skipped: {report['skipped']}."
+    what = report.get("short") or report.get("what") or report.get("task", "")
+    quality = report.get("quality")
+    won = verdict(report)
+    clauses = []
+    if quality:
+        arrow = {"higher": "↑", "lower": "↓"}.get(quality.get("better", ""), "")
+        base = _q(_side_value(report, "baseline", "objective"))
+        jiio = _q(_side_value(report, "jiio", "objective"))
+        words = {"equal": "equal quality", "jiio": "JIIO better on quality"}
+        word = words.get(won["quality"] or "", "JIIO worse on quality")
+        if won["quality"] is None:
+            word = "quality not measured"
+        clauses.append(f"{word} ({quality['name']} {arrow} {jiio} against {base})")
+    if _is_number(report.get("overhead")):
+        clauses.append(f"a joint iteration costs {report['overhead']:.3g}× one f evaluation + VJP")
+    else:
+        ratio = time_ratio(report)
+        base_t = _fmt(_side_value(report, "baseline", "time_s"), "time_s")
+        jiio_t = _fmt(_side_value(report, "jiio", "time_s"), "time_s")
+        if ratio is not None and won["time"] == "jiio":
+            clauses.append(f"JIIO {ratio:.3g}× faster ({jiio_t} against {base_t})")
+        elif ratio is not None and won["time"] == "baseline":
+            clauses.append(f"JIIO {1 / ratio:.3g}× slower ({jiio_t} against {base_t})")
+        elif ratio is not None:
+            clauses.append(f"about equal time ({jiio_t} against {base_t})")
+    return f"{what}: {'; '.join(clauses)}."
+
+
 def quality_time_plot(report: dict, path: Path) -> Path:
     """Quality against wall time for both methods of one task, labelled axes with units.
 
@@ -379,7 +446,7 @@ def quality_time_plot(report: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     quality = report.get("quality") or {}
-    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    fig = Figure(figsize=(6.4, 4.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     traces = report.get("traces") or {}
@@ -397,6 +464,8 @@ def quality_time_plot(report: dict, path: Path) -> Path:
             ax.scatter([x], [y], color=color, marker=marker, s=60, zorder=3, label=label)
         full = data.get("full_run") if isinstance(data.get("full_run"), dict) else {}
         if _is_number(full.get("time_s")) and _is_number(full.get("objective")):
+            if x is not None and y is not None and side not in traces:
+                ax.plot([x, full["time_s"]], [y, full["objective"]], color=color, ls=":", lw=1)
             ax.scatter(
                 [full["time_s"]],
                 [full["objective"]],
@@ -412,7 +481,73 @@ def quality_time_plot(report: dict, path: Path) -> Path:
     ax.set_xlabel(f"{report.get('time_name', 'wall time')} (s)")
     ax.set_ylabel(f"{quality.get('name', 'objective')} ({quality.get('better', '?')} is better)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def image_grid(
+    rows: dict[str, Any],
+    path: Path,
+    title: str,
+    labels: dict[str, list[str]] | None = None,
+) -> Path:
+    """A labelled grid of grey images: one row per method, one column per sample.
+
+    Args:
+        rows: ``{row title: images}``, each ``(N, H, W)`` or ``(N, 1, H, W)`` in ``[0, 1]``
+            (tensors or arrays); every row shows the same N samples.
+        path: the PNG to write.
+        title: the figure title.
+        labels: optional ``{row title: one caption per image}`` (e.g. true and predicted
+            class).
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> images = {"clean": np.zeros((2, 8, 8)), "JIIO": np.ones((2, 8, 8))}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     png = image_grid(images, Path(tmp) / "g.png", "digits",
+        ...                      {"JIIO": ["true 1 → 7", "true 2 → 2"]})
+        ...     png.read_bytes()[1:4]
+        b'PNG'
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = labels or {}
+    arrays = {
+        name: np.asarray(
+            images.detach().cpu().numpy() if hasattr(images, "detach") else images, dtype=float
+        )
+        for name, images in rows.items()
+    }
+    count = max(len(images) for images in arrays.values())
+    fig = Figure(
+        figsize=(1.15 * count + 1.2, 1.35 * len(arrays) + 0.5), dpi=100, layout="constrained"
+    )
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(arrays), count, squeeze=False)
+    for row, (name, images) in enumerate(arrays.items()):
+        for column in range(count):
+            ax = axes[row][column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column < len(images):
+                image = images[column].reshape(images[column].shape[-2:])
+                ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+                captions = labels.get(name, [])
+                if column < len(captions):
+                    ax.set_title(captions[column], fontsize=8)
+            if column == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -703,7 +838,7 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
         total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
     sentences = "".join(
         f'<li><a href="#{_anchor(name)}">{html.escape(name)}</a>'
-        f"{html.escape(task_sentence(name, report)[len(name) :])}</li>"
+        f" — {html.escape(headline(report))}</li>"
         for name, report in tasks.items()
     )
     body = [

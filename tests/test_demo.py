@@ -40,8 +40,10 @@ def test_tiny_demo_writes_a_report_with_numbers_and_images(tmp_path):
     inverse = record["tasks"]["inverse"]
     assert len(inverse["traces"]["jiio"][0]) == len(inverse["traces"]["jiio"][1]) > 0
     assert "shipped digits decoder" in inverse["model"]
-    assert (folder / "generative-training" / "jiio_reconstructions.png").is_file()
-    assert (folder / "adversarial-training" / "jiio_examples.png").is_file()
+    for prefix in ("baseline_", "JIIO_"):
+        assert (folder / "generative-training" / f"{prefix}reconstructions.png").is_file()
+    assert (folder / "adversarial-training" / "JIIO_examples.png").is_file()
+    assert (folder / "adversarial-training" / "baseline_PGD_examples.png").is_file()
     html = (folder / "report.html").read_text()
     sources = re.findall(r'<img[^>]*src="([^"]+)"', html)
     assert len(sources) >= 5
