@@ -516,7 +516,7 @@ def jiio_solver(
         >>> import torch
         >>> z, _, info = jiio_solver(lambda z: 0.5 * z + 1.0, torch.zeros(3, 2), tol=1e-8)
         >>> torch.allclose(z, torch.full((3, 2), 2.0)), info["nstep"].tolist()
-        (True, [4.0, 4.0, 4.0])
+        (True, [5.0, 5.0, 5.0])
     """
     from torchdeq.solver.stat import SolverStat
 

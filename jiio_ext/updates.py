@@ -34,26 +34,7 @@ from jiio_ext.constraints import Constraint
 from jiio_ext.schedules import Constant, Schedule
 from jiio_ext.steps import StepRule, raw_step
 
-__all__ = ["Adaptive", "GradientStep", "InputUpdate", "check_step_shape"]
-
-
-def check_step_shape(step: torch.Tensor, grad: torch.Tensor, name: str = "step_rule") -> None:
-    """Raise a ValueError when a step rule returned a step of another shape than the gradient.
-
-    Args:
-        step: what the rule returned.
-        grad: the gradient it was given.
-        name: argument name for the message.
-
-    Example:
-        >>> import torch
-        >>> check_step_shape(torch.zeros(2, 3), torch.zeros(2, 3))
-    """
-    if not isinstance(step, torch.Tensor) or step.shape != grad.shape:
-        got = tuple(step.shape) if isinstance(step, torch.Tensor) else type(step).__name__
-        raise ValueError(
-            f"{name}: expected a step of the gradient's shape {tuple(grad.shape)}, got {got}"
-        )
+__all__ = ["Adaptive", "GradientStep", "InputUpdate"]
 
 
 class InputUpdate:
@@ -130,9 +111,7 @@ class GradientStep(InputUpdate):
         if frozen:
             return self._last * self.step_rule(grad)
         self._last = float(self.step_size(k, max_iter))
-        step = self.step_rule(grad)
-        check_step_shape(step, grad)
-        return self._last * step
+        return self._last * self.step_rule(grad)
 
     def gain(self, index: torch.Tensor | None) -> float:
         """The last step size (see :meth:`InputUpdate.gain`)."""

@@ -1,0 +1,106 @@
+"""How the default input update was chosen: a sweep on the development problems only.
+
+The development problems are this repository's own decoders (never the zoo of
+``jiio bench zoo``, which is held out): latent inversion through the torchdeq
+``MultiScaleDecoder`` (via ``optimize_input``) and through the functional ``ConvDEQDecoder``
+(via ``solve_joint``). For each, Adam-40 through the model (best of lr 0.03 / 0.1 / 0.3,
+each step a forward solve and an IFT backward) sets the target objective; every candidate
+setting runs 100 joint iterations and is scored by its final objective (at a tight fixed
+point) relative to that target. Run::
+
+    OMP_NUM_THREADS=1 python scripts/choose_defaults.py
+
+and read the table: the default is the setting with the lowest worst-case ratio.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import torch
+from jiio_ext.adapters.torchdeq import input_optimizable
+
+from jiio_ext import solve_joint
+from jiio_ext.bench.tasks import make_latent_problem
+from jiio_ext.bench.torchdeq_task import MultiScaleDecoder, _true_objective
+from jiio_ext.updates import Adaptive
+
+CANDIDATES = {
+    "lr": (0.05, 0.1, 0.2),
+    "beta1": (0.0, 0.5, 0.9),
+    "solver": ("damped", "anderson"),
+}
+
+
+def _torchdeq_problem():
+    torch.manual_seed(0)
+    model = MultiScaleDecoder(channels=16)
+    model.requires_grad_(False)
+    latents = torch.randn(8, 16)
+    with torch.no_grad():
+        targets = model(latents)
+
+    def objective(image, x):
+        return (image - targets).pow(2).flatten(1).mean(1)
+
+    x0 = torch.zeros(8, 16)
+
+    def adam(lr):
+        x = x0.clone().requires_grad_()
+        opt = torch.optim.Adam([x], lr=lr)
+        for _ in range(40):
+            opt.zero_grad()
+            objective(model(x), x).sum().backward()
+            opt.step()
+        return _true_objective(model, x.detach(), objective)
+
+    decorated = input_optimizable(model)
+
+    def jiio(**options):
+        sol = decorated.optimize_input(x0, objective, **options)
+        return _true_objective(model, sol.x, objective)
+
+    return adam, jiio
+
+
+def _functional_problem():
+    problem = make_latent_problem(16, torch.device("cpu"), seed=1)
+
+    def adam(lr):
+        from jiio_ext import solve_nested
+
+        sol = solve_nested(
+            problem.decoder.f, problem.objective, problem.x0, problem.z0(), lr=lr, steps=40
+        )
+        return problem.true_objective(sol.x)
+
+    def jiio(**options):
+        sol = solve_joint(problem.decoder.f, problem.objective, problem.x0, problem.z0(), **options)
+        return problem.true_objective(sol.x)
+
+    return adam, jiio
+
+
+def main() -> None:
+    """Print the sweep table."""
+    problems = {
+        "torchdeq MultiScaleDecoder": _torchdeq_problem(),
+        "ConvDEQDecoder": _functional_problem(),
+    }
+    targets = {}
+    for name, (adam, _) in problems.items():
+        targets[name] = min(adam(lr) for lr in (0.03, 0.1, 0.3))
+        print(f"{name}: best Adam-40 objective {targets[name]:.4g}", flush=True)
+    print(f"{'lr':>5} {'beta1':>6} {'solver':>9}  " + "  ".join(f"{n[:22]:>22}" for n in problems))
+    for lr, beta1, solver in itertools.product(*CANDIDATES.values()):
+        ratios = []
+        for name, (_, jiio) in problems.items():
+            start = time.perf_counter()
+            value = jiio(step_size=Adaptive(lr=lr, beta1=beta1), solver=solver)
+            ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
+        print(f"{lr:>5} {beta1:>6} {solver:>9}  " + "  ".join(ratios), flush=True)
+
+
+if __name__ == "__main__":
+    main()
