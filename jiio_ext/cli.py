@@ -148,7 +148,7 @@ def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentPars
         "bench", parents=[common], help="run a benchmark: JIIO and its baseline side by side"
     )
     bench.add_argument(
-        "task", choices=sorted(BENCH_TASKS) + ["all", "meta-example"], help="benchmark task"
+        "task", choices=sorted(BENCH_TASKS) + ["all", "meta-example", "zoo"], help="benchmark task"
     )
     bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     bench.add_argument("--json", action="store_true", help="print one JSON object per task")
@@ -402,6 +402,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         from jiio_ext.bench.meta_example import run_cli
 
         return run_cli(args)
+    if args.task == "zoo":
+        from jiio_ext.bench.zoo import run_cli as run_zoo
+
+        return run_zoo(args)
     names = sorted(BENCH_TASKS) if args.task == "all" else [args.task]
     for name in names:
         dtype = getattr(torch, args.dtype)
