@@ -15,9 +15,9 @@ task and a summary table.
   digits models shipped in ``jiio_ext/weights/`` (see :func:`load_weights`; rebuilt by
   ``scripts/make_demo_weights.py``). Only the two training comparisons train, which is what
   they measure.
-* **Memory as the benches measure it.** Where the platform can fork, each task runs in a fresh
-  child process, so its peak-memory figure is the growth over a process that ran nothing else,
-  as with ``jiio bench TASK``.
+* **Memory as the benches measure it.** On CPU, where the platform can fork, each task runs in a
+  fresh child process, so its peak-memory figure is the growth over a process that ran nothing
+  else, as with ``jiio bench TASK``; on a GPU the allocator's peak counters are per task anyway.
 * **GPU-only options** (bf16 autocast) run with ``--device cuda`` only; on CPU their row says so.
 * **Ctrl-C** stops the demo and still writes the record and the report of the finished tasks.
 
@@ -485,13 +485,16 @@ def _run_in_child(connection: Any, run: Callable, args: tuple) -> None:
     connection.close()
 
 
-def _isolated(run: Callable[..., dict], *args: Any) -> dict[str, Any]:
+def _isolated(run: Callable[..., dict], *args: Any, fork: bool = True) -> dict[str, Any]:
     """``run(*args)`` in a forked child process (a fresh memory baseline), else in this one.
+
+    CUDA cannot be used in a child forked after the parent initialised it, and on a GPU the
+    benches measure memory with the allocator's own peak counters, so ``fork=False`` there.
 
     Raises:
         KeyboardInterrupt: the task was interrupted (Ctrl-C).
     """
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not fork or "fork" not in multiprocessing.get_all_start_methods():
         try:
             return run(*args)
         except KeyboardInterrupt:
@@ -605,7 +608,7 @@ def _run_one(task: DemoTask, budget: str, device: str, folder: Path) -> dict[str
             "task": task.name,
             "skipped": f"{task.name} is a GPU option: it runs with jiio demo --device cuda",
         }
-    return _isolated(task.run, budget, device, folder)
+    return _isolated(task.run, budget, device, folder, fork=torch.device(device).type == "cpu")
 
 
 def _annotate(report: dict[str, Any], task: DemoTask, budget_s: float, elapsed: float) -> None:

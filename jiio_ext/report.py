@@ -37,6 +37,7 @@ __all__ = [
     "image_grid",
     "machine_info",
     "quality_time_plot",
+    "summary_markdown",
     "summary_table",
     "task_sentence",
     "time_ratio",
@@ -646,6 +647,30 @@ def summary_table(record: dict, name_width: int = 40) -> str:
         if _is_number(record.get("budget_s")):
             total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
         lines.append(total)
+    return "\n".join(lines)
+
+
+def summary_markdown(record: dict) -> str:
+    """The summary table as Markdown (the README's demo table).
+
+    Args:
+        record: the demo record.
+
+    Returns:
+        A pipe table, one row per task, the columns of :func:`summary_table`.
+
+    Example:
+        >>> side = {"name": "Adam", "time_s": 2.0, "objective": 0.5}
+        >>> record = {"tasks": {"latent": {"baseline": side, "jiio": {**side, "time_s": 0.5},
+        ...           "quality": {"name": "MSE", "better": "lower", "tolerance": 0.0}}}}
+        >>> print(summary_markdown(record).splitlines()[2])
+        | latent | MSE ↓ | 0.5 | 0.5 | equal | 2 s | 0.5 s | 4× faster |
+    """
+    rows = _summary_rows(record)
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
     return "\n".join(lines)
 
 
