@@ -20,7 +20,7 @@ Both methods run in the same process, their meta-steps interleaved, so that a sh
 both alike. Reported per method and seed: the train query-loss curve, the mean query loss of
 the last meta-steps, test accuracy, median time per meta-step, peak resident-set growth over
 two meta-steps (coarse: the allocator reuses memory), the largest autograd graph of one task
-(MB of the storages saved for backward) and a plot of the loss curves.
+(MB of the storages saved for backward during it) and a plot of the loss curves.
 
 Example:
     >>> from jiio_ext.bench.meta_example import bench_meta_example
