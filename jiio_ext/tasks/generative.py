@@ -395,10 +395,16 @@ def _save_plots(run: _Run, folder: Path) -> None:
     plt.close(fig)
 
     clean, measurement, images = run.eval_images
-    rows = [clean, run.operator.naive_inverse(measurement), images]
+    method = run.settings["method"]
+    rows = {"target": clean, "measurement": run.operator.naive_inverse(measurement)}
+    if run.settings["problem"] == "reconstruct":  # the measurement is the target itself
+        del rows["measurement"]
+    rows[f"{method} recon."] = images
     count = min(8, clean.shape[0])
-    fig, axes = plt.subplots(3, count, figsize=(1.2 * count, 3.8), squeeze=False)
-    for row, (label, tensor) in enumerate(zip(("target", "measurement", "recon."), rows)):
+    fig, axes = plt.subplots(
+        len(rows), count, figsize=(1.2 * count, 1.3 * len(rows)), squeeze=False
+    )
+    for row, (label, tensor) in enumerate(rows.items()):
         for col in range(count):
             picture = tensor[col].detach().clamp(0, 1).permute(1, 2, 0).cpu().squeeze(-1)
             axes[row][col].imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1)
@@ -413,7 +419,12 @@ def _save_plots(run: _Run, folder: Path) -> None:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for key, trace in run.module.last_traces.items():
             ax.plot(trace, label=key)
-        ax.set(xlabel="joint iteration", yscale="log", title="JIIO traces (last batch, mean)")
+        ax.set(
+            xlabel="joint iteration",
+            ylabel="batch mean (log scale)",
+            yscale="log",
+            title="JIIO traces (last batch, mean)",
+        )
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / "residuals.png", dpi=100)
