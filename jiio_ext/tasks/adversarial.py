@@ -143,7 +143,14 @@ def evaluate_robustness(
     return results
 
 
-def _plots(folder: Path, log: dict, clean: torch.Tensor, adversarial: torch.Tensor) -> None:
+def _plots(
+    folder: Path,
+    log: dict,
+    clean: torch.Tensor,
+    adversarial: torch.Tensor,
+    labels: torch.Tensor,
+    model: nn.Module,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,14 +170,21 @@ def _plots(folder: Path, log: dict, clean: torch.Tensor, adversarial: torch.Tens
     fig.savefig(folder / "curves.png", dpi=100)
     plt.close(fig)
     count = min(8, clean.shape[0])
-    fig, axes = plt.subplots(2, count, figsize=(1.2 * count, 2.6))
+    with torch.no_grad():
+        predicted = [model(batch[:count]).argmax(1).cpu() for batch in (clean, adversarial)]
+    fig, axes = plt.subplots(2, count, figsize=(1.2 * count, 3.0), squeeze=False)
     for i in range(count):
         for row, batch in enumerate((clean, adversarial)):
             image = batch[i].detach().cpu().permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
-            axes[row, i].imshow(image, cmap="gray" if image.ndim == 2 else None)
-            axes[row, i].axis("off")
-    axes[0, 0].set_title("clean", fontsize=8, loc="left")
-    axes[1, 0].set_title("adversarial", fontsize=8, loc="left")
+            axes[row, i].imshow(
+                image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest"
+            )
+            axes[row, i].set_xticks([])
+            axes[row, i].set_yticks([])
+            axes[row, i].set_title(f"{int(labels[i])} → {int(predicted[row][i])}", fontsize=8)
+    axes[0, 0].set_ylabel("clean", fontsize=8)
+    axes[1, 0].set_ylabel("adversarial", fontsize=8)
+    fig.suptitle("test digits: true class → predicted class", fontsize=9)
     fig.tight_layout()
     fig.savefig(folder / "examples.png", dpi=100)
     plt.close(fig)
@@ -446,7 +460,7 @@ def train_adversarial(
             log["robustness"] = {key: value / total for key, value in summed.items()}
         if ctx.is_main:
             write_json(folder / "log.json", log)
-            _plots(folder, log, test_x, adversarial)
+            _plots(folder, log, test_x, adversarial, test_y, model)
         return log
     finally:
         ctx.close()
