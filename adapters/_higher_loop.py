@@ -463,7 +463,7 @@ class InnerLoop:
             "assumes a fixed point, so the meta-gradient is approximate: take more steps, or "
             "use meta_gradient='unrolled' (see diffopt.status and diffopt.residuals)",
             RuntimeWarning,
-            stacklevel=6,
+            stacklevel=7,  # the user's fnet(x_qry) call
         )
 
     # ----- status (computed when read: no per-step synchronisation) -----

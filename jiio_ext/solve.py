@@ -256,7 +256,8 @@ def solve_joint(
         grad: ``None`` (detached result), ``"envelope"`` or ``"implicit"`` (see
             :mod:`jiio_ext.grad`): make ``z`` (and for implicit also ``x``) differentiable
             with respect to the parameters of ``f``, the objective and ``targets``.
-        throw: raise :class:`~jiio_ext.solution.JointSolveError` if a sample fails.
+        throw: raise :class:`~jiio_ext.solution.JointSolveError` if a sample fails (and from
+            ``.backward()`` when a sample's backward does not converge, see ``grad``).
         autocast: ``torch.bfloat16`` or ``torch.float16`` to evaluate ``f`` (and its VJP)
             under ``torch.autocast``; the solver state, the objective, Anderson and the
             residuals stay in the state's dtype (see docs/results.md for its accuracy/speed).
@@ -390,7 +391,7 @@ def solve_joint(
         },
     )
     if grad_mode is not None:
-        grad_mode.attach(aug, solution)
+        grad_mode.attach(aug, solution, throw=throw)
     if throw:
         solution.raise_if_failed()
     return solution
