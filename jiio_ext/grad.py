@@ -11,8 +11,15 @@ map at the detached solution and attaching a backward hook that solves an adjoin
   gradient of the optimal value ``min_x ℓ(x; θ)`` when the outer loss equals the inner objective;
   otherwise it ignores ``dx*/dθ``.
 * :class:`ImplicitGrad` (``grad="implicit"``): differentiates through the augmented fixed
-  point ``s* = F(s*; θ)`` with ``s = (z, x, μ)``, solving ``λ = (∂F/∂s)ᵀ λ + v`` with
-  Hessian-vector products. Exact for any outer loss of ``(z*, x*)``; needs the raw step rule.
+  point ``s* = F(s*; θ)`` with ``s = (z, x, μ)``, solving ``(I − (∂F/∂s)ᵀ) λ = v`` with
+  Hessian-vector products, by GMRES (:mod:`jiio_ext.krylov`): the input block of ``∂F/∂s`` has
+  eigenvalues near 1 when the input step is small, where a fixed-point iteration stalls.
+  Exact for any outer loss of ``(z*, x*)``; needs the raw step rule.
+
+After the backward, ``solution.info["backward_status"]`` holds its per-sample
+:class:`~jiio_ext.solution.Status` codes (``"backward_nstep"`` its products, ``"backward_residual"``
+its residual RMS); a sample that did not converge warns, or raises
+:class:`~jiio_ext.solution.JointSolveError` from ``.backward()`` under ``throw=True``.
 
 Example:
     >>> import torch
@@ -36,9 +43,12 @@ from collections.abc import Callable
 
 import torch
 
+from jiio_ext.krylov import GMRES, gmres
 from jiio_ext.layout import Layout
-from jiio_ext.solution import JointSolution
+from jiio_ext.solution import JointSolution, JointSolveError, Status
 from jiio_ext.solvers import Anderson, DampedIteration, FixedPointResult, fixed_point
+
+BackwardSolver = Anderson | DampedIteration | GMRES
 
 __all__ = ["EnvelopeGrad", "GradMode", "ImplicitGrad", "get_grad_mode"]
 
@@ -47,10 +57,14 @@ class GradMode:
     """Base class of the differentiation strategies passed as ``grad=...``.
 
     Args:
-        solver: solver of the backward fixed point.
-        max_iter: its iteration budget.
-        rtol: its relative tolerance.
-        atol: its absolute tolerance.
+        solver: solver of the backward system: :class:`~jiio_ext.krylov.GMRES` (the default
+            of :class:`ImplicitGrad`) or a fixed-point solver (:class:`~jiio_ext.solvers.
+            Anderson`, the default of :class:`EnvelopeGrad`, or ``DampedIteration``).
+        max_iter: its budget of vector-Jacobian products per sample; ``None`` (default)
+            scales it to the problem: ``max(200, min(2 n, 2000))`` for ``n`` unknowns per
+            sample (GMRES is exact after ``n`` products).
+        rtol: its relative tolerance (GMRES: residual RMS against the incoming gradient's).
+        atol: its absolute tolerance (RMS units).
 
     Attributes:
         last_backward: the :class:`~jiio_ext.solvers.FixedPointResult` of the latest backward.
@@ -70,49 +84,106 @@ class GradMode:
 
     def __init__(
         self,
-        solver: Anderson | DampedIteration | None = None,
-        max_iter: int = 200,
+        solver: BackwardSolver | None = None,
+        max_iter: int | None = None,
         rtol: float = 1e-6,
         atol: float = 1e-10,
     ) -> None:
-        self.solver = solver if solver is not None else Anderson(memory=5, kind="II")
+        self.solver = solver if solver is not None else self._default_solver()
         self.max_iter = max_iter
         self.rtol = rtol
         self.atol = atol
         self.last_backward: FixedPointResult | None = None
 
+    def _default_solver(self) -> BackwardSolver:
+        return Anderson(memory=5, kind="II")
+
+    def budget(self, n: int) -> int:
+        """The backward's budget for ``n`` unknowns per sample (see ``max_iter``).
+
+        Example:
+            >>> ImplicitGrad().budget(50), ImplicitGrad().budget(600), ImplicitGrad().budget(10**6)
+            (200, 1200, 2000)
+            >>> ImplicitGrad(max_iter=30).budget(600)
+            30
+        """
+        if self.max_iter is not None:
+            return self.max_iter
+        return max(200, min(2 * n, 2000))
+
     def check_step_rule(self, step_rule: object) -> None:
         """Reject step rules this mode cannot differentiate (see subclasses)."""
 
-    def attach(self, aug, solution: JointSolution) -> None:
-        """Replace the solution's tensors by differentiable ones (in place)."""
+    def attach(self, aug, solution: JointSolution, *, throw: bool = False) -> None:
+        """Replace the solution's tensors by differentiable ones (in place).
+
+        Args:
+            aug: the solve's augmented map.
+            solution: the solution to make differentiable; its ``info`` receives the
+                backward's ``backward_status``, ``backward_nstep`` and ``backward_residual``.
+            throw: raise :class:`~jiio_ext.solution.JointSolveError` from the backward when a
+                sample's backward did not converge (else warn).
+        """
         raise NotImplementedError
 
-    def _solve_adjoint(self, vjp, v: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Solve ``w = vjp(w) + v`` per sample (whole batch each call, frozen rows held)."""
+    def _solve_adjoint(
+        self,
+        vjp,
+        v: torch.Tensor,
+        start: torch.Tensor,
+        solution: JointSolution | None = None,
+        throw: bool = False,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Solve ``w = vjp(w) + v`` per sample (whole batch each call) and report it.
 
-        def linear_map(w: torch.Tensor, index: torch.Tensor, k: int):
-            return vjp(w) + v, {}
-
-        result = fixed_point(
-            linear_map,
-            start,
-            solver=self.solver,
-            max_iter=self.max_iter,
-            rtol=self.rtol,
-            atol=self.atol,
-            subset=False,
-            balance=False,
-        )
-        self.last_backward = result
-        if not bool((result.status == 0).all()):
-            warnings.warn(
-                f"{self.name} backward: adjoint fixed point did not converge for "
-                f"{int((result.status != 0).sum())} sample(s) in {self.max_iter} iterations "
-                f"(worst residual {float(result.residuals.nan_to_num(float('inf')).amax()):.2e})",
-                RuntimeWarning,
-                stacklevel=3,
+        ``scale`` (GMRES only) is the per-unknown damping of the map's rows: GMRES then solves
+        for ``scale ⊙ w`` (right preconditioning), whose system does not depend on it.
+        """
+        budget = self.budget(v.shape[1])
+        if isinstance(self.solver, GMRES):
+            unscale = torch.ones_like(v) if scale is None else scale.reciprocal()
+            result = gmres(
+                lambda y: unscale * y - vjp(unscale * y),
+                v,
+                start / unscale,
+                max_iter=budget,
+                rtol=self.rtol,
+                atol=self.atol,
+                restart=self.solver.restart,
             )
+            result.state = unscale * result.state
+        else:
+
+            def linear_map(w: torch.Tensor, index: torch.Tensor, k: int):
+                return vjp(w) + v, {}
+
+            result = fixed_point(
+                linear_map,
+                start,
+                solver=self.solver,
+                max_iter=budget,
+                rtol=self.rtol,
+                atol=self.atol,
+                subset=False,
+                balance=False,
+            )
+        self.last_backward = result
+        if solution is not None:
+            solution.info["backward_status"] = result.status
+            solution.info["backward_nstep"] = result.nstep
+            solution.info["backward_residual"] = result.residuals.amax(dim=1)
+        failed = result.status != Status.CONVERGED
+        if bool(failed.any()):
+            message = (
+                f"{self.name} backward: the adjoint system did not converge for "
+                f"{int(failed.sum())} sample(s) in {budget} products "
+                f"(worst residual {float(result.residuals.nan_to_num(float('inf')).amax()):.2e}); "
+                "raise max_iter or loosen rtol"
+            )
+            if throw:
+                raise JointSolveError(message, solution)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
         return result.state
 
 
@@ -126,7 +197,7 @@ class EnvelopeGrad(GradMode):
 
     name = "envelope"
 
-    def attach(self, aug, solution: JointSolution) -> None:
+    def attach(self, aug, solution: JointSolution, *, throw: bool = False) -> None:
         """Make ``solution.z`` differentiable (``x`` and ``mu`` stay detached)."""
         layout: Layout = aug.z_layout
         x_star = solution.x.detach()
@@ -135,7 +206,11 @@ class EnvelopeGrad(GradMode):
             return layout.flatten(aug.f(layout.unflatten(z_flat), x_star))
 
         attached = self.attach_fixed_point(
-            f_flat, layout.flatten(solution.z), warm_start=layout.flatten(solution.mu)
+            f_flat,
+            layout.flatten(solution.z),
+            warm_start=layout.flatten(solution.mu),
+            solution=solution,
+            throw=throw,
         )
         solution.z = layout.unflatten(attached)
 
@@ -145,6 +220,8 @@ class EnvelopeGrad(GradMode):
         z_star: torch.Tensor,
         *,
         warm_start: torch.Tensor | None = None,
+        solution: JointSolution | None = None,
+        throw: bool = False,
     ) -> torch.Tensor:
         """``fn(z*)`` with a graph to ``fn``'s parameters and an implicit backward.
 
@@ -156,6 +233,9 @@ class EnvelopeGrad(GradMode):
             fn: the layer as a function of the state alone, ``(B, ...) -> (B, ...)``.
             z_star: the fixed point (detached inside).
             warm_start: optional adjoint of the same shape.
+            solution: a solution whose ``info`` receives the backward's status (see
+                :meth:`GradMode.attach`).
+            throw: raise instead of warning when the backward does not converge.
 
         Returns:
             ``fn(z*)``, differentiable with respect to ``fn``'s parameters.
@@ -188,7 +268,7 @@ class EnvelopeGrad(GradMode):
                 a = mu - vjp(mu)
                 scale = (v_flat * a).sum(1) / (a * a).sum(1).clamp_min(torch.finfo(v.dtype).tiny)
                 start = scale.unsqueeze(1) * mu
-            return self._solve_adjoint(vjp, v_flat, start).view(shape)
+            return self._solve_adjoint(vjp, v_flat, start, solution, throw).view(shape)
 
         attached = out.view_as(out)
         if attached.requires_grad:
@@ -214,7 +294,10 @@ class ImplicitGrad(GradMode):
                 "differentiable fixed point); use grad='envelope' for attacks"
             )
 
-    def attach(self, aug, solution: JointSolution) -> None:
+    def _default_solver(self) -> BackwardSolver:
+        return GMRES()
+
+    def attach(self, aug, solution: JointSolution, *, throw: bool = False) -> None:
         """Make ``solution.z``, ``solution.x`` and ``solution.mu`` differentiable."""
         flat = aug.join(solution.z, solution.x, solution.mu).detach().requires_grad_()
         with torch.enable_grad():
@@ -225,8 +308,23 @@ class ImplicitGrad(GradMode):
                 (g,) = torch.autograd.grad(mapped, flat, w, retain_graph=True, allow_unused=True)
             return torch.zeros_like(w) if g is None else g
 
+        # each block of I − ∂F/∂s is damped row-wise (α_z, the input update's gain, α_μ):
+        # GMRES solves the undamped system, whose spectrum does not depend on the step sizes
+        nz, nx, _ = aug.blocks
+        tiny = torch.finfo(flat.dtype).tiny
+        gain = torch.as_tensor(aug.update.gain(None), dtype=flat.dtype, device=flat.device)
+        scale = torch.cat(
+            [
+                flat.new_full((flat.shape[0], nz), aug.alpha_z),
+                gain.expand(flat.shape[0], nx).clamp_min(tiny),
+                flat.new_full((flat.shape[0], nz), aug.alpha_mu),
+            ],
+            dim=1,
+        )
+
         def hook(v: torch.Tensor) -> torch.Tensor:
-            return self._solve_adjoint(vjp, v, v)
+            start = torch.zeros_like(v) if isinstance(self.solver, GMRES) else v
+            return self._solve_adjoint(vjp, v, start, solution, throw, scale)
 
         attached = mapped.view_as(mapped)
         if attached.requires_grad:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from problems import DTYPE, make_problem
@@ -10,7 +12,9 @@ from jiio_ext import (
     Box,
     EnvelopeGrad,
     ImplicitGrad,
+    JointSolveError,
     L2Ball,
+    Status,
     jacobian_penalty,
     solve_joint,
     trajectory_penalty,
@@ -151,6 +155,79 @@ def test_backward_through_batch_with_frozen_samples_matches_solo():
             acc += g
     for a, b in zip(batch_grad, solo_sum):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+
+
+def _undamped_residual(p, z, x, mu, W, b, target):
+    """``R(s; θ)`` with ``F = s − S R``: the joint fixed point's equations, free of damping."""
+    pre = z @ W.T + x @ p.U + b
+    d_mu = (1 - torch.tanh(pre).pow(2)) * mu
+    return torch.cat(
+        [z - torch.tanh(pre), 2 * p.reg * x + d_mu @ p.U.T, mu - 2 * (z - target) - d_mu @ W],
+        dim=1,
+    )
+
+
+def _dense_hypergradient(p, sol, dout_dz, dout_dx):
+    """``−vᵀ (∂R/∂s)⁻¹ ∂R/∂θ`` per sample by dense solves (independent of S and the solver)."""
+    theta = [p.W.detach(), p.b.detach(), p.target.detach()]
+    total = [torch.zeros_like(t) for t in theta]
+    for i in range(p.batch):
+        s_i = (sol.z[i : i + 1].detach(), sol.x[i : i + 1].detach(), sol.mu[i : i + 1].detach())
+        target_i = theta[2][i : i + 1]
+        jac = torch.autograd.functional.jacobian(
+            lambda z, x, mu, t=target_i: _undamped_residual(p, z, x, mu, theta[0], theta[1], t),
+            s_i,
+        )
+        dense = torch.cat([j.reshape(j.shape[1], -1) for j in jac], dim=1)
+        v = torch.cat([dout_dz[i], dout_dx[i], torch.zeros_like(dout_dz[i])])
+        u = torch.linalg.solve(dense.T, v)
+        params = [t.clone().requires_grad_() for t in theta]
+        r = _undamped_residual(p, *s_i, params[0], params[1], params[2][i : i + 1])
+        for acc, g in zip(total, torch.autograd.grad(r.flatten(), params, -u)):
+            acc += g
+    return total
+
+
+def test_implicit_default_backward_converges_where_a_fixed_point_iteration_stalls():
+    # 50 unknowns per sample and a small input step: the old default (Anderson, 200
+    # iterations) stopped with MAX_ITER here; GMRES on the undamped system converges
+    p = make_problem(dz=20, dx=10, seed=21)
+    params = _params(p)
+    sol = _solve(p, grad="implicit", step_size=0.01, max_iter=3000)
+    assert sol.success
+
+    def outer(z, x):
+        return z.pow(2).sum() + (x * torch.arange(10, dtype=DTYPE)).sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "did not converge" warning
+        grads = torch.autograd.grad(outer(sol.z, sol.x), list(params.values()))
+    assert sol.info["backward_status"].tolist() == [Status.CONVERGED] * p.batch
+    assert int(sol.info["backward_nstep"].max()) < ImplicitGrad().budget(50)
+    z, x = sol.z.detach().requires_grad_(), sol.x.detach().requires_grad_()
+    dout_dz, dout_dx = torch.autograd.grad(outer(z, x), [z, x])
+    oracle = _dense_hypergradient(p, sol, dout_dz, dout_dx)
+    for name, grad, ref in zip(params, grads, oracle):
+        rel = float((grad - ref).norm() / ref.norm())
+        assert rel < 1e-5, f"implicit gradient wrt {name}: {rel:.1e} off the dense oracle"
+
+
+@pytest.mark.parametrize("throw", [False, True])
+def test_implicit_backward_failure_is_a_status_that_throw_raises(throw):
+    p = make_problem(seed=28)
+    p.W.requires_grad_(True)
+    sol = _solve(p, grad=ImplicitGrad(max_iter=2), throw=throw)
+    assert "backward_status" not in sol.info  # filled in by the backward
+    loss = sol.z.pow(2).sum() + sol.x.sum()
+    if throw:
+        with pytest.raises(JointSolveError, match="implicit backward") as err:
+            torch.autograd.grad(loss, [p.W])
+        assert err.value.solution is sol
+    else:
+        with pytest.warns(RuntimeWarning, match="implicit backward"):
+            torch.autograd.grad(loss, [p.W])
+    assert sol.info["backward_status"].tolist() == [Status.MAX_ITER] * p.batch
+    assert sol.info["backward_nstep"].tolist() == [2] * p.batch
 
 
 def test_implicit_rejects_sign_steps():
