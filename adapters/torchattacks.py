@@ -176,11 +176,11 @@ class _JIIOAttack(Attack):
             return sign * F.cross_entropy(logits, targets, reduction="none")
 
         if self.norm == "linf":  # L∞ ball ∩ box: sequential clamps are exact
-            threat = LinfBall(images, self.eps) & Box(0.0, 1.0)
+            threat = LinfBall(self.eps, center=images) & Box(0.0, 1.0)
         elif self.projection == "exact":
-            threat = L2Ball(images, self.eps) & Box(0.0, 1.0)
+            threat = L2Ball(self.eps, center=images) & Box(0.0, 1.0)
         else:
-            threat = ComposedProjection(L2Ball(images, self.eps), Box(0.0, 1.0))
+            threat = ComposedProjection(L2Ball(self.eps, center=images), Box(0.0, 1.0))
         start = self._random_start(images) if self.random_start else images
         options = {
             "solver": "damped",

@@ -8,7 +8,7 @@ Example:
     >>> import torch
     >>> from jiio_ext import Box, LinfBall
     >>> images = torch.rand(4, 3, 8, 8)
-    >>> threat = LinfBall(images, 8 / 255) & Box(0.0, 1.0)
+    >>> threat = LinfBall(8 / 255, center=images) & Box(0.0, 1.0)
     >>> adv = threat.project(images + 0.1 * torch.randn_like(images))
     >>> bool(threat.contains(adv).all())
     True
@@ -231,17 +231,18 @@ class LinfBall(Constraint):
     """The L∞ ball ``||x - center||_∞ <= radius`` per sample.
 
     Args:
+        radius: scalar > 0 or a ``(B,)`` tensor of per-sample radii (the first parameter:
+            ``L2Ball(0.3)`` is the ball of radius 0.3 around the origin).
         center: ``None`` (origin), scalar or batch-first tensor.
-        radius: scalar > 0 or a ``(B,)`` tensor of per-sample radii.
 
     Example:
         >>> import torch
         >>> from jiio_ext import LinfBall
-        >>> LinfBall(torch.zeros(1, 2), 0.5).project(torch.tensor([[1.0, -0.2]]))
+        >>> LinfBall(0.5, center=torch.zeros(1, 2)).project(torch.tensor([[1.0, -0.2]]))
         tensor([[ 0.5000, -0.2000]])
     """
 
-    def __init__(self, center: Bound | None = None, radius: Bound = 1.0) -> None:
+    def __init__(self, radius: Bound, center: Bound | None = None) -> None:
         self.center = center
         self.radius = _as_radius(radius, "LinfBall radius")
 
@@ -260,8 +261,9 @@ class L2Ball(Constraint):
     """The Euclidean ball ``||x - center||_2 <= radius`` per sample (norm over all non-batch dims).
 
     Args:
+        radius: scalar > 0 or a ``(B,)`` tensor of per-sample radii (the first parameter:
+            ``L2Ball(0.3)`` is the ball of radius 0.3 around the origin).
         center: ``None`` (origin), scalar or batch-first tensor.
-        radius: scalar > 0 or a ``(B,)`` tensor of per-sample radii.
 
     Example:
         >>> import torch
@@ -270,7 +272,7 @@ class L2Ball(Constraint):
         tensor([[1.2000, 1.6000]])
     """
 
-    def __init__(self, center: Bound | None = None, radius: Bound = 1.0) -> None:
+    def __init__(self, radius: Bound, center: Bound | None = None) -> None:
         self.center = center
         self.radius = _as_radius(radius, "L2Ball radius")
 
@@ -317,7 +319,7 @@ class Intersection(Constraint):
         >>> import torch
         >>> from jiio_ext import Box, L2Ball
         >>> images = torch.rand(2, 1, 4, 4)
-        >>> threat = L2Ball(images, 0.5) & Box(0.0, 1.0)
+        >>> threat = L2Ball(0.5, center=images) & Box(0.0, 1.0)
         >>> out = threat.project(images + torch.randn_like(images))
         >>> bool(threat.contains(out).all())
         True
@@ -425,7 +427,7 @@ class ComposedProjection(Constraint):
     Example:
         >>> import torch
         >>> centre = torch.full((1, 4), 0.9)
-        >>> c = ComposedProjection(L2Ball(centre, 1.0), Box(0.0, 1.0))
+        >>> c = ComposedProjection(L2Ball(1.0, center=centre), Box(0.0, 1.0))
         >>> y = c.project(torch.tensor([[3.0, 0.9, 0.9, 0.9]]))
         >>> bool(c.contains(y)), y.tolist()
         (True, [[1.0, 0.8999999761581421, 0.8999999761581421, 0.8999999761581421]])

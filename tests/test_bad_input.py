@@ -168,12 +168,12 @@ def test_constraint_shapes_and_types_are_named():
             _objective,
             torch.zeros(4, 5),
             torch.zeros(4, 5),
-            constraint=L2Ball(torch.zeros(4, 7), 1.0),
+            constraint=L2Ball(1.0, center=torch.zeros(4, 7)),
         )
     with pytest.raises(TypeError, match="Box: lower: expected a number or a tensor, got str"):
         Box("a", "b")
     with pytest.raises(TypeError, match="x: L2Ball.project needs a floating-point tensor"):
-        L2Ball(None, 1.0).project(torch.zeros(2, 3, dtype=torch.long))
+        L2Ball(1.0).project(torch.zeros(2, 3, dtype=torch.long))
 
 
 # ---- CLI and training settings (item 17)

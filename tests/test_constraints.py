@@ -165,10 +165,10 @@ def cases(draw, kind: str) -> Case:
         allow_tensor = True
         radius = _make_radius(draw, gen, batch, allow_tensor)
         if kind.startswith("l2"):
-            ball: Constraint = L2Ball(center, radius)
+            ball: Constraint = L2Ball(radius, center=center)
             ball_violation = _l2_violation(anchor, radius, ndim)
         else:
-            ball = LinfBall(center, radius)
+            ball = LinfBall(radius, center=center)
             ball_violation = _linf_violation(anchor, radius, ndim)
         if kind in ("l2", "linf"):
             constraint, violation = ball, ball_violation
@@ -266,9 +266,9 @@ def test_l2_ball_known_values_and_per_sample_radius():
 
 def test_l2_ball_at_its_centre_is_finite():
     center = torch.randn(3, 2, 4, 4, dtype=D)
-    out = L2Ball(center, 0.5).project(center.clone())
+    out = L2Ball(0.5, center=center).project(center.clone())
     torch.testing.assert_close(out, center, rtol=0.0, atol=0.0)
-    out = (L2Ball(center, 0.5) & Box(-10.0, 10.0)).project(center.clone())
+    out = (L2Ball(0.5, center=center) & Box(-10.0, 10.0)).project(center.clone())
     torch.testing.assert_close(out, center, rtol=0.0, atol=0.0)
 
 
@@ -276,7 +276,7 @@ def test_linf_ball_per_sample_radius_on_images():
     images = torch.rand(3, 2, 4, 4, dtype=D)
     eps = torch.tensor([0.01, 0.1, 0.3], dtype=D)
     y = images + torch.randn_like(images)
-    out = LinfBall(images, eps).project(y)
+    out = LinfBall(eps, center=images).project(y)
     expected = images + (y - images).clamp(-eps.view(-1, 1, 1, 1), eps.view(-1, 1, 1, 1))
     torch.testing.assert_close(out, expected, rtol=0.0, atol=0.0)
 
@@ -285,7 +285,7 @@ def test_linf_ball_and_box_is_the_clamp_to_the_intersection():
     images = torch.rand(4, 3, 5, 5, dtype=D)
     eps = torch.tensor([0.05, 0.1, 0.5, 2.0], dtype=D).view(-1, 1, 1, 1)
     y = images + torch.randn_like(images)
-    out = (LinfBall(images, eps.flatten()) & Box(0.0, 1.0)).project(y)
+    out = (LinfBall(eps.flatten(), center=images) & Box(0.0, 1.0)).project(y)
     expected = torch.minimum(
         torch.maximum(y, (images - eps).clamp_min(0)), (images + eps).clamp_max(1)
     )
@@ -294,17 +294,17 @@ def test_linf_ball_and_box_is_the_clamp_to_the_intersection():
 
 def test_projection_keeps_float32():
     images = torch.rand(2, 3, 4, 4)
-    threat = LinfBall(images, 8 / 255) & Box(0.0, 1.0)
+    threat = LinfBall(8 / 255, center=images) & Box(0.0, 1.0)
     out = threat.project(images + 0.1 * torch.randn_like(images))
     assert out.dtype == torch.float32 and out.shape == images.shape
     assert threat.contains(out).all()
-    l2 = L2Ball(images, 0.5) & Box(0.0, 1.0)
+    l2 = L2Ball(0.5, center=images) & Box(0.0, 1.0)
     out = l2.project(images + torch.randn_like(images))
     assert out.dtype == torch.float32 and l2.contains(out).all()
 
 
 def test_intersection_flattens_nested_intersections():
-    a, b, c = Box(-1.0, 1.0), LinfBall(0.0, 0.5), L2Ball(radius=0.7)
+    a, b, c = Box(-1.0, 1.0), LinfBall(0.5, center=0.0), L2Ball(radius=0.7)
     both = (a & b) & c
     assert isinstance(both, Intersection) and len(both.parts) == 3
     y = torch.randn(5, 4, dtype=D) * 3
@@ -337,7 +337,7 @@ def test_bad_radius_is_rejected(cls, radius):
 @pytest.mark.parametrize("cls", [L2Ball, LinfBall])
 def test_integer_radius_tensor_is_rejected(cls):
     with pytest.raises(TypeError, match="radius"):
-        cls(None, torch.tensor([1, 2]))
+        cls(torch.tensor([1, 2]))
 
 
 @pytest.mark.parametrize(
@@ -386,10 +386,11 @@ def test_intersection_with_a_non_constraint_is_rejected():
 def test_per_sample_tensor_of_wrong_batch_size_is_rejected():
     x = torch.zeros(4, 3, dtype=D)
     with pytest.raises(ValueError, match="batch size"):
-        LinfBall(torch.zeros(3, 3, dtype=D), 0.1).check_against(x, "constraint")
+        LinfBall(0.1, center=torch.zeros(3, 3, dtype=D)).check_against(x, "constraint")
     with pytest.raises(ValueError, match="batch size"):
-        (L2Ball(None, torch.ones(5, dtype=D)) & Box(-1.0, 1.0)).check_against(x, "constraint")
-    LinfBall(torch.zeros(1, 3, dtype=D), torch.ones(4, dtype=D)).check_against(x, "constraint")
+        (L2Ball(torch.ones(5, dtype=D)) & Box(-1.0, 1.0)).check_against(x, "constraint")
+    per_sample = LinfBall(torch.ones(4, dtype=D), center=torch.zeros(1, 3, dtype=D))
+    per_sample.check_against(x, "constraint")
 
 
 # --------------------------------------------------------------------------- known bugs
@@ -408,17 +409,17 @@ def test_box_with_one_tensor_and_one_scalar_bound(tensor_side):
 def test_linf_per_sample_radius_without_tensor_centre_in_intersection(center, features):
     eps = torch.tensor([0.1, 0.2, 0.3], dtype=D)
     y = 3 * torch.randn(3, features, dtype=D)
-    out = (LinfBall(center, eps) & Box(-1.0, 1.0)).project(y)
-    torch.testing.assert_close(out, LinfBall(center, eps).project(y), rtol=0.0, atol=0.0)
+    out = (LinfBall(eps, center=center) & Box(-1.0, 1.0)).project(y)
+    torch.testing.assert_close(out, LinfBall(eps, center=center).project(y), rtol=0.0, atol=0.0)
 
 
 @pytest.mark.parametrize(
     "threat",
     [
         Box(0.0, 0.1) & Box(-1.0, 1.0),
-        LinfBall(0.0, 0.1) & Box(-1.0, 1.0),
-        L2Ball(0.0, 0.1) & Box(-1.0, 1.0),
-        L2Ball(0.1, 0.3) & Box(-1.0, 1.0),
+        LinfBall(0.1, center=0.0) & Box(-1.0, 1.0),
+        L2Ball(0.1, center=0.0) & Box(-1.0, 1.0),
+        L2Ball(0.3, center=0.1) & Box(-1.0, 1.0),
     ],
     ids=["box&box", "linf&box", "l2&box", "l2-scalar-centre&box"],
 )
@@ -437,10 +438,24 @@ def test_composed_projection_is_feasible_and_idempotent(seed, radius, scale):
     gen = torch.Generator().manual_seed(seed)
     centre = torch.rand(4, 6, generator=gen, dtype=torch.float64)
     x = centre + scale * torch.randn(4, 6, generator=gen, dtype=torch.float64)
-    composed = ComposedProjection(L2Ball(centre, radius), Box(0.0, 1.0))
+    composed = ComposedProjection(L2Ball(radius, center=centre), Box(0.0, 1.0))
     y = composed.project(x)
     assert bool(composed.contains(y, tol=1e-9).all())
     torch.testing.assert_close(composed.project(y), y)
     # never closer to x than the exact projection onto the intersection
-    exact = Intersection([L2Ball(centre, radius), Box(0.0, 1.0)]).project(x)
+    exact = Intersection([L2Ball(radius, center=centre), Box(0.0, 1.0)]).project(x)
     assert bool(((x - exact).norm(dim=1) <= (x - y).norm(dim=1) + 1e-9).all())
+
+
+@pytest.mark.parametrize("ball", [L2Ball, LinfBall])
+def test_radius_is_the_first_parameter(ball):
+    x = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    only_radius = ball(0.3).project(x)
+    assert float(only_radius.flatten(1).norm(p=2 if ball is L2Ball else float("inf"))) == (
+        pytest.approx(0.3)
+    )
+    centred = ball(0.3, center=torch.ones(1, 2, dtype=torch.float64)).project(x)
+    torch.testing.assert_close(centred, ball(0.3, torch.ones(1, 2, dtype=torch.float64)).project(x))
+    assert float((centred - 1.0).abs().max()) <= 0.3 + 1e-12
+    with pytest.raises(TypeError, match="radius"):
+        ball()

@@ -64,7 +64,7 @@ def test_projected_stationarity_with_constraint():
 
 @pytest.mark.parametrize(
     "constraint",
-    [None, L2Ball(radius=0.3), LinfBall(0.0, 0.2), LinfBall(0.0, 0.5) & Box(-0.1, 1.0)],
+    [None, L2Ball(radius=0.3), LinfBall(0.2), LinfBall(0.5) & Box(-0.1, 1.0)],
     ids=["none", "l2", "linf", "linf&box"],
 )
 def test_joint_and_nested_agree(constraint):
@@ -240,7 +240,7 @@ def test_anderson_needs_fewer_iterations_than_damped():
 def test_returned_x_always_in_set_even_when_not_converged():
     p = make_problem(seed=11)
     images = torch.rand(p.batch, p.U.shape[0], dtype=DTYPE)
-    threat = LinfBall(images, 0.05) & Box(0.0, 1.0)
+    threat = LinfBall(0.05, center=images) & Box(0.0, 1.0)
     sol = solve_joint(
         p.f,
         lambda z, x: -(z - p.target).pow(2).sum(1),

@@ -210,12 +210,12 @@ def test_f_of_wrong_shape_nested(bad_f):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: LinfBall(make_x0(), 0.0),
-        lambda: LinfBall(make_x0(), -8 / 255),
-        lambda: L2Ball(make_x0(), 0.0),
-        lambda: L2Ball(make_x0(), float("nan")),
-        lambda: LinfBall(make_x0(), torch.tensor([0.1, 0.1, 0.0, 0.1], dtype=D)),
-        lambda: L2Ball(make_x0(), torch.tensor([0.1, -1.0, 0.1, 0.1], dtype=D)),
+        lambda: LinfBall(0.0, center=make_x0()),
+        lambda: LinfBall(-8 / 255, center=make_x0()),
+        lambda: L2Ball(0.0, center=make_x0()),
+        lambda: L2Ball(float("nan"), center=make_x0()),
+        lambda: LinfBall(torch.tensor([0.1, 0.1, 0.0, 0.1], dtype=D), center=make_x0()),
+        lambda: L2Ball(torch.tensor([0.1, -1.0, 0.1, 0.1], dtype=D), center=make_x0()),
     ],
     ids=["linf-0", "linf-negative", "l2-0", "l2-nan", "linf-per-sample-0", "l2-per-sample-neg"],
 )
@@ -228,12 +228,12 @@ def test_constraint_with_eps_not_positive(entry, make):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: LinfBall(torch.zeros(B + 1, 3, dtype=D), 0.1),
-        lambda: L2Ball(torch.zeros(B - 1, 3, dtype=D), 0.1),
-        lambda: LinfBall(make_x0(), torch.full((B + 1,), 0.1, dtype=D)),
-        lambda: L2Ball(None, torch.full((2,), 0.1, dtype=D)),
+        lambda: LinfBall(0.1, center=torch.zeros(B + 1, 3, dtype=D)),
+        lambda: L2Ball(0.1, center=torch.zeros(B - 1, 3, dtype=D)),
+        lambda: LinfBall(torch.full((B + 1,), 0.1, dtype=D), center=make_x0()),
+        lambda: L2Ball(torch.full((2,), 0.1, dtype=D)),
         lambda: Box(torch.zeros(B + 1, 3, dtype=D), torch.ones(B + 1, 3, dtype=D)),
-        lambda: L2Ball(torch.zeros(B + 1, 3, dtype=D), 0.1) & Box(-1.0, 1.0),
+        lambda: L2Ball(0.1, center=torch.zeros(B + 1, 3, dtype=D)) & Box(-1.0, 1.0),
     ],
     ids=["linf-centre", "l2-centre", "linf-radius", "l2-radius", "box-bounds", "intersection"],
 )
@@ -255,7 +255,7 @@ def test_constraint_on_another_device(entry):
     except (RuntimeError, NotImplementedError) as err:  # pragma: no cover
         pytest.skip(f"meta tensors unavailable: {err}")
     with pytest.raises(ValueError, match="constraint: tensor on meta"):
-        call(entry, constraint=LinfBall(meta, 0.1))
+        call(entry, constraint=LinfBall(0.1, center=meta))
 
 
 # --------------------------------------------------------------------------- options
