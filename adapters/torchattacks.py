@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ from torch.nn import functional as F
 
 from jiio_ext.constraints import Box, ComposedProjection, L2Ball, LinfBall
 from jiio_ext.schedules import StepSwitch
+from jiio_ext.solution import Status
 
 try:
     from torchattacks.attack import Attack
@@ -193,6 +195,18 @@ class _JIIOAttack(Attack):
         }
         solution = self._view.optimize_input(start, objective, constraint=threat, **options)
         self._last_solution = solution
+        unsettled = solution.status == Status.UNSETTLED
+        if bool(unsettled.any()):
+            worst = float(solution.info["residual_z_joint"][unsettled].max())
+            warnings.warn(
+                f"{type(self).__name__}: the DEQ state did not settle for "
+                f"{int(unsettled.sum())} of {unsettled.numel()} images (joint forward residual up "
+                f"to {worst:.2e}); their perturbations followed inexact gradients and the attack "
+                "may be weaker than PGD there: raise iterations_per_step or lower alpha_z "
+                "(last_solution.status says UNSETTLED)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
         self._last_problem = (objective, threat, adversarial)
         return adversarial

@@ -129,6 +129,19 @@ def _input_update(step_size: object, rule: StepRule) -> InputUpdate:
     return GradientStep(as_schedule(step_size, "step_size"), rule)
 
 
+# forward residual (relative to the state's RMS) above which an unconverged sample is UNSETTLED
+_UNSETTLED = 0.1
+
+
+def _mark_unsettled(
+    status: torch.Tensor, joint_residual: torch.Tensor, z_flat: torch.Tensor
+) -> torch.Tensor:
+    """``MAX_ITER`` becomes ``UNSETTLED`` where the joint forward residual stayed large."""
+    scale = z_flat.pow(2).mean(dim=1).sqrt()
+    unsettled = (status == int(Status.MAX_ITER)) & (joint_residual > _UNSETTLED * scale)
+    return torch.where(unsettled, int(Status.UNSETTLED), status)
+
+
 def _settle(
     aug: AugmentedMap,
     z: State,
@@ -363,7 +376,9 @@ def solve_joint(
     with torch.no_grad():
         z, z_residual, objective_at_x = _settle(aug, z, x, mu, result.status, rtol, max_iter)
     residuals = {name: result.residuals[:, i] for i, name in enumerate(("z", "x", "mu"))}
-    residuals["z"] = torch.where(torch.isfinite(z_residual), z_residual, residuals["z"])
+    joint_z_residual = residuals["z"]
+    residuals["z"] = torch.where(torch.isfinite(z_residual), z_residual, joint_z_residual)
+    status = _mark_unsettled(result.status, joint_z_residual, aug.z_layout.flatten(z))
     trajectory_points = {}
     for k, snap in result.snapshots.items():
         zk, xk, _ = aug.split(snap)
@@ -373,7 +388,7 @@ def solve_joint(
         x=x,
         mu=mu,
         objective=objective_at_x,
-        status=result.status,
+        status=status,
         nstep=result.nstep,
         residuals=residuals,
         traces=result.traces,
@@ -388,6 +403,7 @@ def solve_joint(
             "stationarity": result.aux.get("stationarity"),
             "stationarity_peak": result.peaks.get("stationarity"),
             "objective_last_iterate": last_objective,
+            "residual_z_joint": joint_z_residual,
         },
     )
     if grad_mode is not None:

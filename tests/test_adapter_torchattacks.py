@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -171,3 +173,25 @@ def test_l2_projections_stay_feasible_and_strong(projection):
         assert F.cross_entropy(model(adv), labels) >= 0.9 * F.cross_entropy(model(theirs), labels)
     with pytest.raises(ValueError, match="projection"):
         JIIOPGDL2(model, projection="nearest")
+
+
+def test_an_unsettled_deq_state_warns_and_is_reported():
+    from jiio_ext import Status
+    from jiio_ext.bench.user_classifiers import UserClassifier
+
+    torch.manual_seed(0)
+    # tanh(0.3 · conv(z) + u) with a large convolution: plain iteration oscillates
+    model = UserClassifier(cell="tanh", spectral_norm=12.0).eval()
+    images, labels = torch.rand(6, 1, 8, 8), torch.arange(6)
+    attack = JIIOPGD(model, eps=0.1, alpha=0.025, steps=5)
+    with pytest.warns(RuntimeWarning, match="did not settle"):
+        attack(images, labels)
+    status = attack.last_solution.status
+    assert bool((status == Status.UNSETTLED).any())
+    # a model whose state settles gives no such warning and no such status
+    settled = DEQClassifier().eval()
+    attack = JIIOPGD(settled, eps=0.1, alpha=0.025, steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        attack(images, labels)
+    assert not bool((attack.last_solution.status == Status.UNSETTLED).any())

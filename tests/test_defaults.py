@@ -111,3 +111,35 @@ def test_hand_set_step_is_still_available():
     ref = _solve(p, step_size=0.3, max_iter=300, rtol=1e-8)
     torch.testing.assert_close(sol.x, ref.x)
     assert sol.success
+
+
+def _non_contractive_problem():
+    gen = torch.Generator().manual_seed(0)
+    rotation = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=DTYPE))[0]
+    weight = 1.6 * rotation  # plain (damped) iteration of tanh(z W + x) does not converge
+    target = 0.3 * torch.rand(4, 6, generator=gen, dtype=DTYPE)
+    z0 = 0.5 * torch.randn(4, 6, generator=gen, dtype=DTYPE)
+    return (
+        lambda z, x: torch.tanh(z @ weight + x),
+        lambda z, x: (z - target).pow(2).sum(1),
+        torch.zeros(4, 6, dtype=DTYPE),
+        z0,
+    )
+
+
+def test_a_forward_block_that_never_settles_is_unsettled_not_max_iter():
+    f, objective, x0, z0 = _non_contractive_problem()
+    sol = solve_joint(f, objective, x0, z0, step_size=0.1, solver="damped", max_iter=50)
+    unsettled = sol.status == Status.UNSETTLED
+    assert bool(unsettled.any())
+    scale = sol.z.pow(2).mean(1).sqrt()
+    joint = sol.info["residual_z_joint"]
+    assert bool((joint[unsettled] > 0.1 * scale[unsettled]).all())
+    assert bool((sol.status[~unsettled] != Status.CONVERGED).all())
+    # the returned z is still re-solved at the returned x, so the objective is honest
+    assert bool((sol.residuals["z"] < 1e-3).all())
+    assert "UNSETTLED" in sol.summary()
+    # a contractive problem under the same budget is MAX_ITER, never UNSETTLED
+    p = make_problem(seed=48)
+    short = _solve(p, max_iter=20)
+    assert not bool((short.status == Status.UNSETTLED).any())

@@ -195,7 +195,7 @@ def bench_zoo(
 
     Args:
         device: torch device.
-        quick: batch 4 instead of 16.
+        quick: batch 4 instead of 8.
         dtype: floating-point type of the models and inputs.
         models: model names (default all of :data:`~jiio_ext.bench.zoo_models.ZOO_MODELS`).
         objectives: ``"recovery"`` and / or ``"inversion"``.
@@ -218,7 +218,7 @@ def bench_zoo(
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad:
         raise ValueError(f"objectives: unknown {bad}; expected from {list(OBJECTIVES)}")
-    batch = 4 if quick else 16
+    batch = 4 if quick else 8
     plan = [(m, o, s) for m in names for o in objectives for s in scales]
     bar = None
     if progress:
