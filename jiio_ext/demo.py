@@ -225,7 +225,7 @@ def _generative_training(budget: str, device: str, folder: Path) -> dict[str, An
         "quick": dict(
             epochs=1, train_size=32, eval_size=8, batch_size=32, inner_iters=40, eval_iters=20
         ),
-        "full": dict(epochs=1, train_size=384, eval_size=64, batch_size=64, inner_iters=40),
+        "full": dict(epochs=1, train_size=256, eval_size=64, batch_size=64, inner_iters=40),
     }[budget]
     logs = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -319,7 +319,7 @@ def _inverse(budget: str, device: str, folder: Path) -> dict[str, Any]:
     latent_dim = stored["config"]["latent_dim"]
     decoder = build_decoder(latent_dim=latent_dim).to(device)
     decoder.load_state_dict(stored["state_dict"])
-    batch = {"tiny": 4, "quick": 8, "full": 64}[budget]
+    batch = {"tiny": 4, "quick": 8, "full": 32}[budget]
     steps, max_iter = {"tiny": (5, 10), "quick": (40, 100), "full": (40, 200)}[budget]
     clean = load_images("digits", image_size=16, device=torch.device(device))[2][:batch]
     operator = make_problem("inpaint", 16)
@@ -344,13 +344,18 @@ def _inverse(budget: str, device: str, folder: Path) -> dict[str, Any]:
     }
 
 
+# benches whose full budget alone would take most of the full demo's 15 minutes on 2 CPU cores
+# (jiio bench meta: about 15 min; jiio bench torchdeq: 64 channels, over 6 min under load)
+_QUICK_IN_FULL = frozenset({"meta", "torchdeq"})
+
+
 def _bench(name: str) -> Callable[[str, str, Path], dict[str, Any]]:
     """A runner of ``jiio bench NAME`` (its quick budget in the quick and tiny demos)."""
 
     def run(budget: str, device: str, folder: Path) -> dict[str, Any]:
         from jiio_ext.bench import run_task
 
-        return run_task(name, device=device, quick=budget != "full" or name == "meta")
+        return run_task(name, device=device, quick=budget != "full" or name in _QUICK_IN_FULL)
 
     return run
 
@@ -370,7 +375,7 @@ TASKS: dict[str, DemoTask] = {
             "decoded MSE",
             "lower",
             1e-6,
-            {"tiny": 60, "quick": 18, "full": 90},
+            {"tiny": 60, "quick": 18, "full": 150},
             _bench("latent"),
             short="latent inversion, JIIO vs nested Adam",
         ),
@@ -380,7 +385,7 @@ TASKS: dict[str, DemoTask] = {
             "",
             "lower",
             0.0,
-            {"tiny": 30, "quick": 6, "full": 30},
+            {"tiny": 30, "quick": 6, "full": 15},
             _bench("overhead"),
             short="one joint iteration vs one f evaluation + VJP",
         ),
@@ -391,7 +396,7 @@ TASKS: dict[str, DemoTask] = {
             "objective (MSE)",
             "lower",
             1e-6,
-            {"tiny": 60, "quick": 15, "full": 120},
+            {"tiny": 60, "quick": 15, "full": 30},
             _bench("torchdeq"),
             short="a torchdeq model's input, JIIO vs Adam through model(x)",
         ),
@@ -403,7 +408,7 @@ TASKS: dict[str, DemoTask] = {
             "robust accuracy",
             "lower",
             1 / 64,
-            {"tiny": 60, "quick": 10, "full": 60},
+            {"tiny": 60, "quick": 10, "full": 45},
             _adversarial,
             why_slower=_ADVERSARIAL_SLOWER,
             short="L∞ attack on a digits DEQ, JIIOPGD vs PGD",
@@ -415,7 +420,7 @@ TASKS: dict[str, DemoTask] = {
             "test PSNR (dB)",
             "higher",
             0.05,
-            {"tiny": 60, "quick": 25, "full": 90},
+            {"tiny": 60, "quick": 25, "full": 150},
             _inverse,
             why_slower=(
                 "JIIO's time counts until its iterate first reaches the baseline's PSNR; when "
@@ -430,7 +435,7 @@ TASKS: dict[str, DemoTask] = {
             "meta-test accuracy",
             "higher",
             0.05,
-            {"tiny": 120, "quick": 25, "full": 60},
+            {"tiny": 120, "quick": 25, "full": 30},
             _bench("meta"),
             why_slower="a few meta-steps only: set-up costs weigh on both sides.",
             short="5-way 1-shot digits, JIIO vs MAML",
@@ -453,7 +458,7 @@ TASKS: dict[str, DemoTask] = {
             "robust accuracy",
             "higher",
             0.03,
-            {"tiny": 120, "quick": 20, "full": 150},
+            {"tiny": 120, "quick": 20, "full": 120},
             _adversarial_training,
             why_slower=_ADVERSARIAL_SLOWER,
             short="adversarial training, JIIOPGD vs PGD in the loop",
@@ -465,7 +470,7 @@ TASKS: dict[str, DemoTask] = {
             "test PSNR (dB)",
             "higher",
             0.3,
-            {"tiny": 120, "quick": 25, "full": 200},
+            {"tiny": 120, "quick": 25, "full": 150},
             _generative_training,
             short="decoder training, JIIO vs nested inner loop",
         ),
