@@ -133,6 +133,7 @@ def bench_adversarial(
     quick: bool = False,
     dtype=torch.float32,
     model: DEQClassifier | None = None,
+    user_models: bool | None = None,
 ) -> dict:
     """PGD-k (torchattacks) vs JIIOPGD with the same ``steps``, L∞ and L2, on the digits.
 
@@ -142,22 +143,29 @@ def bench_adversarial(
         dtype: floating dtype.
         model: a trained classifier to attack (``jiio demo`` passes its shipped one); ``None``
             trains one first (untimed).
+        user_models: also attack the classifiers users write
+            (:func:`~jiio_ext.bench.user_classifiers.bench_user_attacks`: PGD-10 / PGD-20 vs
+            JIIO-10 at default options, targeted and untargeted); ``None``: unless ``quick``
+            or a ``model`` is given.
 
     Returns:
-        The bench report (``objective`` = robust accuracy, lower is a stronger attack).
+        The bench report (``objective`` = robust accuracy, lower is a stronger attack), with
+        the ``user_models`` rows when asked.
 
     Example:
         >>> import inspect
         >>> # a run trains the classifier first (seconds even with quick=True), e.g.
         >>> # bench_adversarial(torch.device("cpu"), quick=True)["jiio"]["objective"]
         >>> list(inspect.signature(bench_adversarial).parameters)
-        ['device', 'quick', 'dtype', 'model']
+        ['device', 'quick', 'dtype', 'model', 'user_models']
     """
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
     from jiio_ext.bench.tasks import _sync
 
+    if user_models is None:
+        user_models = not quick and model is None
     train_x, train_y, test_x, test_y = load_digits(device, dtype)
     if quick:
         train_x, train_y, test_x, test_y = train_x[:256], train_y[:256], test_x[:64], test_y[:64]
@@ -225,4 +233,11 @@ def bench_adversarial(
         "speedup_time": main["speedup_time"],
         "speedup_evals": None,
         "l2": reports["l2"],
+        **({"user_models": _user_rows(device, dtype)} if user_models else {}),
     }
+
+
+def _user_rows(device: torch.device, dtype: torch.dtype) -> list[dict]:
+    from jiio_ext.bench.user_classifiers import bench_user_attacks
+
+    return bench_user_attacks(device, dtype=dtype)["rows"]
