@@ -38,7 +38,9 @@ from jiio_ext.bench.zoo_models import ZOO_MODELS
 
 __all__ = ["OBJECTIVES", "SCALES", "bench_zoo", "format_zoo", "run_cli"]
 
+# The objectives of every zoo model (see the module docstring).
 OBJECTIVES = ("recovery", "inversion")
+# The factors each objective is run at (JIIO's defaults must not care).
 SCALES = (1e-3, 1.0, 1e3)
 ADAM_RATES = (0.03, 0.1, 0.3)
 ADAM_STEPS = 40
