@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from jiio_ext.constraints import Box, ComposedProjection, L2Ball, LinfBall
-from jiio_ext.schedules import StepSwitch
+from jiio_ext.schedules import Cosine, StepSwitch
 from jiio_ext.solution import Status
 
 try:
@@ -187,7 +187,14 @@ class _JIIOAttack(Attack):
         options = {
             "solver": "damped",
             "step_rule": "sign" if self.norm == "linf" else self._l2_direction,
-            "step_size": StepSwitch(self.alpha, self.alpha / 3),
+            # a targeted loss has its minimum inside the ball: steps decay so the iterate
+            # settles there (constant steps kept bouncing off it: hit rate 0.89 against
+            # stock's 1.00); an untargeted loss keeps climbing to the boundary at full steps
+            "step_size": (
+                Cosine(self.alpha, self.alpha / 20)
+                if self.targeted
+                else StepSwitch(self.alpha, self.alpha / 3)
+            ),
             "max_iter": self.iterations_per_step * self.steps,
             "rtol": 0.0,
             "atol": 0.0,
