@@ -211,6 +211,7 @@ def _adversarial_training(budget: str, device: str, folder: Path) -> dict[str, A
     report["training_images"] = sizes["train_size"] or "all"
     if budget != "full":
         report["note"] = _SHORT_TRAINING.format(sizes["train_size"])
+        report["caveat"] = "quality after one short epoch only"
     return report
 
 
@@ -260,6 +261,7 @@ def _generative_training(budget: str, device: str, folder: Path) -> dict[str, An
     report["training_images"] = sizes["train_size"] or "all"
     if budget != "full":
         report["note"] = _SHORT_TRAINING.format(sizes["train_size"])
+        report["caveat"] = "quality after one short epoch only"
     return report
 
 

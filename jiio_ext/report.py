@@ -69,6 +69,7 @@ _SHOWN_APART = (
     "quality",
     "why_slower",
     "note",
+    "caveat",
     "traces",
 )
 _CSS = """
@@ -374,7 +375,8 @@ def headline(report: dict) -> str:
     """The first screen's sentence on a task: who won on quality and on time, by how much.
 
     Args:
-        report: one task's report (``short`` or ``what`` names the comparison).
+        report: one task's report (``short`` or ``what`` names the comparison; a ``caveat``
+            is added in brackets).
 
     Returns:
         The sentence, without the task's name.
@@ -417,7 +419,8 @@ def headline(report: dict) -> str:
             clauses.append(f"JIIO {1 / ratio:.3g}× slower ({jiio_t} against {base_t})")
         elif ratio is not None:
             clauses.append(f"about equal time ({jiio_t} against {base_t})")
-    return f"{what}: {'; '.join(clauses)}."
+    caveat = f" ({report['caveat']})" if report.get("caveat") else ""
+    return f"{what}: {'; '.join(clauses)}{caveat}."
 
 
 def quality_time_plot(report: dict, path: Path) -> Path:
