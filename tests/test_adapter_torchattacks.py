@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -21,8 +22,9 @@ def _data(batch=16, seed=1):
     return torch.rand(batch, 1, 8, 8, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
 
 
-def _trained_model():
-    """A model trained briefly on a fixed random batch (so clean accuracy is high)."""
+@functools.cache
+def _trained_weights() -> dict[str, torch.Tensor]:
+    """Weights of a model trained briefly on a fixed random batch (trained once per session)."""
     model = DEQClassifier()
     images, labels = _data(32, seed=2)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -30,6 +32,14 @@ def _trained_model():
         opt.zero_grad()
         F.cross_entropy(model(images), labels).backward()
         opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _trained_model():
+    """A fresh copy of the briefly trained model (so clean accuracy is high) and its batch."""
+    model = DEQClassifier()
+    model.load_state_dict(_trained_weights())
+    images, labels = _data(32, seed=2)
     return model.eval(), images, labels
 
 
