@@ -92,13 +92,14 @@ def evaluate_robustness(
     steps: int = 20,
     restarts: int = 2,
     square_queries: int = 300,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Clean and robust accuracy under stock torchattacks attacks and JIIOPGD.
 
     Attacks: PGD-``steps``; PGD-50 with ``restarts`` random restarts (a sample counts as robust
     only if every restart fails); APGD-CE; Square (gradient-free, rules out gradient
     obfuscation); and the JIIO attack with ``steps``. The model must keep gradients in eval
-    mode (the 'jiio' DEQ core does).
+    mode (the 'jiio' DEQ core does). ``progress`` shows a bar over the attacks.
 
     Example:
         >>> import torch
@@ -120,26 +121,44 @@ def evaluate_robustness(
         with torch.no_grad():
             return model(adv).argmax(1) == labels
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=4 + restarts, desc="robustness evaluation", leave=False)
+
+    def done(attack: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(attack)
+            bar.update()
+
     results = {"clean": float(correct(images).float().mean())}
     alpha = eps / 4
     results[f"pgd{steps}"] = float(
         correct(pgd_cls(model, eps=eps, alpha=alpha, steps=steps)(images, labels)).float().mean()
     )
+    done(f"PGD-{steps}")
     robust = torch.ones_like(labels, dtype=torch.bool)
-    for _ in range(restarts):
+    for restart in range(restarts):
         attack = pgd_cls(model, eps=eps, alpha=eps / 10, steps=50, random_start=True)
         robust &= correct(attack(images, labels))
+        done(f"PGD-50 restart {restart + 1}")
     results["pgd50_restarts"] = float(robust.float().mean())
     apgd = torchattacks.APGD(
         model, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps, loss="ce"
     )
     results["apgd_ce"] = float(correct(apgd(images, labels)).float().mean())
+    done("APGD-CE")
     square = torchattacks.Square(
         model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=square_queries
     )
     results["square"] = float(correct(square(images, labels)).float().mean())
+    done("Square")
     jiio = jiio_cls(model, eps=eps, alpha=alpha, steps=steps)
     results[f"jiio_pgd{steps}"] = float(correct(jiio(images, labels)).float().mean())
+    done(f"JIIOPGD-{steps}")
+    if bar is not None:
+        bar.close()
     return results
 
 
@@ -453,7 +472,15 @@ def train_adversarial(
             if bar is not None:
                 bar.close()
         if robust_eval:
-            local = evaluate_robustness(model, test_x, test_y, norm=norm, eps=eps, steps=eval_steps)
+            local = evaluate_robustness(
+                model,
+                test_x,
+                test_y,
+                norm=norm,
+                eps=eps,
+                steps=eval_steps,
+                progress=progress and ctx.is_main,
+            )
             count = float(test_x.shape[0])
             summed = ctx.all_reduce_sum({key: value * count for key, value in local.items()})
             total = ctx.all_reduce_sum(count)
