@@ -4,7 +4,8 @@ The demo runs the tasks of :data:`TASKS`: the benchmarks of :data:`jiio_ext.benc
 (latent inversion, per-iteration overhead, a torchdeq model, adversarial attack, an inverse
 problem, meta-learning, bf16 autocast) and two training comparisons (adversarial training:
 JIIOPGD vs torchattacks' PGD in the loop; generative inpainting training: JIIO vs the nested
-inner loop). JIIO runs with its default options in every row. It writes
+inner loop). The demo sets no JIIO option itself: each row runs JIIO as its bench does, with
+the settings the row's method column names. It writes
 ``<out>/<timestamp>/record.json`` and a self-contained ``report.html`` and prints one line per
 task and a summary table.
 
