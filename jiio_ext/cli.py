@@ -88,6 +88,10 @@ def format_report(report: dict) -> str:
     for key in ("speedup_time", "speedup_evals", "overhead"):
         if key in report:
             lines.append(f"  {key}: {_fmt(report[key])}")
+    if "user_models" in report:
+        from jiio_ext.bench.user_classifiers import format_user_attacks
+
+        lines.append(format_user_attacks({"rows": report["user_models"]}))
     return "\n".join(lines)
 
 
