@@ -88,6 +88,13 @@ def format_report(report: dict) -> str:
     for key in ("speedup_time", "speedup_evals", "overhead"):
         if key in report:
             lines.append(f"  {key}: {_fmt(report[key])}")
+    default = report.get("jiio_default")
+    if default is not None:
+        reached = f"{default['speedup_time']}x faster" if default["reached_baseline"] else "no"
+        lines.append(
+            f"  jiio with default options: objective {_fmt(default['objective'])}, "
+            f"{_fmt(default['time_s'])} s, reached the baseline: {reached}"
+        )
     if "user_models" in report:
         from jiio_ext.bench.user_classifiers import format_user_attacks
 

@@ -206,7 +206,7 @@ def solve_joint(
     alpha_z: float = 0.8,
     alpha_mu: float = 0.6,
     solver: str | Anderson | DampedIteration | None = None,
-    max_iter: int = 100,
+    max_iter: int = 150,
     rtol: float = 1e-4,
     atol: float = 0.0,
     subset: bool = True,

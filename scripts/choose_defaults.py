@@ -16,6 +16,7 @@ and read the table: the default is the setting with the lowest worst-case ratio.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 
 import torch
@@ -26,6 +27,7 @@ from jiio_ext.bench.tasks import make_latent_problem
 from jiio_ext.bench.torchdeq_task import MultiScaleDecoder, _true_objective
 from jiio_ext.updates import Adaptive
 
+FIRST = "--second-only" not in sys.argv
 CANDIDATES = {
     "lr": (0.05, 0.1, 0.2),
     "beta1": (0.0, 0.5, 0.9),
@@ -82,8 +84,17 @@ def _functional_problem():
     return adam, jiio
 
 
+# second sweep, at the chosen update: damping of the z / μ blocks and the budget
+SECOND = (
+    {"alpha_z": 0.8, "alpha_mu": 0.6, "max_iter": 100},
+    {"alpha_z": 1.0, "alpha_mu": 1.0, "max_iter": 100},
+    {"alpha_z": 0.8, "alpha_mu": 0.6, "max_iter": 150},
+    {"alpha_z": 1.0, "alpha_mu": 1.0, "max_iter": 150},
+)
+
+
 def main() -> None:
-    """Print the sweep table."""
+    """Print the sweep tables."""
     problems = {
         "torchdeq MultiScaleDecoder": _torchdeq_problem(),
         "ConvDEQDecoder": _functional_problem(),
@@ -93,13 +104,21 @@ def main() -> None:
         targets[name] = min(adam(lr) for lr in (0.03, 0.1, 0.3))
         print(f"{name}: best Adam-40 objective {targets[name]:.4g}", flush=True)
     print(f"{'lr':>5} {'beta1':>6} {'solver':>9}  " + "  ".join(f"{n[:22]:>22}" for n in problems))
-    for lr, beta1, solver in itertools.product(*CANDIDATES.values()):
+    for lr, beta1, solver in itertools.product(*CANDIDATES.values()) if FIRST else ():
         ratios = []
         for name, (_, jiio) in problems.items():
             start = time.perf_counter()
             value = jiio(step_size=Adaptive(lr=lr, beta1=beta1), solver=solver)
             ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
         print(f"{lr:>5} {beta1:>6} {solver:>9}  " + "  ".join(ratios), flush=True)
+    print("damping and budget at lr 0.1, beta1 0, damped:")
+    for options in SECOND:
+        ratios = []
+        for name, (_, jiio) in problems.items():
+            start = time.perf_counter()
+            value = jiio(**options)
+            ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
+        print(f"  {options}  " + "  ".join(ratios), flush=True)
 
 
 if __name__ == "__main__":

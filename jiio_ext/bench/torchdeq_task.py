@@ -169,7 +169,14 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
         ['device', 'quick', 'dtype']
     """
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.bench.tasks import IterateRecorder, PeakMemory, _side, _sync, first_reaching
+    from jiio_ext.bench.tasks import (
+        IterateRecorder,
+        PeakMemory,
+        _side,
+        _sync,
+        default_options_side,
+        first_reaching,
+    )
 
     batch, steps = (8, 20) if quick else (32, 80)
     torch.manual_seed(0)
@@ -266,4 +273,14 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
         },
         "speedup_time": round(base_time / reach_time, 2),
         "speedup_evals": None,
+        "jiio_default": default_options_side(
+            lambda callback: decorated.optimize_input(
+                x0, objective, max_iter=max_iter, callback=callback
+            ),
+            lambda x: _true_objective(model, x, objective),
+            x0,
+            device,
+            base_objective,
+            base_time,
+        ),
     }
