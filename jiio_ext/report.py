@@ -96,6 +96,7 @@ ul.sentences li { margin: 0.35em 0; }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr));
            gap: 16px; }
 figure { margin: 0; border: 1px solid #e6e8eb; padding: 8px; }
+figure.wide { grid-column: 1 / -1; }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { font-size: 0.9em; color: #555; text-align: center; margin-top: 4px; }
 a { color: #1a56a8; text-decoration: none; }
@@ -767,6 +768,14 @@ def _caption(path: Path) -> str:
     return re.sub(r"[_\-]+", " ", path.stem).strip()
 
 
+def _is_wide_png(raw: bytes) -> bool:
+    """A PNG over twice as wide as tall (an image grid): it gets the page's full width."""
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        return False
+    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    return width > 2 * height
+
+
 def _figures(paths: list[Path]) -> str:
     figures = []
     for path in map(Path, paths):
@@ -779,9 +788,11 @@ def _figures(paths: list[Path]) -> str:
                 f"<figcaption>{caption}</figcaption></figure>"
             )
             continue
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        raw = path.read_bytes()
+        data = base64.b64encode(raw).decode("ascii")
+        wide = ' class="wide"' if _is_wide_png(raw) else ""
         figures.append(
-            f'<figure><img src="data:{mime};base64,{data}" alt="{caption}">'
+            f'<figure{wide}><img src="data:{mime};base64,{data}" alt="{caption}">'
             f"<figcaption>{caption}</figcaption></figure>"
         )
     return f'<div class="figures">{"".join(figures)}</div>' if figures else ""
