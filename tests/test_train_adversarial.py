@@ -86,7 +86,7 @@ def test_mnist_loader_reads_real_format_files(tmp_path):
 
 
 def test_cli_errors(tmp_path):
-    with pytest.raises(SystemExit, match="data_dir"):
+    with pytest.raises(SystemExit, match="--data-dir"):
         main(
             [
                 "train",
@@ -106,7 +106,7 @@ def test_cli_errors(tmp_path):
         train_adversarial(method="fgsm", out=str(tmp_path))
     with pytest.raises(ValueError, match="iterations_per_step"):
         train_adversarial(iterations_per_step=0, out=str(tmp_path))
-    with pytest.raises(SystemExit, match="iterations_per_step"):
+    with pytest.raises(SystemExit, match="--iterations-per-step"):
         main(["train", "adversarial", "--iterations-per-step", "0", "--out", str(tmp_path)])
 
 

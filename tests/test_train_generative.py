@@ -228,7 +228,7 @@ def test_bad_arguments_are_named(tmp_path, kwargs, message):
 def test_cli_reports_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="sigma"):
         main(["train", "inverse", "--sigma", "-1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="data_dir"):
+    with pytest.raises(SystemExit, match="--data-dir"):
         main(["train", "generative", "--data", "cifar10", "--out", str(tmp_path)])
     with pytest.raises(SystemExit) as err:
         main(["train", "inverse", "--problem", "unknown"])
