@@ -90,10 +90,17 @@ __version__ = "0.1.0.dev0"
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first use."""
+    """Import a public name from its module, or a submodule (``jiio_ext.solve``), on first use."""
     module = _MODULE_OF.get(name)
-    if module is None:
+    if module is None and name.startswith("__"):
         raise AttributeError(f"module 'jiio_ext' has no attribute {name!r}")
+    if module is None:
+        try:
+            return importlib.import_module(f"jiio_ext.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"jiio_ext.{name}":
+                raise
+            raise AttributeError(f"module 'jiio_ext' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
