@@ -299,6 +299,8 @@ class AugmentedMap:
         step size: without a constraint it is ``rms(g)``, and it vanishes exactly at projected
         stationarity.
         """
+        if self.constraint is None:  # unconstrained: the projected gradient is the gradient
+            return g_x.flatten(1).pow(2).mean(dim=1).sqrt()
         gain = self.update.gain(index)
         if isinstance(gain, torch.Tensor):
             gain = gain.view_as(x).clamp_min(torch.finfo(x.dtype).tiny)

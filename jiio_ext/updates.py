@@ -191,7 +191,7 @@ class Adaptive(InputUpdate):
     def start(self, x0: torch.Tensor, constraint: Constraint | None) -> None:
         """Reset the moments for a new solve over ``x0`` (full batch)."""
         flat = x0.detach().flatten(1)
-        self._m = torch.zeros_like(flat)
+        self._m = torch.zeros_like(flat) if self.beta1 > 0 else None
         self._v = torch.zeros_like(flat)
         self._t = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
         self._unit = _unit(x0, constraint).to(flat)
@@ -212,30 +212,42 @@ class Adaptive(InputUpdate):
 
     def __call__(self, grad, index, k, max_iter, *, frozen=False):
         """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
-        if self._m is None:
+        if self._v is None:
             raise RuntimeError("Adaptive: start(x0, constraint) must be called before stepping")
         flat = grad.flatten(1)
-        rows = slice(None) if index is None else index
+        # the engine passes the sorted active rows: all of them means the whole batch
+        whole = index is None or index.numel() == self._v.shape[0]
         if frozen:
-            return (self._gain[rows] * flat).view_as(grad)
+            return ((self._gain if whole else self._gain[index]) * flat).view_as(grad)
         g = flat.detach()
-        m = self.beta1 * self._m[rows] + (1 - self.beta1) * g
-        v = self.beta2 * self._v[rows] + (1 - self.beta2) * g * g
-        t = self._t[rows] + 1
-        m_hat = m / (1 - self.beta1**t).unsqueeze(1)
+        t = self._t + 1 if whole else self._t[index] + 1
+        v = (
+            (self._v if whole else self._v[index])
+            .mul(self.beta2)
+            .addcmul_(g, g, value=1 - self.beta2)
+        )
         v_hat = v / (1 - self.beta2**t).unsqueeze(1)
         mean_v = v_hat.mean(dim=1, keepdim=True)
         if self._scalar:
             v_hat = mean_v.expand_as(v_hat)
         tiny = torch.finfo(g.dtype).tiny
-        denom = v_hat.sqrt() + self.eps * mean_v.sqrt() + tiny
-        gain = (self.rate(k, max_iter) * self._unit[rows]).unsqueeze(1) / denom
-        if index is None:
-            self._m, self._v, self._t, self._gain = m, v, t, gain
+        denom = v_hat.sqrt().add_(self.eps * mean_v.sqrt() + tiny)
+        unit = self._unit if whole else self._unit[index]
+        gain = (self.rate(k, max_iter) * unit).unsqueeze(1) / denom
+        if self.beta1 > 0:
+            m = (self._m if whole else self._m[index]).mul(self.beta1).add_(g, alpha=1 - self.beta1)
+            direction = m / (1 - self.beta1**t).unsqueeze(1)
+        else:  # no momentum: the bias-corrected first moment is the gradient itself
+            m, direction = None, g
+        if whole:
+            self._v, self._t, self._gain = v, t, gain
+            if m is not None:
+                self._m = m
         else:
-            self._m[index], self._v[index], self._t[index] = m, v, t
-            self._gain[index] = gain
-        return (gain * m_hat).view_as(grad)
+            self._v[index], self._t[index], self._gain[index] = v, t, gain
+            if m is not None:
+                self._m[index] = m
+        return (gain * direction).view_as(grad)
 
     def gain(self, index: torch.Tensor | None) -> torch.Tensor:
         """Per-element gain of the last step (see :meth:`InputUpdate.gain`)."""
