@@ -900,8 +900,8 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
         "differences within the task's noise count as equal. Time ratio: the baseline's time "
         "over JIIO's as each task measures it (a task that compares at equal quality times JIIO "
         "until it reaches the baseline's quality); overhead: JIIO's time per iteration over one "
-        "f evaluation plus one VJP. JIIO runs as each bench runs it, with the settings its "
-        "method row names.</p>",
+        "f evaluation plus one VJP. JIIO runs with the library's default options where the "
+        "bench runs them, else as the bench runs it (its method row names the settings).</p>",
     ]
     for name, report in tasks.items():
         body.append(f'<section id="{_anchor(name)}"><h2>{html.escape(name)}</h2>')
