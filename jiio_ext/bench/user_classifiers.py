@@ -185,7 +185,7 @@ def format_user_attacks(report: dict) -> str:
         >>> cell = {"rate": 0.5, "time_s": 1.0}
         >>> row = {"model": "m", "norm": "linf", "targeted": False, "clean": 0.9,
         ...        "pgd10": cell, "pgd20": cell, "jiio10": cell}
-        >>> print(format_user_attacks({"rows": [row]}).splitlines()[1].split()[:3])
+        >>> print(format_user_attacks({"rows": [row]}).splitlines()[2].split()[:3])
         ['m', 'linf', 'untargeted']
     """
     lines = [
