@@ -45,9 +45,16 @@ import warnings
 from typing import Any
 
 import torch
-from jiio_ext.adapters.torchdeq import input_optimizable
 from torch import nn
 from torch.nn import functional as F
+
+try:
+    from jiio_ext.adapters.torchdeq import input_optimizable
+except ImportError as err:  # the attacks run on torchdeq models: both extras are needed
+    raise ImportError(
+        "jiio_ext.adapters.torchattacks needs torchdeq and torchattacks: "
+        "pip install 'jiio-ext[deq,attacks]'"
+    ) from err
 
 from jiio_ext.constraints import Box, ComposedProjection, L2Ball, LinfBall
 from jiio_ext.schedules import Cosine, StepSwitch

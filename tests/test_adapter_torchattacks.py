@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -213,3 +215,15 @@ def test_an_unsettled_deq_state_warns_and_is_reported():
         warnings.simplefilter("error", RuntimeWarning)
         attack(images, labels)
     assert not bool((attack.last_solution.status == Status.UNSETTLED).any())
+
+
+def test_without_torchdeq_the_import_names_both_extras():
+    code = (
+        "import sys; sys.modules['torchdeq'] = None\n"
+        "try:\n"
+        "    import jiio_ext.adapters.torchattacks\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "pip install 'jiio-ext[deq,attacks]'" in done.stdout, done.stderr[-2000:]

@@ -143,3 +143,24 @@ def test_a_forward_block_that_never_settles_is_unsettled_not_max_iter():
     p = make_problem(seed=48)
     short = _solve(p, max_iter=20)
     assert not bool((short.status == Status.UNSETTLED).any())
+
+
+def test_progress_bar_shows_the_whole_batch_mean_objective():
+    class Bar:
+        def __init__(self):
+            self.shown = []
+
+        def set_postfix(self, values):
+            self.shown.append(float(values["objective"]))
+
+        def update(self, n=1):
+            pass
+
+    p = make_problem(seed=50)
+    bar = Bar()
+    # a hand-set step with Anderson: samples converge and freeze at different iterations
+    sol = _solve(p, step_size=0.3, solver="anderson", max_iter=300, rtol=1e-6, progress=bar)
+    assert sol.success and len(set(sol.nstep.tolist())) > 1
+    trace = sol.traces["objective"]  # (T, B), NaN after a sample froze
+    last = torch.stack([trace[: int(n), i][-1] for i, n in enumerate(sol.nstep)])
+    assert bar.shown[-1] == pytest.approx(float(last.mean()), rel=1e-3)

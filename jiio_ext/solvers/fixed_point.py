@@ -292,7 +292,7 @@ def fixed_point(
     rows = torch.arange(batch, device=device)  # batch position of each row
     active = torch.ones(batch, dtype=torch.bool, device=device)  # mask mode only
     s = state0
-    weights = ref_norm = buffers = good = state_peak = None
+    weights = ref_norm = buffers = good = state_peak = shown = None
     best = _BestIterate()
     n_calls = 0
 
@@ -391,8 +391,13 @@ def fixed_point(
             if progress is not None:
                 worst = res[finite].amax() if bool(finite.any()) else torch.tensor(float("nan"))
                 postfix = {"residual": f"{float(worst):.2e}"}
-                if "objective" in aux:
-                    postfix["objective"] = f"{float(aux['objective'][finite].mean()):.4g}"
+                if "objective" in aux:  # the mean over the whole batch, frozen samples too
+                    if shown is None:
+                        shown = torch.full(
+                            (batch,), float("nan"), dtype=state0.dtype, device=device
+                        )
+                    shown.index_copy_(0, rows, aux["objective"].detach().to(shown))
+                    postfix["objective"] = f"{float(shown.nanmean()):.4g}"
                 postfix["active"] = int((~done).sum()) if subset else int(active.sum())
                 progress.set_postfix(postfix)
             if bool(done.any()):
