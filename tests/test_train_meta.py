@@ -27,12 +27,16 @@ def test_sinusoid_run_writes_log_checkpoint_plots_and_resumes(tmp_path):
     log = train_meta("sinusoid", "jiio", out=str(tmp_path), **SMALL)
     for name in ("log.json", "checkpoint.pt", "curves.png", "sinusoid_fits.png"):
         assert (tmp_path / name).exists(), name
-    assert json.loads((tmp_path / "log.json").read_text())["config"]["method"] == "jiio"
+    written = json.loads((tmp_path / "log.json").read_text())
+    assert written["config"]["method"] == "jiio"
+    # the shared header of every trainer's log: schema, task, every setting, versions
+    assert written["task"] == "meta" and written["settings"]["method"] == "jiio"
+    assert written["settings"]["seed"] == 0 and "torch" in written["versions"]
     assert len(log["epochs"]) == 1
     resumed = train_meta(
         "sinusoid", "jiio", out=str(tmp_path), resume=True, **{**SMALL, "epochs": 2}
     )
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]  # counted from 1
     assert resumed["epochs"][0] == log["epochs"][0]
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from jiio_ext.distributed import DistContext, init_from_env
+from jiio_ext.runlog import log_header, write_json
 from jiio_ext.runs import open_run
 from jiio_ext.tasks.meta_data import (
     ClassPool,
@@ -181,20 +181,28 @@ def _plot(folder: Path, log: dict, model, method, sampler, cfg) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [e["epoch"] for e in log["epochs"]]
-    label = "MSE" if cfg.regression else "accuracy"
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].plot(epochs, [e["meta_train_loss"] for e in log["epochs"]], label="meta-train")
-    ax[0].plot(epochs, [e["meta_test_loss"] for e in log["epochs"]], label="meta-test")
-    ax[0].set_xlabel("epoch")
-    ax[0].set_ylabel("query loss")
-    ax[0].legend()
-    ax[1].plot(epochs, [e["meta_train_metric"] for e in log["epochs"]], label="meta-train")
-    ax[1].plot(epochs, [e["meta_test_metric"] for e in log["epochs"]], label="meta-test")
-    ax[1].set_xlabel("epoch")
-    ax[1].set_ylabel(f"query {label}")
-    ax[1].legend()
+    style = {"marker": "o"}  # a one-epoch run is a single point, visible only as a marker
+    # regression's metric is its loss (MSE): one panel; classification: loss and accuracy
+    panels = (
+        [("loss", "query loss")]
+        if cfg.regression
+        else [
+            ("loss", "query loss (cross-entropy)"),
+            ("metric", "query accuracy"),
+        ]
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for axis, (key, label) in zip(axes[0], panels):
+        for split in ("train", "test"):
+            values = [e[f"meta_{split}_{key}"] for e in log["epochs"]]
+            axis.plot(epochs, values, label=f"meta-{split}", **style)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(label if not cfg.regression else "query loss (MSE)")
+        axis.legend()
     fig.suptitle(f"{log['config']['task']} / {method}")
     fig.tight_layout()
     fig.savefig(folder / "curves.png", dpi=100)
@@ -213,6 +221,8 @@ def _plot(folder: Path, log: dict, model, method, sampler, cfg) -> None:
         axis.plot(truth[0][order, 0], truth[1][order, 0], "k:", label="task (query+support)")
         axis.plot(grid[t, :, 0], pred[t, :, 0], label=f"adapted ({method})")
         axis.scatter(data.x_spt[t, :, 0], data.y_spt[t, :, 0], c="r", s=12, label="support")
+        axis.set_xlabel("x")
+        axis.set_ylabel("y")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "sinusoid_fits.png", dpi=100)
@@ -393,7 +403,13 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
         "device": device,
         "threads": torch.get_num_threads(),
     }
-    log: dict[str, Any] = {"config": config, "epochs": []}
+    logged = {
+        k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+        for k, v in settings.items()
+        if k not in ("cfg", "progress")
+    }
+    logged.update(cfg=dataclasses.asdict(cfg), threads=torch.get_num_threads())
+    log: dict[str, Any] = {**log_header("meta", logged), "config": config, "epochs": []}
     start_epoch = 0
     checkpoint = folder / "checkpoint.pt"
     fixed = {k: v for k, v in config.items() if k not in ("device", "threads")}
@@ -410,7 +426,9 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps_per_epoch, desc=f"{task}/{method} epoch {epoch}", leave=False)
+            bar = tqdm(
+                total=steps_per_epoch, desc=f"{task}/{method} epoch {epoch + 1}", leave=False
+            )
         losses, metrics, step_times = [], [], []
         began = time.perf_counter()
         for _ in range(steps_per_epoch):
@@ -436,7 +454,7 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
         test = evaluate_meta(model, method, sampler, cfg, eval_tasks)
         log["epochs"].append(
             {
-                "epoch": epoch,
+                "epoch": epoch + 1,  # counted from 1, as the other trainers count
                 "epoch_time_s": round(time.perf_counter() - began, 3),
                 "meta_step_time_s": round(sum(step_times) / len(step_times), 4),
                 "meta_train_loss": sum(losses) / len(losses),
@@ -457,10 +475,10 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
             checkpoint,
         )
         if ctx.is_main:
-            (folder / "log.json").write_text(json.dumps(log, indent=2))
+            write_json(folder / "log.json", log)
     log["final"] = log["epochs"][-1] if log["epochs"] else {}
     if ctx.is_main:
-        (folder / "log.json").write_text(json.dumps(log, indent=2))
+        write_json(folder / "log.json", log)
         _plot(folder, log, model, method, sampler, cfg)
     return log
 
