@@ -218,6 +218,6 @@ def test_anchor_slugs(tmp_path):
 
 def test_package_description_has_no_relative_links():
     readme = re.search(r'^readme\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
-    assert readme, "pyproject.toml: no readme = \"FILE\""
+    assert readme, 'pyproject.toml: no readme = "FILE"'
     path = ROOT / readme.group(1)
     assert not _relative_links(path), f"{path.name} is shown off-site: use absolute links"
