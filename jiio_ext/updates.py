@@ -54,9 +54,6 @@ class InputUpdate:
         tensor([[ 1., -2.]])
     """
 
-    #: whether the update ends in a differentiable linear map of ``g`` (implicit gradients)
-    differentiable: bool = True
-
     def start(self, x0: torch.Tensor, constraint: Constraint | None) -> None:
         """Reset the per-sample state for a new solve over ``x0`` (full batch)."""
 
@@ -103,7 +100,6 @@ class GradientStep(InputUpdate):
     def __post_init__(self) -> None:
         if not isinstance(self.step_size, Schedule):
             self.step_size = Constant(float(self.step_size))
-        self.differentiable = getattr(self.step_rule, "__name__", "") == "raw_step"
         self._last = float(self.step_size(0, 1))
 
     def __call__(self, grad, index, k, max_iter, *, frozen=False):

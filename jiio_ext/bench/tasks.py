@@ -276,7 +276,8 @@ def default_options_side(
         base_time: the baseline's time.
 
     Returns:
-        ``{"objective", "time_s", "reached_baseline", "speedup_time", "full_run": {...}}``.
+        ``{"objective", "time_s", "reached_baseline", "speedup_time", "f_evals",
+        "full_run": {...}}`` (``f_evals`` of the whole run, each with one VJP).
 
     Example:
         >>> import torch
@@ -306,6 +307,7 @@ def default_options_side(
         "time_s": round(reach_time, 4),
         "reached_baseline": reach is not None,
         "speedup_time": round(base_time / reach_time, 2) if reach is not None else None,
+        "f_evals": solution.f_evals,
         "full_run": {"time_s": round(total, 4), "objective": measure(solution.x)},
     }
 

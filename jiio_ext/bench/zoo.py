@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import statistics
 import time
@@ -142,7 +143,7 @@ def _adam(model: nn.Module, objective: Callable, x0: torch.Tensor, lr: float) ->
 
 def _row(model: nn.Module, x0: torch.Tensor, objective: Callable, *, name: str) -> dict:
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.bench.tasks import IterateRecorder, first_reaching
+    from jiio_ext.bench.tasks import default_options_side
 
     runs = {lr: _adam(model, objective, x0, lr) for lr in ADAM_RATES}
     scored = {lr: _true_objective(model, objective, run["x"]) for lr, run in runs.items()}
@@ -151,15 +152,18 @@ def _row(model: nn.Module, x0: torch.Tensor, objective: Callable, *, name: str) 
     target = scored[best_lr]
 
     decorated = input_optimizable(model)
-    record = IterateRecorder(x0, x0.device)
-    record.start()
-    start = time.perf_counter()
-    solution = decorated.optimize_input(x0, objective, callback=record)
-    total = time.perf_counter() - start
-    final = _true_objective(model, objective, solution.x)
-    reach = first_reaching(lambda x: _true_objective(model, objective, x), record.snapshots, target)
-    reached = reach is not None or final <= target
-    reach_time = record.stamps[reach] if reach is not None else total
+    measure = functools.partial(_true_objective, model, objective)
+    jiio = default_options_side(
+        lambda callback: decorated.optimize_input(x0, objective, callback=callback),
+        measure,
+        x0,
+        x0.device,
+        target,
+        base["time_s"],
+    )
+    final = jiio["full_run"]["objective"]
+    reached = jiio["reached_baseline"] or final <= target
+    reach_time = jiio["time_s"] if jiio["reached_baseline"] else jiio["full_run"]["time_s"]
     return {
         "name": name,
         "baseline": {
@@ -173,8 +177,8 @@ def _row(model: nn.Module, x0: torch.Tensor, objective: Callable, *, name: str) 
             "method": "optimize_input, default options",
             "lr": None,
             "objective": final,
-            "time_s": round(total, 4),
-            "f_evals": solution.f_evals,
+            "time_s": jiio["full_run"]["time_s"],
+            "f_evals": jiio["f_evals"],
         },
         "reached": reached,
         "reach_time_s": round(reach_time, 4) if reached else None,
