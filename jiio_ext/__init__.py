@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from jiio_ext.solvers import Anderson, DampedIteration
 
 # Public names by the module that defines them. They are imported on first use (PEP 562), so
-# that ``import jiio_ext.cli`` (``jiio --help``, ``jiio --version``) does not import torch.
+# that ``import jiio_ext.apps.cli`` (``jiio --help``, ``jiio --version``) does not import torch.
 _ORIGINS = {
     "jiio_ext.constraints": (
         "Box",

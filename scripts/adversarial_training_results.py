@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from jiio_ext.tasks.adversarial import train_adversarial
+from jiio_ext.apps.tasks.adversarial import train_adversarial
 
 ATTACKS = ("clean", "pgd20", "pgd50_restarts", "apgd_ce", "square", "jiio_pgd20")
 

@@ -21,9 +21,9 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | 
   python3 -c "import torch, torchdeq, kornia; print('torch', torch.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee "$out/gpu.txt"
 timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider -x 2>&1 | tail -25 | tee "$out/pytest-gpu.txt"
-timeout 60 torchrun --standalone --nproc_per_node=1 -m jiio_ext.cli train adversarial \
+timeout 60 torchrun --standalone --nproc_per_node=1 -m jiio_ext.apps.cli train adversarial \
   --epochs 1 --device cuda --out /tmp/gpu-adv --no-robust-eval 2>&1 | tail -8 | tee "$out/torchrun-nccl.txt"
-for task in $(python3 -c "from jiio_ext.bench import TASKS; print(' '.join(sorted(TASKS)))"); do
+for task in $(python3 -c "from jiio_ext.apps.bench import TASKS; print(' '.join(sorted(TASKS)))"); do
   timeout 90 jiio bench "$task" --device cuda --json --quick >/tmp/bench.json \
     2>>"$out/bench-stderr.txt" || echo "{\"task\": \"$task\", \"exit_status\": $?}" >/tmp/bench.json
   tee -a "$out/bench-cuda.jsonl" </tmp/bench.json

@@ -1,11 +1,11 @@
-"""Rebuild the small trained digits models that ``jiio demo`` ships in ``jiio_ext/weights/``.
+"""Rebuild the small trained digits models that ``jiio demo`` ships in ``jiio_ext/apps/weights/``.
 
 * ``digits_classifier.pt``: the torchdeq classifier of ``jiio bench adversarial``
-  (:class:`jiio_ext.bench.adversarial.DEQClassifier`, 8 channels), trained clean on the
+  (:class:`jiio_ext.apps.bench.adversarial.DEQClassifier`, 8 channels), trained clean on the
   bundled 8×8 digits with the bench's own recipe (Adam lr 0.01, batch 64, 6 epochs, seed 0).
 * ``digits_decoder.pt``: the multi-scale DEQ decoder of ``jiio bench inverse``
-  (:func:`jiio_ext.tasks.latent.build_decoder`, latent 16, 16×16 digits), trained with JIIO
-  in the loop by :func:`jiio_ext.tasks.generative.train_generative` (4 epochs, all training
+  (:func:`jiio_ext.apps.tasks.latent.build_decoder`, latent 16, 16×16 digits), trained with JIIO
+  in the loop by :func:`jiio_ext.apps.tasks.generative.train_generative` (4 epochs, all training
   digits, seed 0: the full bench's settings).
 
 Each file holds plain tensors and numbers only (``{"state_dict", "config", "recipe"}``), so the
@@ -27,7 +27,7 @@ OUT = Path(__file__).resolve().parents[1] / "jiio_ext" / "weights"
 
 def make_classifier(out: Path) -> Path:
     """Train and save the digits classifier; returns the file written."""
-    from jiio_ext.bench.adversarial import DEQClassifier, _train, load_digits
+    from jiio_ext.apps.bench.adversarial import DEQClassifier, _train, load_digits
 
     device = torch.device("cpu")
     train_x, train_y, _, _ = load_digits(device)
@@ -48,8 +48,8 @@ def make_classifier(out: Path) -> Path:
 
 def make_decoder(out: Path) -> Path:
     """Train and save the digits decoder; returns the file written."""
-    from jiio_ext.runs import load_checkpoint_file
-    from jiio_ext.tasks.generative import train_generative
+    from jiio_ext.apps.runs import load_checkpoint_file
+    from jiio_ext.apps.tasks.generative import train_generative
 
     with tempfile.TemporaryDirectory() as folder:
         train_generative(

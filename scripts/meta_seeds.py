@@ -19,8 +19,8 @@ import statistics
 
 import torch
 
-from jiio_ext.bench.meta import _run_method
-from jiio_ext.tasks.meta import TUNED_SETTINGS
+from jiio_ext.apps.bench.meta import _run_method
+from jiio_ext.apps.tasks.meta import TUNED_SETTINGS
 
 
 def _run(task: str, method: str, seed: int, meta_steps: int, eval_tasks: int) -> dict:

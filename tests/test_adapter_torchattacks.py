@@ -16,7 +16,7 @@ torchattacks = pytest.importorskip("torchattacks")
 pytest.importorskip("torchdeq")
 from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2  # noqa: E402
 
-from jiio_ext.bench.adversarial import DEQClassifier  # noqa: E402
+from jiio_ext.apps.bench.adversarial import DEQClassifier  # noqa: E402
 
 
 def _data(batch=16, seed=1):
@@ -198,7 +198,7 @@ def test_l2_projections_stay_feasible_and_strong(projection):
 
 def test_an_unsettled_deq_state_warns_and_is_reported():
     from jiio_ext import Status
-    from jiio_ext.bench.user_classifiers import UserClassifier
+    from jiio_ext.apps.bench.user_classifiers import UserClassifier
 
     torch.manual_seed(0)
     # tanh(0.3 · conv(z) + u) with a large convolution: plain iteration oscillates

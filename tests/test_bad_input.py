@@ -42,7 +42,7 @@ def test_empty_batch_in_the_torchdeq_adapter():
     pytest.importorskip("torchdeq")
     from jiio_ext.adapters.torchdeq import jiio_solver
 
-    from jiio_ext.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.bench.adversarial import DEQClassifier
 
     with pytest.raises(ValueError, match="x0: expected a non-empty batch"):
         jiio_solver(lambda z: 0.5 * z, torch.zeros(0, 3))
@@ -119,7 +119,7 @@ def test_torchdeq_solver_and_latent_inference_default_to_type_ii():
     pytest.importorskip("torchdeq")
     from jiio_ext.adapters.torchdeq import jiio_solver
 
-    from jiio_ext.tasks import latent
+    from jiio_ext.apps.tasks import latent
 
     assert inspect.signature(jiio_solver).parameters["kind"].default == "II"
     captured: dict = {}
@@ -191,7 +191,7 @@ def test_constraint_shapes_and_types_are_named():
 def test_meta_cli_zero_settings_are_named(tmp_path, flag, name):
     pytest.importorskip("higher")
     pytest.importorskip("torchdeq")
-    from jiio_ext.cli import main
+    from jiio_ext.apps.cli import main
 
     argv = ["train", "meta", "--task", "digits", flag, "0", "--out", str(tmp_path)]
     with pytest.raises(SystemExit, match=f"{name}: expected an integer >= 1"):
@@ -205,14 +205,14 @@ def test_meta_cli_zero_settings_are_named(tmp_path, flag, name):
     ids=["bench", "adversarial", "generative"],
 )
 def test_meta_device_is_refused_without_a_traceback(tmp_path, argv):
-    from jiio_ext.cli import main
+    from jiio_ext.apps.cli import main
 
     with pytest.raises(SystemExit, match="meta"):
         main([*argv, "--device", "meta"])
 
 
 def test_meta_device_is_refused_by_the_trainers():
-    from jiio_ext.distributed import init_from_env
+    from jiio_ext.apps.distributed import init_from_env
 
     with pytest.raises(ValueError, match="device: 'meta'"):
         init_from_env("meta")

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
-from jiio_ext.bench.meta import bench_meta  # noqa: E402
+from jiio_ext.apps.bench.meta import bench_meta  # noqa: E402
 
 
 def test_quick_report_has_the_bench_schema():

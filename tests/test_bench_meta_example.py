@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
-from jiio_ext.bench.meta_example import (  # noqa: E402
+from jiio_ext.apps.bench.meta_example import (  # noqa: E402
     NShot,
     bench_meta_example,
     load_omniglot_folder,

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jiio_ext.distributed import init_from_env
-from jiio_ext.runs import CheckpointError, check_plain, load_checkpoint_file, save_checkpoint_file
+from jiio_ext.apps.distributed import init_from_env
+from jiio_ext.apps.runs import (
+    CheckpointError,
+    check_plain,
+    load_checkpoint_file,
+    save_checkpoint_file,
+)
 
 QUICK = dict(
     train_size=16,
@@ -58,7 +63,7 @@ def test_planted_pickle_is_refused_without_running_it(tmp_path, capsys):
 
 def test_planted_pickle_is_refused_by_resume(tmp_path, capsys):
     pytest.importorskip("torchattacks")
-    from jiio_ext.tasks.adversarial import train_adversarial
+    from jiio_ext.apps.tasks.adversarial import train_adversarial
 
     torch.save({"payload": _Planted()}, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="refused"):
@@ -89,8 +94,8 @@ def test_only_tensors_and_plain_containers_are_saved(tmp_path):
 
 def test_adversarial_resume_refusals_and_overwrite(tmp_path, capsys):
     pytest.importorskip("torchattacks")
-    from jiio_ext.cli import main
-    from jiio_ext.tasks.adversarial import train_adversarial
+    from jiio_ext.apps.cli import main
+    from jiio_ext.apps.tasks.adversarial import train_adversarial
 
     with pytest.raises(CheckpointError, match="resume: no checkpoint"):
         train_adversarial(method="pgd", epochs=1, out=str(tmp_path), resume=True, **QUICK)
@@ -114,7 +119,7 @@ def test_adversarial_resume_refusals_and_overwrite(tmp_path, capsys):
 def test_meta_resume_refusals(tmp_path):
     pytest.importorskip("torchdeq")
     pytest.importorskip("higher")
-    from jiio_ext.tasks.meta import train_meta
+    from jiio_ext.apps.tasks.meta import train_meta
 
     with pytest.raises(CheckpointError, match="resume: no checkpoint"):
         train_meta("sinusoid", "jiio", out=str(tmp_path), resume=True, **META)
@@ -127,7 +132,7 @@ def test_meta_resume_refusals(tmp_path):
 
 def test_generative_resume_lists_the_differing_settings(tmp_path):
     pytest.importorskip("torchdeq")
-    from jiio_ext.tasks.generative import train_generative
+    from jiio_ext.apps.tasks.generative import train_generative
 
     tiny = dict(
         train_size=8,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from jiio_ext.bench import TASKS, run_task
-from jiio_ext.cli import BENCH_TASKS, build_parser, configure_threads, main
+from jiio_ext.apps.bench import TASKS, run_task
+from jiio_ext.apps.cli import BENCH_TASKS, build_parser, configure_threads, main
 
 SIDE_KEYS = {"name", "time_s", "f_evals", "objective", "peak_mem_mb"}
 
@@ -53,8 +53,8 @@ def test_demo_writes_record_and_report(tmp_path, capsys):
 def test_full_quick_demo_runs_every_task(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("*/record.json")).read_text())
-    from jiio_ext.bench import TASKS
-    from jiio_ext.demo import TRAINING
+    from jiio_ext.apps.bench import TASKS
+    from jiio_ext.apps.demo import TRAINING
 
     assert set(record["tasks"]) == set(TASKS) | set(TRAINING)
     assert not [name for name, report in record["tasks"].items() if "error" in report]
@@ -92,7 +92,7 @@ def test_bench_adversarial_schema():
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_import_no_torch(flag):
     code = (
-        "import sys\nfrom jiio_ext.cli import main\ntry:\n"
+        "import sys\nfrom jiio_ext.apps.cli import main\ntry:\n"
         f"    main([{flag!r}])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -136,7 +136,9 @@ def test_threads_default_is_one_unless_told(monkeypatch):
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     for name in list(sys.modules):
-        if name.startswith(("torchattacks", "jiio_ext.bench.adversarial", "jiio_ext.adapters")):
+        if name.startswith(
+            ("torchattacks", "jiio_ext.apps.bench.adversarial", "jiio_ext.adapters")
+        ):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "torchattacks", None)  # import torchattacks now fails
     with pytest.raises(SystemExit) as err:

@@ -19,11 +19,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_group import free_port, join_gloo_group
 
-from jiio_ext.distributed import DistContext, init_from_env
+from jiio_ext.apps.distributed import DistContext, init_from_env
 
 pytest.importorskip("torchattacks")
 pytest.importorskip("sklearn")
-from jiio_ext.tasks.adversarial import train_adversarial  # noqa: E402
+from jiio_ext.apps.tasks.adversarial import train_adversarial  # noqa: E402
 
 # 2 global batches of 8 per epoch; random_start=False makes the runs deterministic
 TINY = dict(
@@ -133,7 +133,7 @@ def test_two_processes_match_one_process(two_process_run, one_process_run, metho
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, rtol=0, atol=TOLERANCE[method], msg=key)
     # the parameters moved: the comparison is not between two untouched initialisations
-    from jiio_ext.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.bench.adversarial import DEQClassifier
 
     start = DEQClassifier(seed=0).state_dict()
     assert max(float((single[k] - start[k]).abs().max()) for k in start) > 1e-3
@@ -239,7 +239,7 @@ def test_jiio_command_under_torchrun(tmp_path):
         "--master_port",
         str(free_port()),
         "-m",
-        "jiio_ext.cli",
+        "jiio_ext.apps.cli",
         "train",
         "adversarial",
         "--data",

@@ -12,8 +12,8 @@ from gloo_group import free_port, join_gloo_group
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("kornia")
-from jiio_ext.tasks.generative import train_generative  # noqa: E402
-from jiio_ext.tasks.latent import build_decoder  # noqa: E402
+from jiio_ext.apps.tasks.generative import train_generative  # noqa: E402
+from jiio_ext.apps.tasks.latent import build_decoder  # noqa: E402
 
 TINY = dict(
     image_size=8,

@@ -12,7 +12,7 @@ from gloo_group import free_port, join_gloo_group
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
-from jiio_ext.tasks.meta import train_meta  # noqa: E402
+from jiio_ext.apps.tasks.meta import train_meta  # noqa: E402
 
 TINY = dict(
     epochs=2,
@@ -57,7 +57,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_odd_task_batch_is_refused_under_two_processes(tmp_path, monkeypatch):
-    from jiio_ext.distributed import DistContext
+    from jiio_ext.apps.distributed import DistContext
 
     ctx = DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="batch"):

@@ -7,7 +7,7 @@ import torch
 from problems import make_problem
 
 from jiio_ext import L2Ball, solve_joint
-from jiio_ext.bench import run_task
+from jiio_ext.apps.bench import run_task
 
 pytestmark = [
     pytest.mark.gpu,
@@ -60,7 +60,7 @@ def test_bench_runs_on_cuda(task):
 
 def test_generative_training_step_on_cuda(tmp_path):
     pytest.importorskip("kornia")
-    from jiio_ext.tasks.generative import train_generative
+    from jiio_ext.apps.tasks.generative import train_generative
 
     log = train_generative(
         problem="inpaint",
@@ -84,7 +84,7 @@ def test_bf16_autocast_on_cuda():
 
 def test_demo_on_cuda(tmp_path):
     pytest.importorskip("torchattacks")
-    from jiio_ext.demo import run_demo
+    from jiio_ext.apps.demo import run_demo
 
     folder = run_demo(
         tmp_path,

@@ -18,9 +18,9 @@ import torch
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
-from jiio_ext.tasks import meta_methods  # noqa: E402
-from jiio_ext.tasks.meta import make_meta_problem  # noqa: E402
-from jiio_ext.tasks.meta_methods import MetaConfig, meta_step  # noqa: E402
+from jiio_ext.apps.tasks import meta_methods  # noqa: E402
+from jiio_ext.apps.tasks.meta import make_meta_problem  # noqa: E402
+from jiio_ext.apps.tasks.meta_methods import MetaConfig, meta_step  # noqa: E402
 
 CFG = MetaConfig(inner_lr=0.5, maml_lr=8.0, maml_steps=2)
 

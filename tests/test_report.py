@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jiio_ext.report import convergence_plot, machine_info, summary_table, write_report
+from jiio_ext.apps.report import convergence_plot, machine_info, summary_table, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_PNG = "data:image/png;base64,"
@@ -228,7 +228,7 @@ def test_first_screen_says_who_won_in_one_sentence_per_task(report):
 
 
 def test_sentences_say_losses_in_words():
-    from jiio_ext.report import task_sentence, verdict
+    from jiio_ext.apps.report import task_sentence, verdict
 
     quality = {"name": "test PSNR", "better": "higher", "tolerance": 0.05}
     report = {
@@ -248,7 +248,7 @@ def test_sentences_say_losses_in_words():
 
 
 def test_quality_time_plot(tmp_path):
-    from jiio_ext.report import quality_time_plot
+    from jiio_ext.apps.report import quality_time_plot
 
     report = make_record()["tasks"]["latent"]
     report["quality"] = {"name": "MSE", "better": "lower", "tolerance": 0.0}

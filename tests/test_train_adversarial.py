@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("torchattacks")
 pytest.importorskip("sklearn")
-from jiio_ext.cli import main  # noqa: E402
-from jiio_ext.tasks.adversarial import (  # noqa: E402
+from jiio_ext.apps.cli import main  # noqa: E402
+from jiio_ext.apps.tasks.adversarial import (  # noqa: E402
     evaluate_robustness,
     load_dataset,
     train_adversarial,
@@ -41,7 +41,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
 
 
 def test_robustness_table_has_every_attack():
-    from jiio_ext.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.bench.adversarial import DEQClassifier
 
     images, labels = torch.rand(8, 1, 8, 8), torch.arange(8)
     table = evaluate_robustness(

@@ -12,9 +12,9 @@ pytest.importorskip("kornia")
 
 from fake_datasets import write_celeba, write_cifar10, write_mnist  # noqa: E402
 
-from jiio_ext.cli import main  # noqa: E402
-from jiio_ext.tasks.generative import make_problem, train_generative  # noqa: E402
-from jiio_ext.tasks.images import load_images  # noqa: E402
+from jiio_ext.apps.cli import main  # noqa: E402
+from jiio_ext.apps.tasks.generative import make_problem, train_generative  # noqa: E402
+from jiio_ext.apps.tasks.images import load_images  # noqa: E402
 
 TINY = dict(
     image_size=8,
@@ -80,8 +80,8 @@ def test_implicit_hypergradient_matches_finite_differences():
     from jiio_ext.adapters.torchdeq import input_optimizable
     from torchdeq import get_deq
 
-    from jiio_ext.bench.torchdeq_task import MultiScaleDecoder
-    from jiio_ext.tasks.latent import infer_jiio, latent_objective
+    from jiio_ext.apps.bench.torchdeq_task import MultiScaleDecoder
+    from jiio_ext.apps.tasks.latent import infer_jiio, latent_objective
 
     torch.manual_seed(0)
     decoder = MultiScaleDecoder(latent_dim=3, channels=4, size=4, squash=True, core="jiio")
@@ -246,9 +246,9 @@ def test_make_problem_reconstruct_is_noiseless_identity():
 def test_test_time_solver_settings_are_used():
     from jiio_ext.adapters.kornia import make_degradation
 
-    from jiio_ext.bench.inverse import compare_reconstruction
+    from jiio_ext.apps.bench.inverse import compare_reconstruction
+    from jiio_ext.apps.tasks.latent import build_decoder
     from jiio_ext.schedules import StepSwitch
-    from jiio_ext.tasks.latent import build_decoder
 
     torch.manual_seed(0)
     decoder = build_decoder(latent_dim=4, channels=8, image_size=8)

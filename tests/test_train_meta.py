@@ -10,15 +10,15 @@ import torch
 
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
-from jiio_ext.tasks.meta import (  # noqa: E402
+from jiio_ext.apps.tasks.meta import (  # noqa: E402
     add_meta_arguments,
     make_meta_problem,
     run_meta_cli,
     train_meta,
 )
-from jiio_ext.tasks.meta_data import digits_pool, omniglot_pool, sample_sinusoid  # noqa: E402
-from jiio_ext.tasks.meta_methods import METHODS, MetaConfig, meta_step  # noqa: E402
-from jiio_ext.tasks.meta_models import FiLMDEQNet  # noqa: E402
+from jiio_ext.apps.tasks.meta_data import digits_pool, omniglot_pool, sample_sinusoid  # noqa: E402
+from jiio_ext.apps.tasks.meta_methods import METHODS, MetaConfig, meta_step  # noqa: E402
+from jiio_ext.apps.tasks.meta_models import FiLMDEQNet  # noqa: E402
 
 SMALL = dict(epochs=1, steps_per_epoch=2, tasks_per_batch=2, eval_tasks=2, hidden=8, progress=False)
 

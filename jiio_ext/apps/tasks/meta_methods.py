@@ -1,6 +1,6 @@
 """Meta-gradient methods of ``jiio train meta``: JIIO and three baselines, on a batch of tasks.
 
-Every method adapts the context and head of a :class:`~jiio_ext.tasks.meta_models.FiLMDEQNet`
+Every method adapts the context and head of a :class:`~jiio_ext.apps.tasks.meta_models.FiLMDEQNet`
 (so each inner step moves the DEQ's fixed point) and leaves the meta-gradient of the mean
 query loss in the model's ``.grad``.
 
@@ -17,8 +17,8 @@ query loss in the model's ``.grad``.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.tasks.meta_data import sample_sinusoid
-    >>> from jiio_ext.tasks.meta_models import FiLMDEQNet
+    >>> from jiio_ext.apps.tasks.meta_data import sample_sinusoid
+    >>> from jiio_ext.apps.tasks.meta_models import FiLMDEQNet
     >>> net = FiLMDEQNet(1, 1, hidden=8, context_dim=4)
     >>> batch = sample_sinusoid(2, 5, 5, torch.Generator().manual_seed(0))
     >>> cfg = MetaConfig(regression=True, jiio_steps=5)
@@ -36,8 +36,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from jiio_ext.tasks.meta_data import TaskBatch
-from jiio_ext.tasks.meta_models import adapted_parameters
+from jiio_ext.apps.tasks.meta_data import TaskBatch
+from jiio_ext.apps.tasks.meta_models import adapted_parameters
 
 __all__ = ["METHODS", "MetaConfig", "adapt_and_predict", "meta_step", "task_losses"]
 
@@ -200,7 +200,7 @@ def _release_ift_closures(tensors) -> None:
     """Drop the DEQ closures that torchdeq's IFT nodes hold in the graph behind ``tensors``.
 
     torchdeq's ``IFTGrad`` autograd.Function stores ``ctx.func`` (the ``DEQWrapper`` of
-    :class:`~jiio_ext.tasks.meta_models.FiLMDEQNet`'s ``lambda z: tanh(self.cell(z) + u)``) on
+    :class:`~jiio_ext.apps.tasks.meta_models.FiLMDEQNet`'s ``lambda z: tanh(self.cell(z) + u)``) on
     its graph node. Under higher, ``self`` in that closure is the patched ``fnet``, whose fast
     parameters (``fnet._fast_params``, built from the support losses with ``create_graph=True``)
     have graphs that lead back to those same nodes: node → ctx.func → fnet → fast parameter →
@@ -373,8 +373,8 @@ def meta_step(model: nn.Module, method: str, batch: TaskBatch, cfg: MetaConfig) 
 
     Example:
         >>> import torch
-        >>> from jiio_ext.tasks.meta_data import sample_sinusoid
-        >>> from jiio_ext.tasks.meta_models import FiLMDEQNet
+        >>> from jiio_ext.apps.tasks.meta_data import sample_sinusoid
+        >>> from jiio_ext.apps.tasks.meta_models import FiLMDEQNet
         >>> net = FiLMDEQNet(1, 1, hidden=4, context_dim=2, adapt_head=False)
         >>> batch = sample_sinusoid(1, 4, 4, torch.Generator().manual_seed(0))
         >>> sorted(meta_step(net, "fomaml", batch, MetaConfig(regression=True, maml_steps=1)))
@@ -392,8 +392,8 @@ def adapt_and_predict(model: nn.Module, method: str, batch: TaskBatch, cfg: Meta
 
     Example:
         >>> import torch
-        >>> from jiio_ext.tasks.meta_data import sample_sinusoid
-        >>> from jiio_ext.tasks.meta_models import FiLMDEQNet
+        >>> from jiio_ext.apps.tasks.meta_data import sample_sinusoid
+        >>> from jiio_ext.apps.tasks.meta_models import FiLMDEQNet
         >>> net = FiLMDEQNet(1, 1, hidden=8, context_dim=4)
         >>> batch = sample_sinusoid(2, 5, 3, torch.Generator().manual_seed(0))
         >>> adapt_and_predict(net, "fomaml", batch, MetaConfig(regression=True)).shape

@@ -6,7 +6,7 @@ at once. Every subcommand takes ``--threads`` (intra-op CPU threads; default
 ``$OMP_NUM_THREADS`` if set, else 1, see :func:`configure_threads`).
 
 Example:
-    >>> from jiio_ext.cli import build_parser
+    >>> from jiio_ext.apps.cli import build_parser
     >>> build_parser().parse_args(["bench", "latent", "--quick"]).quick
     True
 """
@@ -28,8 +28,8 @@ from jiio_ext import __version__
 
 __all__ = ["BENCH_TASKS", "EXTRAS", "build_parser", "configure_threads", "format_report", "main"]
 
-# Names of the benchmarks of ``jiio bench`` (the keys of :data:`jiio_ext.bench.TASKS`, kept here
-# so that building the parser imports no torch; tests/test_cli.py checks they agree).
+# Names of the benchmarks of ``jiio bench`` (the keys of :data:`jiio_ext.apps.bench.TASKS`,
+# kept here so that building the parser imports no torch; tests/test_cli.py checks they agree).
 BENCH_TASKS = ("adversarial", "autocast", "inverse", "latent", "meta", "overhead", "torchdeq")
 # The optional libraries by the pip extra that installs them.
 EXTRAS = {
@@ -64,7 +64,7 @@ def format_report(report: dict) -> str:
     """A small text table of one benchmark report.
 
     Args:
-        report: a report from :func:`jiio_ext.bench.run_task`.
+        report: a report from :func:`jiio_ext.apps.bench.run_task`.
 
     Returns:
         The table as text.
@@ -96,7 +96,7 @@ def format_report(report: dict) -> str:
             f"{_fmt(default['time_s'])} s, reached the baseline: {reached}"
         )
     if "user_models" in report:
-        from jiio_ext.bench.user_classifiers import format_user_attacks
+        from jiio_ext.apps.bench.user_classifiers import format_user_attacks
 
         lines.append(format_user_attacks({"rows": report["user_models"]}))
     return "\n".join(lines)
@@ -165,7 +165,7 @@ def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentPars
     bench.add_argument("--json", action="store_true", help="print one JSON object per task")
     bench.add_argument("--quick", action="store_true", help="small batch and budget")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    # meta-example only (jiio_ext.bench.meta_example)
+    # meta-example only (jiio_ext.apps.bench.meta_example)
     bench.add_argument("--data-dir", default=None, help="meta-example: Omniglot folder")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="meta-example")
     bench.add_argument("--meta-steps", type=int, default=12, help="meta-example")
@@ -240,7 +240,7 @@ def _add_adversarial_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_meta_arguments(parser: argparse.ArgumentParser) -> None:
-    from jiio_ext.tasks.meta import add_meta_arguments
+    from jiio_ext.apps.tasks.meta import add_meta_arguments
 
     add_meta_arguments(parser)
     # the names every trainer takes, as aliases of meta-learning's own
@@ -263,8 +263,8 @@ def _add_meta_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) -> None:
-    from jiio_ext.tasks.generative import METHODS, PROBLEMS
-    from jiio_ext.tasks.images import DATASETS
+    from jiio_ext.apps.tasks.generative import METHODS, PROBLEMS
+    from jiio_ext.apps.tasks.images import DATASETS
 
     if inverse:
         parser.add_argument(
@@ -407,14 +407,14 @@ def _missing_extra(err: ImportError) -> str | None:
 def _run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from jiio_ext.bench import run_task
+    from jiio_ext.apps.bench import run_task
 
     if args.task == "meta-example":
-        from jiio_ext.bench.meta_example import run_cli
+        from jiio_ext.apps.bench.meta_example import run_cli
 
         return run_cli(args)
     if args.task == "zoo":
-        from jiio_ext.bench.zoo import run_cli as run_zoo
+        from jiio_ext.apps.bench.zoo import run_cli as run_zoo
 
         return run_zoo(args)
     names = sorted(BENCH_TASKS) if args.task == "all" else [args.task]
@@ -426,7 +426,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from jiio_ext.demo import run_demo
+    from jiio_ext.apps.demo import run_demo
 
     budget = "quick" if args.quick else "full"
     try:
@@ -439,7 +439,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_train_generative(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from jiio_ext.tasks.generative import train_generative
+    from jiio_ext.apps.tasks.generative import train_generative
 
     problem = getattr(args, "problem", "reconstruct")
     options = {}
@@ -507,7 +507,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _run_train_adversarial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from jiio_ext.tasks.adversarial import train_adversarial
+    from jiio_ext.apps.tasks.adversarial import train_adversarial
 
     out = args.out or str(Path("jiio-runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-adversarial")
     try:
@@ -558,7 +558,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.train_task in ("generative", "inverse"):
         return _run_train_generative(args, parser)
     if args.train_task == "meta":
-        from jiio_ext.tasks.meta import run_meta_cli
+        from jiio_ext.apps.tasks.meta import run_meta_cli
 
         return run_meta_cli(args)
     return _run_train_adversarial(args, parser)

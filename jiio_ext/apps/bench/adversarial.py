@@ -8,7 +8,7 @@ cross-entropy, and wall time of each attack.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.adversarial import DEQClassifier
+    >>> from jiio_ext.apps.bench.adversarial import DEQClassifier
     >>> DEQClassifier()(torch.rand(2, 1, 8, 8)).shape
     torch.Size([2, 10])
 """
@@ -61,7 +61,7 @@ class DEQClassifier(nn.Module):
         from torchdeq import get_deq
 
         import jiio_ext.adapters.torchdeq  # noqa: F401  (registers the 'jiio' core)
-        from jiio_ext.bench.models import scale_spectral_norm_
+        from jiio_ext.apps.bench.models import scale_spectral_norm_
 
         torch.manual_seed(seed)
         stride = 2 if image_size > 16 else 1
@@ -144,7 +144,7 @@ def bench_adversarial(
         model: a trained classifier to attack (``jiio demo`` passes its shipped one); ``None``
             trains one first (untimed).
         user_models: also attack the classifiers users write
-            (:func:`~jiio_ext.bench.user_classifiers.bench_user_attacks`: PGD-10 / PGD-20 vs
+            (:func:`~jiio_ext.apps.bench.user_classifiers.bench_user_attacks`: PGD-10 / PGD-20 vs
             JIIO-10 at default options, targeted and untargeted); ``None``: unless ``quick``
             or a ``model`` is given.
 
@@ -162,7 +162,7 @@ def bench_adversarial(
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
-    from jiio_ext.bench.tasks import _sync
+    from jiio_ext.apps.bench.tasks import _sync
 
     if user_models is None:
         user_models = not quick and model is None
@@ -238,6 +238,6 @@ def bench_adversarial(
 
 
 def _user_rows(device: torch.device, dtype: torch.dtype) -> list[dict]:
-    from jiio_ext.bench.user_classifiers import bench_user_attacks
+    from jiio_ext.apps.bench.user_classifiers import bench_user_attacks
 
     return bench_user_attacks(device, dtype=dtype)["rows"]

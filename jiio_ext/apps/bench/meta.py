@@ -14,7 +14,7 @@ small and, on a shared 2-core machine, two threads made every method 10–50× s
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.meta import bench_meta
+    >>> from jiio_ext.apps.bench.meta import bench_meta
     >>> report = bench_meta(torch.device("cpu"), quick=True)  # doctest: +SKIP
     >>> sorted(NAMES)
     ['fomaml', 'imaml', 'jiio', 'maml']
@@ -26,10 +26,10 @@ import time
 
 import torch
 
-from jiio_ext.bench.tasks import PeakMemory, _sync
-from jiio_ext.tasks.meta import TUNED_SETTINGS, evaluate_meta, make_meta_problem
-from jiio_ext.tasks.meta_data import TaskBatch
-from jiio_ext.tasks.meta_methods import MetaConfig, meta_step
+from jiio_ext.apps.bench.tasks import PeakMemory, _sync
+from jiio_ext.apps.tasks.meta import TUNED_SETTINGS, evaluate_meta, make_meta_problem
+from jiio_ext.apps.tasks.meta_data import TaskBatch
+from jiio_ext.apps.tasks.meta_methods import MetaConfig, meta_step
 
 __all__ = ["DIGITS_SETTINGS", "SINUSOID_SETTINGS", "bench_meta", "validate_meta"]
 

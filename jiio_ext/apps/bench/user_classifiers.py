@@ -11,7 +11,7 @@ Used by ``jiio bench adversarial`` for its user-model rows, next to its own clas
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.user_classifiers import USER_CLASSIFIERS
+    >>> from jiio_ext.apps.bench.user_classifiers import USER_CLASSIFIERS
     >>> sorted(USER_CLASSIFIERS)
     ['get-started', 'non-contractive', 'weight-norm']
     >>> USER_CLASSIFIERS["get-started"]()(torch.rand(2, 1, 8, 8)).shape
@@ -60,7 +60,7 @@ class UserClassifier(nn.Module):
         from torchdeq import get_deq
         from torchdeq.norm import apply_norm
 
-        from jiio_ext.bench.models import scale_spectral_norm_
+        from jiio_ext.apps.bench.models import scale_spectral_norm_
 
         if cell not in ("tanh", "relu"):
             raise ValueError(f"cell: expected 'tanh' or 'relu', got {cell!r}")
@@ -141,7 +141,7 @@ def bench_user_attacks(
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
-    from jiio_ext.bench.adversarial import _train, load_digits
+    from jiio_ext.apps.bench.adversarial import _train, load_digits
 
     train_x, train_y, test_x, test_y = load_digits(device, dtype)
     count = 32 if quick else 128

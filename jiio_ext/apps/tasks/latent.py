@@ -1,8 +1,9 @@
 """Latent inference in a DEQ decoder: the models, JIIO inference and the nested baseline.
 
 Used by ``jiio train generative`` / ``jiio train inverse`` and ``jiio bench inverse``. The
-decoder is a torchdeq multi-scale DEQ (:class:`~jiio_ext.bench.torchdeq_task.MultiScaleDecoder`,
-'jiio' core, sigmoid output) decorated with
+decoder is a torchdeq multi-scale DEQ
+(:class:`~jiio_ext.apps.bench.torchdeq_task.MultiScaleDecoder`, 'jiio' core, sigmoid output)
+decorated with
 :func:`~jiio_ext.adapters.torchdeq.input_optimizable`. A latent ``x`` explains a measurement
 when it minimises ``consistency(decoder(x), measurement) + latent_reg · mean(x²)``:
 
@@ -13,7 +14,7 @@ when it minimises ``consistency(decoder(x), measurement) + latent_reg · mean(x�
 
 Example:
     >>> import torch
-    >>> from jiio_ext.tasks.latent import build_decoder, infer_jiio
+    >>> from jiio_ext.apps.tasks.latent import build_decoder, infer_jiio
     >>> decoder = build_decoder(latent_dim=8, channels=8, image_size=8)
     >>> target = torch.rand(2, 1, 8, 8)
     >>> objective = lambda image, x: (image - target).pow(2).flatten(1).mean(1)
@@ -74,7 +75,7 @@ def build_decoder(
         torch.Size([3, 1, 8, 8])
     """
     import jiio_ext.adapters.torchdeq as adapter  # registers the 'jiio' core
-    from jiio_ext.bench.torchdeq_task import MultiScaleDecoder
+    from jiio_ext.apps.bench.torchdeq_task import MultiScaleDecoder
 
     torch.manual_seed(seed)
     decoder = MultiScaleDecoder(

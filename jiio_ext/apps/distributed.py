@@ -24,7 +24,7 @@ The data-parallel recipe this module supports:
 
 Example:
     >>> import torch
-    >>> from jiio_ext.distributed import init_from_env
+    >>> from jiio_ext.apps.distributed import init_from_env
     >>> with init_from_env("cpu") as ctx:  # no torchrun environment: one process
     ...     model = ctx.wrap(torch.nn.Linear(3, 1))
     ...     rows = ctx.shard(8)  # this rank's rows of a global batch of 8
@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jiio_ext.runs import (
+from jiio_ext.apps.runs import (
     CheckpointError,
     load_checkpoint_bytes,
     load_checkpoint_file,
@@ -397,7 +397,7 @@ class DistContext:
         other ranks and nodes need not see the file. Returns ``None`` on every rank when the
         main rank has no such file. The file is read with ``torch.load(weights_only=True)``:
         a damaged file, or one holding other objects than tensors and plain containers (a
-        planted pickle), raises :class:`~jiio_ext.runs.CheckpointError` naming it.
+        planted pickle), raises :class:`~jiio_ext.apps.runs.CheckpointError` naming it.
 
         Example:
             >>> import tempfile, pathlib

@@ -8,7 +8,7 @@ fixed point.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.torchdeq_task import MultiScaleDecoder
+    >>> from jiio_ext.apps.bench.torchdeq_task import MultiScaleDecoder
     >>> MultiScaleDecoder()(torch.zeros(2, 16)).shape
     torch.Size([2, 1, 16, 16])
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jiio_ext.bench.models import scale_spectral_norm_
+from jiio_ext.apps.bench.models import scale_spectral_norm_
 
 __all__ = ["MultiScaleDecoder", "bench_torchdeq"]
 
@@ -169,7 +169,7 @@ def bench_torchdeq(device: torch.device, *, quick: bool = False, dtype=torch.flo
         ['device', 'quick', 'dtype']
     """
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.bench.tasks import (
+    from jiio_ext.apps.bench.tasks import (
         IterateRecorder,
         PeakMemory,
         _side,

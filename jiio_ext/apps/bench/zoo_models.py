@@ -16,7 +16,7 @@ would pick. They are small enough for a CPU run.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.zoo_models import ZOO_MODELS
+    >>> from jiio_ext.apps.bench.zoo_models import ZOO_MODELS
     >>> model, x_true = ZOO_MODELS["get-started"](batch=3, seed=0)
     >>> model(x_true).shape
     torch.Size([3, 10])

@@ -1,8 +1,8 @@
 """``jiio train meta``: meta-learning a FiLM-conditioned DEQ with JIIO or a baseline inner loop.
 
-Tasks (see :mod:`jiio_ext.tasks.meta_data`): ``sinusoid`` regression, ``digits`` N-way K-shot
+Tasks (see :mod:`jiio_ext.apps.tasks.meta_data`): ``sinusoid`` regression, ``digits`` N-way K-shot
 (scikit-learn's bundled digits × rotations, held-out digits 7–9) and ``omniglot`` (torchvision,
-from ``data_dir``, held-out alphabets). Methods (see :mod:`jiio_ext.tasks.meta_methods`):
+from ``data_dir``, held-out alphabets). Methods (see :mod:`jiio_ext.apps.tasks.meta_methods`):
 ``jiio``, ``maml`` (higher, unrolled through the DEQ), ``fomaml`` and ``imaml`` (nested solve +
 conjugate-gradient meta-gradient).
 
@@ -11,7 +11,7 @@ epoch (``resume=True`` continues from it), ``log.json``, ``curves.png`` and, for
 ``sinusoid_fits.png`` into its output folder.
 
 Example:
-    >>> from jiio_ext.tasks.meta import TASKS, train_meta
+    >>> from jiio_ext.apps.tasks.meta import TASKS, train_meta
     >>> TASKS
     ('sinusoid', 'digits', 'omniglot')
     >>> log = train_meta("digits", "jiio", epochs=2, out="runs/meta")  # doctest: +SKIP
@@ -27,24 +27,24 @@ from typing import Any
 
 import torch
 
-from jiio_ext.distributed import DistContext, init_from_env
-from jiio_ext.runlog import log_header, write_json
-from jiio_ext.runs import open_run
-from jiio_ext.tasks.meta_data import (
+from jiio_ext.apps.distributed import DistContext, init_from_env
+from jiio_ext.apps.runlog import log_header, write_json
+from jiio_ext.apps.runs import open_run
+from jiio_ext.apps.tasks.meta_data import (
     ClassPool,
     TaskBatch,
     digits_pool,
     omniglot_pool,
     sample_sinusoid,
 )
-from jiio_ext.tasks.meta_methods import (
+from jiio_ext.apps.tasks.meta_methods import (
     METHODS,
     MetaConfig,
     adapt_and_predict,
     meta_step,
     task_losses,
 )
-from jiio_ext.tasks.meta_models import FiLMDEQNet
+from jiio_ext.apps.tasks.meta_models import FiLMDEQNet
 from jiio_ext.validate import check_positive
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
 # task families of ``jiio train meta``
 TASKS = ("sinusoid", "digits", "omniglot")
 # default inner settings of each task family (``jiio train meta`` and ``jiio bench meta``):
-# digits and sinusoid tuned on validation splits with jiio_ext.bench.meta.validate_meta
+# digits and sinusoid tuned on validation splits with jiio_ext.apps.bench.meta.validate_meta
 # (docs/meta.md; the meta-test tasks were never used), omniglot untuned
 TUNED_SETTINGS = {
     "sinusoid": MetaConfig(regression=True, inner_lr=1.0, maml_lr=4.0, prox=0.3, jiio_steps=10),

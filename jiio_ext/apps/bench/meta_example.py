@@ -23,7 +23,7 @@ two meta-steps (coarse: the allocator reuses memory), the largest autograd graph
 (MB of the storages saved for backward during it) and a plot of the loss curves.
 
 Example:
-    >>> from jiio_ext.bench.meta_example import bench_meta_example
+    >>> from jiio_ext.apps.bench.meta_example import bench_meta_example
     >>> report = bench_meta_example(meta_steps=2, test_tasks=2, seeds=(0,))  # doctest: +SKIP
     >>> sorted(report["methods"])  # doctest: +SKIP
     ['higher', 'jiio']
@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jiio_ext.bench.tasks import PeakMemory
+from jiio_ext.apps.bench.tasks import PeakMemory
 
 __all__ = [
     "ConvDEQ",
@@ -282,7 +282,7 @@ def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> tuple[f
         The mean query loss of its tasks, and the largest autograd graph of one task: MB of
         the distinct storages saved for backward while the task ran (forward and inner steps).
     """
-    from jiio_ext.tasks.meta_methods import _boxed_saved_tensors, _release_ift_closures
+    from jiio_ext.apps.tasks.meta_methods import _boxed_saved_tensors, _release_ift_closures
 
     x_spt, y_spt, x_qry, y_qry = batch
     inner_opt = torch.optim.SGD(net.parameters(), lr=lr)
@@ -301,7 +301,7 @@ def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> tuple[f
             loss.backward()
             losses.append(float(loss.detach()))
             # higher through torchdeq keeps each task's graph alive in C++ reference cycles
-            # (jiio_ext.tasks.meta_methods); breaking them changes no number
+            # (jiio_ext.apps.tasks.meta_methods); breaking them changes no number
             _release_ift_closures([logits, *fnet.parameters()])
         storages = {b[0].untyped_storage().data_ptr(): b[0].untyped_storage().nbytes()
                     for b in boxes if isinstance(b[0], torch.Tensor)}  # fmt: skip
@@ -530,7 +530,7 @@ def run_cli(args: Any) -> int:
     """``jiio bench meta-example``: run, print a table (or JSON with ``--json``).
 
     Example:
-        >>> from jiio_ext.cli import build_parser
+        >>> from jiio_ext.apps.cli import build_parser
         >>> args = build_parser().parse_args(["bench", "meta-example", "--quick"])
         >>> run_cli(args)  # doctest: +SKIP
         0

@@ -8,12 +8,12 @@ the DEQ uses the 'jiio' core so the stock attack has real gradients in eval mode
 Every run writes ``log.json``, ``checkpoint.pt`` (each epoch; ``resume=True`` continues from
 it), ``curves.png`` and ``examples.png`` into its output folder and shows a tqdm bar with the
 live loss and accuracy. It runs unchanged under ``torchrun`` (DistributedDataParallel over
-:mod:`jiio_ext.distributed`): each process attacks its part of every batch, the gradients are
+:mod:`jiio_ext.apps.distributed`): each process attacks its part of every batch, the gradients are
 averaged, the metrics summed, and rank 0 writes the files.
 
 Example:
     >>> import tempfile
-    >>> from jiio_ext.tasks.adversarial import train_adversarial
+    >>> from jiio_ext.apps.tasks.adversarial import train_adversarial
     >>> log = train_adversarial(epochs=1, train_size=64, eval_size=32, steps=2, eval_steps=2,
     ...                         out=tempfile.mkdtemp(), progress=False, robust_eval=False)
     >>> sorted(log["epochs"][0])
@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jiio_ext.distributed import init_from_env
+from jiio_ext.apps.distributed import init_from_env
+from jiio_ext.apps.runlog import log_header, write_json
+from jiio_ext.apps.runs import open_run
 from jiio_ext.regularize import random_trajectory_iteration
-from jiio_ext.runlog import log_header, write_json
-from jiio_ext.runs import open_run
 
 __all__ = ["evaluate_robustness", "load_dataset", "train_adversarial"]
 
@@ -51,7 +51,7 @@ def load_dataset(name: str, data_dir: str | None, device: torch.device):
         >>> load_dataset("digits", None, torch.device("cpu"))[0].shape
         torch.Size([1400, 1, 8, 8])
     """
-    from jiio_ext.bench.adversarial import load_digits
+    from jiio_ext.apps.bench.adversarial import load_digits
 
     if name == "digits":
         return load_digits(device)
@@ -103,7 +103,7 @@ def evaluate_robustness(
 
     Example:
         >>> import torch
-        >>> from jiio_ext.bench.adversarial import DEQClassifier
+        >>> from jiio_ext.apps.bench.adversarial import DEQClassifier
         >>> res = evaluate_robustness(DEQClassifier().eval(), torch.rand(4, 1, 8, 8),
         ...                           torch.arange(4), steps=2, restarts=1, square_queries=5)
         >>> sorted(res)[:2]
@@ -300,7 +300,7 @@ def train_adversarial(
     steps`` joint iterations; the attacks' own default is 4, the evaluation keeps it): 3 gave
     the same robust accuracy as 4 in 25–30 % less time (docs/results.md).
 
-    Under ``torchrun`` (see :mod:`jiio_ext.distributed`) every process takes an equal part of
+    Under ``torchrun`` (see :mod:`jiio_ext.apps.distributed`) every process takes an equal part of
     each global batch of ``batch_size`` samples (it must be a multiple of the number of
     processes; an epoch's last, smaller batch is split as evenly as possible and skipped if it
     has fewer samples than processes), attacks its own samples, and DDP averages the
@@ -323,7 +323,7 @@ def train_adversarial(
         >>> log["method"]
         'pgd'
     """
-    from jiio_ext.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.bench.adversarial import DEQClassifier
 
     if method not in ("jiio", "pgd"):
         raise ValueError(f"method: expected 'jiio' or 'pgd', got {method!r}")

@@ -1,16 +1,17 @@
 """``jiio train generative`` and ``jiio train inverse``: DEQ decoders with inferred latents.
 
-A decoder-only multi-scale torchdeq DEQ (:func:`~jiio_ext.tasks.latent.build_decoder`) maps a
+A decoder-only multi-scale torchdeq DEQ (:func:`~jiio_ext.apps.tasks.latent.build_decoder`) maps a
 per-image latent to an image. Every training step infers the batch's latents from its
 measurements (the clean images for ``problem="reconstruct"``, degraded images from
 :mod:`jiio_ext.adapters.kornia` otherwise), then updates the decoder on the outer loss:
 
-* ``method="jiio"``: latents from one joint fixed point (:func:`~jiio_ext.tasks.latent.infer_jiio`);
+* ``method="jiio"``: latents from one joint fixed point
+  (:func:`~jiio_ext.apps.tasks.latent.infer_jiio`);
   θ-gradient ``grad="envelope"`` (exact for reconstruction, where outer = inner loss) or
   ``hypergrad="implicit"`` (exact hypergradient through ``x*(θ)``, for inverse problems whose
   outer loss is the clean-image MSE); optional trajectory Jacobian regularisation.
 * ``method="nested"``: latents from Adam through the DEQ
-  (:func:`~jiio_ext.tasks.latent.infer_nested`), then a training forward at ``x*``.
+  (:func:`~jiio_ext.apps.tasks.latent.infer_nested`), then a training forward at ``x*``.
 * ``method="vae"``: an encoder (input: the measurement, upsampled/filled to full size) and the
   same decoder, trained on the ELBO (Gaussian likelihood, KL to N(0, I)).
 
@@ -27,7 +28,7 @@ Each run writes ``log.json``, ``checkpoint.pt`` (every epoch; ``resume=True`` co
 
 Example:
     >>> import tempfile
-    >>> from jiio_ext.tasks.generative import train_generative
+    >>> from jiio_ext.apps.tasks.generative import train_generative
     >>> log = train_generative(epochs=1, train_size=16, eval_size=8, batch_size=8,
     ...                        inner_iters=3, eval_iters=3, out=tempfile.mkdtemp(),
     ...                        progress=False, sample=False)
@@ -45,12 +46,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from jiio_ext.distributed import DistContext, init_from_env
+from jiio_ext.apps.distributed import DistContext, init_from_env
+from jiio_ext.apps.runlog import log_header, write_json
+from jiio_ext.apps.runs import open_run
+from jiio_ext.apps.tasks.images import DATASETS, load_images
+from jiio_ext.apps.tasks.latent import (
+    Encoder,
+    build_decoder,
+    infer_jiio,
+    infer_nested,
+    latent_objective,
+)
 from jiio_ext.regularize import random_trajectory_iteration
-from jiio_ext.runlog import log_header, write_json
-from jiio_ext.runs import open_run
-from jiio_ext.tasks.images import DATASETS, load_images
-from jiio_ext.tasks.latent import Encoder, build_decoder, infer_jiio, infer_nested, latent_objective
 
 __all__ = ["METHODS", "PROBLEMS", "make_problem", "reconstruct", "train_generative"]
 
@@ -130,7 +137,7 @@ def reconstruct(
 
     Example:
         >>> import torch
-        >>> from jiio_ext.tasks.latent import build_decoder
+        >>> from jiio_ext.apps.tasks.latent import build_decoder
         >>> op = make_problem("reconstruct", 8)
         >>> images = torch.rand(2, 1, 8, 8)
         >>> reconstruct("jiio", build_decoder(4, 8, 8), op, op.measure(images, seed=0),
@@ -184,7 +191,7 @@ def _batch_seed(seed: int, epoch: int, batch: int) -> int:
 class _TrainingStep(nn.Module):
     """One training forward: infer the latents of the given samples, return per-sample losses.
 
-    This module is what :meth:`~jiio_ext.distributed.DistContext.wrap` puts under
+    This module is what :meth:`~jiio_ext.apps.distributed.DistContext.wrap` puts under
     DistributedDataParallel: the joint solves (or nested inner loops) run on the bare decoder
     inside this one forward, so DDP sees one forward per step and all-reduces every
     parameter gradient of the outer loss, whichever path produced it.
@@ -501,7 +508,7 @@ def train_generative(
     Args:
         problem: ``'reconstruct'`` (generative) or an inverse problem of :data:`PROBLEMS`.
         method: ``'jiio'``, ``'nested'`` or ``'vae'``.
-        data: one of :data:`~jiio_ext.tasks.images.DATASETS`.
+        data: one of :data:`~jiio_ext.apps.tasks.images.DATASETS`.
         data_dir: torchvision data folder (all sets but ``digits``).
         image_size: image side (a multiple of 4; digits are upsampled from 8).
         latent_dim: size of the latent.

@@ -1,6 +1,6 @@
 """The ``jiio demo`` report: a self-contained HTML page, convergence plots and a text summary.
 
-The demo collects one benchmark report per task (see :func:`jiio_ext.bench.run_task`) into a
+The demo collects one benchmark report per task (see :func:`jiio_ext.apps.bench.run_task`) into a
 record ``{"version", "machine", "tasks", "total_time_s"}``; :func:`write_report` turns it into
 ``report.html`` with every image embedded, :func:`summary_table` into the table the demo prints.
 
@@ -847,7 +847,7 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
 
     Args:
         record: ``{"version", "machine", "tasks": {name: report}, "total_time_s"}``, each
-            report as returned by :func:`jiio_ext.bench.run_task` (or ``{"error": ...}``).
+            report as returned by :func:`jiio_ext.apps.bench.run_task` (or ``{"error": ...}``).
         folder: where to write the report (created if needed).
         images: PNG or JPEG files to show, by task name; names that are not tasks get their
             own section. Captions come from the file names.

@@ -1,6 +1,6 @@
 """``jiio bench zoo``: JIIO with default options against Adam on models nobody here tuned.
 
-Every row is one model of :mod:`jiio_ext.bench.zoo_models`, one objective and one scale of
+Every row is one model of :mod:`jiio_ext.apps.bench.zoo_models`, one objective and one scale of
 that objective (``× 1e-3``, ``× 1``, ``× 1e3``):
 
 * **recovery**: find the input that produced given outputs, ``mean((model(x) − y)²)``;
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from jiio_ext.bench.zoo_models import ZOO_MODELS
+from jiio_ext.apps.bench.zoo_models import ZOO_MODELS
 
 __all__ = ["OBJECTIVES", "SCALES", "bench_zoo", "format_zoo", "run_cli"]
 
@@ -143,7 +143,7 @@ def _adam(model: nn.Module, objective: Callable, x0: torch.Tensor, lr: float) ->
 
 def _row(model: nn.Module, x0: torch.Tensor, objective: Callable, *, name: str) -> dict:
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.bench.tasks import default_options_side
+    from jiio_ext.apps.bench.tasks import default_options_side
 
     runs = {lr: _adam(model, objective, x0, lr) for lr in ADAM_RATES}
     scored = {lr: _true_objective(model, objective, run["x"]) for lr, run in runs.items()}
@@ -203,7 +203,7 @@ def bench_zoo(
         device: torch device.
         quick: batch 4 instead of 8.
         dtype: floating-point type of the models and inputs.
-        models: model names (default all of :data:`~jiio_ext.bench.zoo_models.ZOO_MODELS`).
+        models: model names (default all of :data:`~jiio_ext.apps.bench.zoo_models.ZOO_MODELS`).
         objectives: ``"recovery"`` and / or ``"inversion"``.
         scales: factors the objective is multiplied by.
         progress: show a tqdm bar with the last row's ratio.

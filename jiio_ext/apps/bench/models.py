@@ -5,7 +5,7 @@ conv cell iterated to its fixed point ``z*`` → a conv head producing an image.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.models import ConvDEQDecoder
+    >>> from jiio_ext.apps.bench.models import ConvDEQDecoder
     >>> decoder = ConvDEQDecoder(latent_dim=8, channels=8, size=8)
     >>> x = torch.randn(2, 8)
     >>> decoder.f(decoder.initial_state(x), x).shape

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from jiio_ext.distributed import DistContext
+    from jiio_ext.apps.distributed import DistContext
 
 __all__ = [
     "CheckpointError",
@@ -152,7 +152,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
         >>> load_checkpoint_file(path)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
-        jiio_ext.runs.CheckpointError: checkpoint .../c.pt: damaged or not a checkpoint ...
+        jiio_ext.apps.runs.CheckpointError: checkpoint .../c.pt: damaged or not a checkpoint ...
     """
     return _load(path, str(path))
 
@@ -193,7 +193,7 @@ def open_run(
     """Check what a run may do with ``folder``; return the state to resume from (or ``None``).
 
     Args:
-        ctx: the run's :class:`~jiio_ext.distributed.DistContext` (the main rank reads the
+        ctx: the run's :class:`~jiio_ext.apps.distributed.DistContext` (the main rank reads the
             folder, every rank gets the same answer).
         folder: the run folder.
         settings: the settings a resume must match (plain values; recorded in the checkpoint
@@ -212,7 +212,7 @@ def open_run(
 
     Example:
         >>> import pathlib, tempfile
-        >>> from jiio_ext.distributed import init_from_env
+        >>> from jiio_ext.apps.distributed import init_from_env
         >>> folder = pathlib.Path(tempfile.mkdtemp())
         >>> open_run(init_from_env("cpu"), folder, {"lr": 0.1}, resume=False, overwrite=False)
     """

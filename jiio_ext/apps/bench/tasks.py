@@ -12,7 +12,7 @@ Objectives are always measured at the true fixed point ``z*(x)`` (a tight, untim
 solve), never at a solver's intermediate ``z``.
 
 Example:
-    >>> from jiio_ext.bench.tasks import run_task
+    >>> from jiio_ext.apps.bench.tasks import run_task
     >>> report = run_task("overhead", device="cpu", quick=True, repeats=2)
     >>> sorted(report)
     ['baseline', 'batch', 'device', 'dtype', 'jiio', 'overhead', 'task']
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jiio_ext.bench.models import ConvDEQDecoder
+from jiio_ext.apps.bench.models import ConvDEQDecoder
 from jiio_ext.schedules import StepSwitch
 from jiio_ext.solve import solve_joint, solve_nested
 from jiio_ext.solvers import Anderson, fixed_point
@@ -528,25 +528,25 @@ def bench_autocast(
 
 
 def _bench_torchdeq(device: torch.device, **options) -> dict:
-    from jiio_ext.bench.torchdeq_task import bench_torchdeq
+    from jiio_ext.apps.bench.torchdeq_task import bench_torchdeq
 
     return bench_torchdeq(device, **options)
 
 
 def _bench_adversarial(device: torch.device, **options) -> dict:
-    from jiio_ext.bench.adversarial import bench_adversarial
+    from jiio_ext.apps.bench.adversarial import bench_adversarial
 
     return bench_adversarial(device, **options)
 
 
 def _bench_inverse(device: torch.device, **options) -> dict:
-    from jiio_ext.bench.inverse import bench_inverse
+    from jiio_ext.apps.bench.inverse import bench_inverse
 
     return bench_inverse(device, **options)
 
 
 def _bench_meta(device: torch.device, **options) -> dict:
-    from jiio_ext.bench.meta import bench_meta
+    from jiio_ext.apps.bench.meta import bench_meta
 
     return bench_meta(device, **options)
 

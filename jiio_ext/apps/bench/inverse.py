@@ -1,6 +1,6 @@
 """``jiio bench inverse``: test-time reconstruction with a trained DEQ decoder, JIIO vs nested.
 
-A decoder (:func:`~jiio_ext.tasks.latent.build_decoder`) is first trained with JIIO in the loop
+A decoder (:func:`~jiio_ext.apps.tasks.latent.build_decoder`) is first trained with JIIO in the loop
 on the bundled digits (16×16, untimed; the same seed gives the same model). Held-out digits are
 then degraded (default: one 5×5 hole per image, the paper's 20/64 inpainting) and their latents
 inferred by
@@ -14,8 +14,8 @@ the baseline's final PSNR against the clean images (decoded at a tight fixed poi
 
 Example:
     >>> import torch
-    >>> from jiio_ext.bench.inverse import psnr_of_latents
-    >>> from jiio_ext.tasks.latent import build_decoder
+    >>> from jiio_ext.apps.bench.inverse import psnr_of_latents
+    >>> from jiio_ext.apps.tasks.latent import build_decoder
     >>> decoder = build_decoder(latent_dim=4, channels=8, image_size=8)
     >>> psnr_of_latents(decoder, torch.zeros(2, 4), torch.rand(2, 1, 8, 8)) > 0
     True
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from jiio_ext.runs import load_checkpoint_file
+from jiio_ext.apps.runs import load_checkpoint_file
 from jiio_ext.schedules import StepSwitch
 
 __all__ = ["bench_inverse", "compare_reconstruction", "psnr_of_latents"]
@@ -39,7 +39,7 @@ def psnr_of_latents(decoder, latents: torch.Tensor, clean: torch.Tensor) -> floa
     """Mean per-image PSNR (on ``[0, 1]``) of ``decoder(latents)`` at a tight fixed point.
 
     Args:
-        decoder: a :class:`~jiio_ext.bench.torchdeq_task.MultiScaleDecoder`.
+        decoder: a :class:`~jiio_ext.apps.bench.torchdeq_task.MultiScaleDecoder`.
         latents: ``(B, latent_dim)``.
         clean: the clean images.
 
@@ -48,7 +48,7 @@ def psnr_of_latents(decoder, latents: torch.Tensor, clean: torch.Tensor) -> floa
 
     Example:
         >>> import torch
-        >>> from jiio_ext.tasks.latent import build_decoder
+        >>> from jiio_ext.apps.tasks.latent import build_decoder
         >>> d = build_decoder(latent_dim=4, channels=8, image_size=8)
         >>> isinstance(psnr_of_latents(d, torch.zeros(1, 4), torch.rand(1, 1, 8, 8)), float)
         True
@@ -84,7 +84,7 @@ def compare_reconstruction(
     """JIIO vs the nested baseline reconstructing ``clean`` from its measurement, equal PSNR.
 
     Args:
-        decoder: a trained :func:`~jiio_ext.tasks.latent.build_decoder`.
+        decoder: a trained :func:`~jiio_ext.apps.tasks.latent.build_decoder`.
         operator: a :class:`jiio_ext.adapters.kornia.Degradation`.
         clean: clean images ``(B, C, H, W)``.
         latent_dim: size of the latent.
@@ -109,16 +109,16 @@ def compare_reconstruction(
     Example:
         >>> import torch
         >>> from jiio_ext.adapters.kornia import make_degradation
-        >>> from jiio_ext.tasks.latent import build_decoder
+        >>> from jiio_ext.apps.tasks.latent import build_decoder
         >>> d = build_decoder(latent_dim=4, channels=8, image_size=8)
         >>> r = compare_reconstruction(d, make_degradation("denoise", 8, sigma=0.1),
         ...                            torch.rand(2, 1, 8, 8), latent_dim=4, steps=2, max_iter=4)
         >>> sorted(r)
         ['baseline', 'jiio', 'speedup_time', 'traces']
     """
-    from jiio_ext.bench.tasks import IterateRecorder, PeakMemory, _side, _sync, first_reaching
+    from jiio_ext.apps.bench.tasks import IterateRecorder, PeakMemory, _side, _sync, first_reaching
+    from jiio_ext.apps.tasks.latent import infer_jiio, infer_nested, latent_objective
     from jiio_ext.solvers import Anderson
-    from jiio_ext.tasks.latent import infer_jiio, infer_nested, latent_objective
 
     schedule = StepSwitch(6.0, 2.0) if step_size is None else step_size
 
@@ -223,7 +223,7 @@ def bench_inverse(
         device: torch device.
         quick: smaller model training and test batch.
         dtype: floating dtype.
-        problem: inverse problem (see :data:`jiio_ext.tasks.generative.PROBLEMS`).
+        problem: inverse problem (see :data:`jiio_ext.apps.tasks.generative.PROBLEMS`).
         sizes: overrides of ``epochs``, ``train_size``, ``batch``, ``steps`` (the baseline's
             Adam steps) and ``max_iter`` (JIIO's budget).
 
@@ -239,9 +239,9 @@ def bench_inverse(
         >>> params["problem"].default, params["sizes"].default, params["quick"].default
         ('inpaint', None, False)
     """
-    from jiio_ext.tasks.generative import make_problem, train_generative
-    from jiio_ext.tasks.images import load_images
-    from jiio_ext.tasks.latent import build_decoder
+    from jiio_ext.apps.tasks.generative import make_problem, train_generative
+    from jiio_ext.apps.tasks.images import load_images
+    from jiio_ext.apps.tasks.latent import build_decoder
 
     latent_dim = 16
     chosen = dict(epochs=1, train_size=256, batch=32) if quick else dict(epochs=4, batch=128)

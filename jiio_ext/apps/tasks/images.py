@@ -8,7 +8,7 @@ region first, as is usual for 64×64 CelebA.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.tasks.images import load_images
+    >>> from jiio_ext.apps.tasks.images import load_images
     >>> train_x, train_y, test_x, test_y = load_images("digits", image_size=16)
     >>> train_x.shape, test_x.shape, float(train_x.max()) <= 1.0
     (torch.Size([1400, 1, 16, 16]), torch.Size([397, 1, 16, 16]), True)
@@ -103,7 +103,7 @@ def load_images(
         if count is not None and (not isinstance(count, int) or count < 1):
             raise ValueError(f"{label}: expected a positive integer or None, got {count!r}")
     if name == "digits":
-        from jiio_ext.bench.adversarial import load_digits
+        from jiio_ext.apps.bench.adversarial import load_digits
 
         train_x, train_y, test_x, test_y = load_digits(torch.device("cpu"), dtype=torch.float32)
         train_x, train_y = _first(train_size, train_x, train_y)

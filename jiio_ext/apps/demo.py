@@ -1,6 +1,6 @@
 """``jiio demo``: every task, JIIO against its baseline, on the bundled data; one HTML report.
 
-The demo runs the tasks of :data:`TASKS`: the benchmarks of :data:`jiio_ext.bench.TASKS`
+The demo runs the tasks of :data:`TASKS`: the benchmarks of :data:`jiio_ext.apps.bench.TASKS`
 (latent inversion, per-iteration overhead, a torchdeq model, adversarial attack, an inverse
 problem, meta-learning, bf16 autocast) and two training comparisons (adversarial training:
 JIIOPGD vs torchattacks' PGD in the loop; generative inpainting training: JIIO vs the nested
@@ -14,7 +14,7 @@ task and a summary table.
   ``"full"`` (under 15 minutes) and ``"tiny"`` (tests). Every task states its time budget; the
   demo prints each task's elapsed time and shows one overall progress bar with the time left.
 * **No training before measuring.** The adversarial and inverse benches use small trained
-  digits models shipped in ``jiio_ext/weights/`` (see :func:`load_weights`; rebuilt by
+  digits models shipped in ``jiio_ext/apps/weights/`` (see :func:`load_weights`; rebuilt by
   ``scripts/make_demo_weights.py``). Only the two training comparisons train, which is what
   they measure.
 * **Memory as the benches measure it.** On CPU, where the platform can fork, each task runs in a
@@ -25,7 +25,7 @@ task and a summary table.
 
 Example:
     >>> import tempfile
-    >>> from jiio_ext.demo import run_demo
+    >>> from jiio_ext.apps.demo import run_demo
     >>> folder = run_demo(tempfile.mkdtemp(), budget="tiny", tasks=["overhead"], verbose=False)
     >>> sorted(p.name for p in folder.iterdir())
     ['overhead', 'record.json', 'report.html']
@@ -169,7 +169,7 @@ _SHORT_TRAINING = (
 
 def _adversarial_training(budget: str, device: str, folder: Path) -> dict[str, Any]:
     """JIIOPGD vs PGD in Madry adversarial training (digits, L∞ 0.1), epoch time and accuracy."""
-    from jiio_ext.tasks.adversarial import train_adversarial
+    from jiio_ext.apps.tasks.adversarial import train_adversarial
 
     sizes = {
         "tiny": dict(epochs=1, train_size=32, eval_size=16, steps=2, eval_steps=2),
@@ -219,7 +219,7 @@ def _adversarial_training(budget: str, device: str, folder: Path) -> dict[str, A
 
 def _generative_training(budget: str, device: str, folder: Path) -> dict[str, Any]:
     """JIIO vs nested inner loop training a DEQ decoder for inpainting (digits, 16×16)."""
-    from jiio_ext.tasks.generative import train_generative
+    from jiio_ext.apps.tasks.generative import train_generative
 
     sizes = {
         "tiny": dict(
@@ -271,7 +271,7 @@ def _adversarial(budget: str, device: str, folder: Path) -> dict[str, Any]:
     """``jiio bench adversarial`` on the shipped digits classifier."""
     import torch
 
-    from jiio_ext.bench.adversarial import DEQClassifier, bench_adversarial
+    from jiio_ext.apps.bench.adversarial import DEQClassifier, bench_adversarial
 
     stored = load_weights("digits_classifier")
     model = DEQClassifier(channels=stored["config"]["channels"])
@@ -288,8 +288,8 @@ def _adversarial_examples(model: Any, device: str, path: Path) -> None:
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD
-    from jiio_ext.bench.adversarial import load_digits
-    from jiio_ext.report import image_grid
+    from jiio_ext.apps.bench.adversarial import load_digits
+    from jiio_ext.apps.report import image_grid
 
     _, _, images, labels = load_digits(torch.device(device))
     images, labels = images[:8], labels[:8]
@@ -314,10 +314,10 @@ def _inverse(budget: str, device: str, folder: Path) -> dict[str, Any]:
     """``jiio bench inverse``'s comparison (inpainting) on the shipped digits decoder."""
     import torch
 
-    from jiio_ext.bench.inverse import compare_reconstruction
-    from jiio_ext.tasks.generative import make_problem
-    from jiio_ext.tasks.images import load_images
-    from jiio_ext.tasks.latent import build_decoder
+    from jiio_ext.apps.bench.inverse import compare_reconstruction
+    from jiio_ext.apps.tasks.generative import make_problem
+    from jiio_ext.apps.tasks.images import load_images
+    from jiio_ext.apps.tasks.latent import build_decoder
 
     stored = load_weights("digits_decoder")
     latent_dim = stored["config"]["latent_dim"]
@@ -359,7 +359,7 @@ def _bench(name: str) -> Callable[[str, str, Path], dict[str, Any]]:
     """A runner of ``jiio bench NAME`` (its quick budget in the quick and tiny demos)."""
 
     def run(budget: str, device: str, folder: Path) -> dict[str, Any]:
-        from jiio_ext.bench import run_task
+        from jiio_ext.apps.bench import run_task
 
         report = run_task(name, device=device, quick=budget != "full" or name in _QUICK_IN_FULL)
         default = report.pop("jiio_default", None)
@@ -677,14 +677,14 @@ def run_demo(
         True
     """
     from jiio_ext import __version__
-    from jiio_ext.report import (
+    from jiio_ext.apps.report import (
         headline,
         machine_info,
         quality_time_plot,
         summary_table,
         write_report,
     )
-    from jiio_ext.runlog import write_json
+    from jiio_ext.apps.runlog import write_json
 
     if budget not in BUDGETS:
         raise ValueError(f"budget: expected one of {BUDGETS}, got {budget!r}")
