@@ -53,10 +53,9 @@ def test_demo_writes_record_and_report(tmp_path, capsys):
 def test_full_quick_demo_runs_every_task(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("*/record.json")).read_text())
-    from jiio_ext.apps.bench import TASKS
-    from jiio_ext.apps.demo import TRAINING
+    from jiio_ext.apps.demo import TASKS
 
-    assert set(record["tasks"]) == set(TASKS) | set(TRAINING)
+    assert set(record["tasks"]) == set(TASKS)
     assert not [name for name, report in record["tasks"].items() if "error" in report]
 
 
@@ -89,14 +88,38 @@ def test_bench_adversarial_schema():
     json.dumps(report, allow_nan=False)
 
 
-@pytest.mark.parametrize("flag", ["--help", "--version"])
-def test_help_and_version_import_no_torch(flag):
+HELP_COMMANDS = [
+    ["--help"],
+    ["--version"],
+    ["bench", "--help"],
+    ["demo", "--help"],
+    ["train", "--help"],
+    *(["train", name, "--help"] for name in ("adversarial", "generative", "inverse", "meta")),
+]
+
+
+def test_help_and_version_import_no_torch():
     code = (
-        "import sys\nfrom jiio_ext.apps.cli import main\ntry:\n"
-        f"    main([{flag!r}])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+        "import sys\nfrom jiio_ext.apps.cli import main\n"
+        f"for argv in {HELP_COMMANDS!r}:\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "    print('TORCH' if 'torch' in sys.modules else 'NO TORCH', argv)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().endswith("False")
+    answers = [line for line in out.stdout.splitlines() if "TORCH" in line]
+    assert len(answers) == len(HELP_COMMANDS)
+    assert not [line for line in answers if line.startswith("TORCH")], answers
+
+
+def test_train_option_choices_match_the_task_modules():
+    from jiio_ext.apps import train_options
+    from jiio_ext.apps.tasks import generative, meta, meta_methods
+
+    assert train_options.GENERATIVE_METHODS == generative.METHODS
+    assert train_options.PROBLEMS == generative.PROBLEMS
+    assert train_options.META_TASKS == meta.TASKS
+    assert train_options.META_METHODS == meta_methods.METHODS
+    assert train_options.DATASETS == generative.DATASETS  # the image data sets it accepts
 
 
 def test_bench_names_match_the_benchmarks():

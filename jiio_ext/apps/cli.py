@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from jiio_ext import __version__
+from jiio_ext.apps.train_options import (
+    add_adversarial_arguments,
+    add_generative_arguments,
+    add_meta_arguments,
+)
 
 __all__ = ["BENCH_TASKS", "EXTRAS", "build_parser", "configure_threads", "format_report", "main"]
 
@@ -132,21 +137,16 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The argument parser of ``jiio``.
-
-    Args:
-        trainers: the ``jiio train`` tasks whose options to add (their modules import torch);
-            ``None``: all of them. The others are listed, with no options.
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jiio``; building it imports no torch.
 
     Returns:
         The parser.
 
     Example:
-        >>> build_parser().prog
-        'jiio'
-        >>> build_parser(trainers=()).parse_args(["demo"]).threads is None  # no torch imported
-        True
+        >>> parser = build_parser()
+        >>> parser.prog, parser.parse_args(["demo"]).threads is None
+        ('jiio', True)
     """
     common = _common()
     parser = argparse.ArgumentParser(
@@ -173,17 +173,14 @@ def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentPars
 
     train = sub.add_parser("train", help="train a model with JIIO or its baseline in the loop")
     train_sub = train.add_subparsers(dest="train_task", required=True)
-    wanted = set(_TRAINERS if trainers is None else trainers)
     for name, helptext in _TRAINERS.items():
         task_parser = train_sub.add_parser(name, parents=[common], help=helptext)
-        if name not in wanted:
-            continue
         if name == "adversarial":
-            _add_adversarial_arguments(task_parser)
+            add_adversarial_arguments(task_parser)
         elif name == "meta":
-            _add_meta_arguments(task_parser)
+            add_meta_arguments(task_parser)
         else:
-            _add_generative_arguments(task_parser, name == "inverse")
+            add_generative_arguments(task_parser, inverse=name == "inverse")
 
     demo = sub.add_parser(
         "demo", parents=[common], help="run every available task on the default data"
@@ -196,116 +193,6 @@ def build_parser(trainers: Sequence[str] | None = None) -> argparse.ArgumentPars
     demo.add_argument("--tasks", nargs="+", default=None, help="run only these tasks")
     _show_defaults(parser)
     return parser
-
-
-def _add_data_arguments(parser: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
-    parser.add_argument("--data", choices=datasets, default="digits", help="data set")
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="torchvision data folder, in torchvision's layout (needed by every --data but "
-        "digits; nothing is downloaded)",
-    )
-
-
-def _add_adversarial_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("jiio", "pgd"), default="jiio", help="attack")
-    parser.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model")
-    parser.add_argument("--eps", type=float, default=None, help="radius (default 0.1 L∞, 1.0 L2)")
-    parser.add_argument("--steps", type=int, default=10, help="attack steps (PGD-equivalent)")
-    parser.add_argument(
-        "--iterations-per-step",
-        type=int,
-        default=3,
-        help="JIIO joint iterations per attack step in training",
-    )
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    parser.add_argument("--lr", type=float, default=0.01, help="model learning rate (Adam)")
-    parser.add_argument(
-        "--train-size", type=int, default=None, help="first N training images (default: all)"
-    )
-    parser.add_argument("--eval-size", type=int, default=200, help="test images evaluated")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    _add_data_arguments(parser, ("digits", "mnist", "cifar10"))
-    parser.add_argument(
-        "--out", default=None, help="run folder (default jiio-runs/<time>-adversarial)"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument(
-        "--no-robust-eval", action="store_true", help="skip the final robustness table"
-    )
-
-
-def _add_meta_arguments(parser: argparse.ArgumentParser) -> None:
-    from jiio_ext.apps.tasks.meta import add_meta_arguments
-
-    add_meta_arguments(parser)
-    # the names every trainer takes, as aliases of meta-learning's own
-    parser.add_argument(
-        "--lr",
-        dest="meta_lr",
-        type=float,
-        default=argparse.SUPPRESS,
-        metavar="LR",
-        help="the same as --meta-lr",
-    )
-    parser.add_argument(
-        "--batch-size",
-        dest="tasks_per_batch",
-        type=int,
-        default=argparse.SUPPRESS,
-        metavar="N",
-        help="the same as --tasks-per-batch",
-    )
-
-
-def _add_generative_arguments(parser: argparse.ArgumentParser, inverse: bool) -> None:
-    from jiio_ext.apps.tasks.generative import METHODS, PROBLEMS
-    from jiio_ext.apps.tasks.images import DATASETS
-
-    if inverse:
-        parser.add_argument(
-            "--problem", choices=PROBLEMS[1:], default="denoise", help="degradation"
-        )
-        parser.add_argument(
-            "--sigma", type=float, default=None, help="noise std on [0, 1] (denoise and others)"
-        )
-        parser.add_argument("--factor", type=int, default=None, help="superres factor (2 or 4)")
-        parser.add_argument(
-            "--hypergrad",
-            choices=("envelope", "implicit"),
-            default="envelope",
-            help="JIIO's θ-gradient: x* held fixed, or the exact hypergradient through x*(θ)",
-        )
-    parser.add_argument("--method", choices=METHODS, default="jiio", help="latent inference")
-    _add_data_arguments(parser, DATASETS)
-    parser.add_argument("--image-size", type=int, default=16, help="image side in pixels")
-    parser.add_argument("--latent-dim", type=int, default=16, help="latent dimension")
-    parser.add_argument("--channels", type=int, default=16, help="DEQ state channels")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    parser.add_argument(
-        "--train-size", type=int, default=None, help="first N training images (default: all)"
-    )
-    parser.add_argument("--inner-iters", type=int, default=40, help="JIIO iterations / Adam steps")
-    parser.add_argument("--inner-lr", type=float, default=0.3, help="nested Adam lr on latents")
-    parser.add_argument("--eval-iters", type=int, default=100, help="test-time inference budget")
-    parser.add_argument(
-        "--eval-inference",
-        choices=("jiio", "nested"),
-        default="jiio",
-        help="test-time inference of the jiio and nested decoders (the same for both)",
-    )
-    parser.add_argument("--lr", type=float, default=2e-3, help="model learning rate")
-    parser.add_argument("--jac-reg", type=float, default=0.0, help="trajectory Jacobian penalty")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--out", default=None, help="run folder (default jiio-runs/<time>-...)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    parser.add_argument("--device", default="cpu", help="torch device")
 
 
 def configure_threads(threads: int | None) -> int:
@@ -564,14 +451,6 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return _run_train_adversarial(args, parser)
 
 
-def _requested_trainers(argv: Sequence[str]) -> tuple[str, ...]:
-    """The ``jiio train`` task named in ``argv``, if any (only its options are built)."""
-    words = [word for word in argv if not word.startswith("-")]
-    if "train" in words[:1] and len(words) > 1:
-        return (words[1],)
-    return ()
-
-
 def _subparser(parser: argparse.ArgumentParser, names: Sequence[str]) -> Any:
     """The parser of the subcommand ``names`` (e.g. ``["train", "inverse"]``)."""
     for name in names:
@@ -600,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         SystemExit: 2
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(trainers=_requested_trainers(argv))
+    parser = build_parser()
     args = parser.parse_args(argv)
     # torch warns on import when numpy is missing; nothing here needs numpy without the extras
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")

@@ -50,7 +50,6 @@ from jiio_ext.validate import check_positive
 __all__ = [
     "TASKS",
     "TUNED_SETTINGS",
-    "add_meta_arguments",
     "evaluate_meta",
     "make_meta_problem",
     "run_meta_cli",
@@ -60,8 +59,9 @@ __all__ = [
 # task families of ``jiio train meta``
 TASKS = ("sinusoid", "digits", "omniglot")
 # default inner settings of each task family (``jiio train meta`` and ``jiio bench meta``):
-# digits and sinusoid tuned on validation splits with jiio_ext.apps.bench.meta.validate_meta
-# (docs/meta.md; the meta-test tasks were never used), omniglot untuned
+# digits and sinusoid tuned on validation splits (make_meta_problem(validation=True), scored
+# with evaluate_meta(seed=4321); docs/meta.md; the meta-test tasks were never used), omniglot
+# untuned
 TUNED_SETTINGS = {
     "sinusoid": MetaConfig(regression=True, inner_lr=1.0, maml_lr=4.0, prox=0.3, jiio_steps=10),
     "digits": MetaConfig(
@@ -483,49 +483,12 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
     return log
 
 
-def add_meta_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``jiio train meta`` to a (sub)parser.
-
-    Example:
-        >>> import argparse
-        >>> args = add_meta_arguments(argparse.ArgumentParser()).parse_args(["--task", "digits"])
-        >>> args.task, args.method
-        ('digits', 'jiio')
-    """
-    parser.add_argument("--task", choices=TASKS, default="sinusoid")
-    parser.add_argument("--method", choices=METHODS, default="jiio")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--steps-per-epoch", type=int, default=50)
-    parser.add_argument("--tasks-per-batch", type=int, default=4)
-    parser.add_argument("--n-way", type=int, default=5)
-    parser.add_argument("--k-shot", type=int, default=None)
-    parser.add_argument("--k-query", type=int, default=None)
-    parser.add_argument("--inner-lr", type=float, default=None)
-    parser.add_argument("--inner-steps", type=int, default=None)
-    parser.add_argument("--prox", type=float, default=None)
-    parser.add_argument(
-        "--head-prox", type=float, default=None, help="proximal weight of the adapted head"
-    )
-    parser.add_argument("--meta-lr", type=float, default=1e-3)
-    parser.add_argument("--eval-tasks", type=int, default=64)
-    parser.add_argument("--data-dir", default=None, help="Omniglot folder (torchvision layout)")
-    parser.add_argument(
-        "--out", default=None, help="run folder (default jiio-runs/<time>-meta-...)"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace the run already in the folder"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
-
-
 def run_meta_cli(args: argparse.Namespace) -> int:
     """Run ``jiio train meta`` from parsed arguments; print a summary; return the exit code.
 
     Example:
         >>> import argparse
+        >>> from jiio_ext.apps.train_options import add_meta_arguments
         >>> args = add_meta_arguments(argparse.ArgumentParser()).parse_args([])
         >>> run_meta_cli(args)  # doctest: +SKIP
         0
