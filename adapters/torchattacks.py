@@ -335,7 +335,7 @@ def adversarial_logits(
 
     Example:
         >>> import torch
-        >>> from jiio_ext.apps.bench.adversarial import DEQClassifier
+        >>> from jiio_ext.apps.models import DEQClassifier
         >>> model = DEQClassifier()
         >>> atk = JIIOPGD(model, eps=0.1, alpha=0.03, steps=2)
         >>> adv, logits = adversarial_logits(atk, torch.rand(4, 1, 8, 8), torch.arange(4))

@@ -17,7 +17,8 @@ import torchattacks
 from jiio_ext.adapters.torchattacks import JIIOPGD, adversarial_logits
 from torch.nn import functional as F
 
-from jiio_ext.apps.bench.adversarial import DEQClassifier, load_digits
+from jiio_ext.apps.data import load_digits
+from jiio_ext.apps.models import DEQClassifier
 
 
 def robust_accuracy(model, attack, images, labels) -> float:

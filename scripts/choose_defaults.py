@@ -23,8 +23,9 @@ import torch
 from jiio_ext.adapters.torchdeq import input_optimizable
 
 from jiio_ext import solve_joint
-from jiio_ext.apps.bench.tasks import make_latent_problem
-from jiio_ext.apps.bench.torchdeq_task import MultiScaleDecoder, _true_objective
+from jiio_ext.apps.bench.latent import make_latent_problem
+from jiio_ext.apps.bench.torchdeq_task import _true_objective
+from jiio_ext.apps.models import MultiScaleDecoder
 from jiio_ext.updates import Adaptive
 
 FIRST = "--second-only" not in sys.argv

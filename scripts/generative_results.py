@@ -25,8 +25,8 @@ import torch
 from jiio_ext.adapters.kornia import psnr, ssim
 
 from jiio_ext.apps.bench.inverse import compare_reconstruction
+from jiio_ext.apps.data import load_images
 from jiio_ext.apps.tasks.generative import make_problem, train_generative
-from jiio_ext.apps.tasks.images import load_images
 from jiio_ext.apps.tasks.latent import build_decoder, infer_jiio, infer_nested, latent_objective
 
 SETTINGS = {

@@ -1,7 +1,7 @@
 """Rebuild the small trained digits models that ``jiio demo`` ships in ``jiio_ext/apps/weights/``.
 
 * ``digits_classifier.pt``: the torchdeq classifier of ``jiio bench adversarial``
-  (:class:`jiio_ext.apps.bench.adversarial.DEQClassifier`, 8 channels), trained clean on the
+  (:class:`jiio_ext.apps.models.DEQClassifier`, 8 channels), trained clean on the
   bundled 8×8 digits with the bench's own recipe (Adam lr 0.01, batch 64, 6 epochs, seed 0).
 * ``digits_decoder.pt``: the multi-scale DEQ decoder of ``jiio bench inverse``
   (:func:`jiio_ext.apps.tasks.latent.build_decoder`, latent 16, 16×16 digits), trained with JIIO
@@ -27,19 +27,20 @@ OUT = Path(__file__).resolve().parents[1] / "jiio_ext" / "weights"
 
 def make_classifier(out: Path) -> Path:
     """Train and save the digits classifier; returns the file written."""
-    from jiio_ext.apps.bench.adversarial import DEQClassifier, _train, load_digits
+    from jiio_ext.apps.data import load_digits
+    from jiio_ext.apps.models import DEQClassifier, train_classifier
 
     device = torch.device("cpu")
     train_x, train_y, _, _ = load_digits(device)
     torch.manual_seed(0)
     model = DEQClassifier(channels=8, seed=0)
-    _train(model, train_x, train_y, epochs=6)
+    train_classifier(model, train_x, train_y, epochs=6)
     path = out / "digits_classifier.pt"
     torch.save(
         {
             "state_dict": model.state_dict(),
             "config": {"channels": 8, "image_size": 8},
-            "recipe": "bench.adversarial._train: Adam lr 0.01, batch 64, 6 epochs, seed 0",
+            "recipe": "models.train_classifier: Adam lr 0.01, batch 64, 6 epochs, seed 0",
         },
         path,
     )

@@ -16,7 +16,7 @@ torchattacks = pytest.importorskip("torchattacks")
 pytest.importorskip("torchdeq")
 from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2  # noqa: E402
 
-from jiio_ext.apps.bench.adversarial import DEQClassifier  # noqa: E402
+from jiio_ext.apps.models import DEQClassifier  # noqa: E402
 
 
 def _data(batch=16, seed=1):

@@ -42,7 +42,7 @@ def test_empty_batch_in_the_torchdeq_adapter():
     pytest.importorskip("torchdeq")
     from jiio_ext.adapters.torchdeq import jiio_solver
 
-    from jiio_ext.apps.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.models import DEQClassifier
 
     with pytest.raises(ValueError, match="x0: expected a non-empty batch"):
         jiio_solver(lambda z: 0.5 * z, torch.zeros(0, 3))

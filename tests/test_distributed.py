@@ -133,7 +133,7 @@ def test_two_processes_match_one_process(two_process_run, one_process_run, metho
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, rtol=0, atol=TOLERANCE[method], msg=key)
     # the parameters moved: the comparison is not between two untouched initialisations
-    from jiio_ext.apps.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.models import DEQClassifier
 
     start = DEQClassifier(seed=0).state_dict()
     assert max(float((single[k] - start[k]).abs().max()) for k in start) > 1e-3

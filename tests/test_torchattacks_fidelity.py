@@ -13,7 +13,7 @@ torchattacks = pytest.importorskip("torchattacks")
 pytest.importorskip("torchdeq")
 from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2  # noqa: E402
 
-from jiio_ext.apps.bench.adversarial import DEQClassifier  # noqa: E402
+from jiio_ext.apps.models import DEQClassifier  # noqa: E402
 
 PAIRS = [(JIIOPGD, torchattacks.PGD, 0.1), (JIIOPGDL2, torchattacks.PGDL2, 0.5)]
 
@@ -127,12 +127,13 @@ def test_bad_images_and_labels_are_named(ours, stock, eps):
 def digits_model():
     """A torchdeq classifier trained for two epochs on scikit-learn's digits (92 % held out)."""
     pytest.importorskip("sklearn")
-    from jiio_ext.apps.bench.adversarial import _train, load_digits
+    from jiio_ext.apps.data import load_digits
+    from jiio_ext.apps.models import train_classifier
 
     train_x, train_y, test_x, test_y = load_digits(torch.device("cpu"))
     torch.manual_seed(0)
     model = DEQClassifier()
-    _train(model, train_x, train_y, 2)
+    train_classifier(model, train_x, train_y, 2)
     return model.eval(), test_x[:48], test_y[:48]
 
 

@@ -41,7 +41,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
 
 
 def test_robustness_table_has_every_attack():
-    from jiio_ext.apps.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.models import DEQClassifier
 
     images, labels = torch.rand(8, 1, 8, 8), torch.arange(8)
     table = evaluate_robustness(

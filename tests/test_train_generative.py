@@ -13,8 +13,8 @@ pytest.importorskip("kornia")
 from fake_datasets import write_celeba, write_cifar10, write_mnist  # noqa: E402
 
 from jiio_ext.apps.cli import main  # noqa: E402
+from jiio_ext.apps.data import load_images  # noqa: E402
 from jiio_ext.apps.tasks.generative import make_problem, train_generative  # noqa: E402
-from jiio_ext.apps.tasks.images import load_images  # noqa: E402
 
 TINY = dict(
     image_size=8,
@@ -80,7 +80,7 @@ def test_implicit_hypergradient_matches_finite_differences():
     from jiio_ext.adapters.torchdeq import input_optimizable
     from torchdeq import get_deq
 
-    from jiio_ext.apps.bench.torchdeq_task import MultiScaleDecoder
+    from jiio_ext.apps.models import MultiScaleDecoder
     from jiio_ext.apps.tasks.latent import infer_jiio, latent_objective
 
     torch.manual_seed(0)

@@ -271,7 +271,8 @@ def _adversarial(budget: str, device: str, folder: Path) -> dict[str, Any]:
     """``jiio bench adversarial`` on the shipped digits classifier."""
     import torch
 
-    from jiio_ext.apps.bench.adversarial import DEQClassifier, bench_adversarial
+    from jiio_ext.apps.bench.adversarial import bench_adversarial
+    from jiio_ext.apps.models import DEQClassifier
 
     stored = load_weights("digits_classifier")
     model = DEQClassifier(channels=stored["config"]["channels"])
@@ -288,7 +289,7 @@ def _adversarial_examples(model: Any, device: str, path: Path) -> None:
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD
-    from jiio_ext.apps.bench.adversarial import load_digits
+    from jiio_ext.apps.data import load_digits
     from jiio_ext.apps.report import image_grid
 
     _, _, images, labels = load_digits(torch.device(device))
@@ -315,8 +316,8 @@ def _inverse(budget: str, device: str, folder: Path) -> dict[str, Any]:
     import torch
 
     from jiio_ext.apps.bench.inverse import compare_reconstruction
+    from jiio_ext.apps.data import load_images
     from jiio_ext.apps.tasks.generative import make_problem
-    from jiio_ext.apps.tasks.images import load_images
     from jiio_ext.apps.tasks.latent import build_decoder
 
     stored = load_weights("digits_decoder")

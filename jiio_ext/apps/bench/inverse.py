@@ -29,6 +29,13 @@ from typing import Any
 
 import torch
 
+from jiio_ext.apps.bench.measure import (
+    IterateRecorder,
+    PeakMemory,
+    first_reaching,
+    side_report,
+    synchronize,
+)
 from jiio_ext.apps.runs import load_checkpoint_file
 from jiio_ext.schedules import StepSwitch
 
@@ -39,7 +46,7 @@ def psnr_of_latents(decoder, latents: torch.Tensor, clean: torch.Tensor) -> floa
     """Mean per-image PSNR (on ``[0, 1]``) of ``decoder(latents)`` at a tight fixed point.
 
     Args:
-        decoder: a :class:`~jiio_ext.apps.bench.torchdeq_task.MultiScaleDecoder`.
+        decoder: a :class:`~jiio_ext.apps.models.MultiScaleDecoder`.
         latents: ``(B, latent_dim)``.
         clean: the clean images.
 
@@ -116,7 +123,6 @@ def compare_reconstruction(
         >>> sorted(r)
         ['baseline', 'jiio', 'speedup_time', 'traces']
     """
-    from jiio_ext.apps.bench.tasks import IterateRecorder, PeakMemory, _side, _sync, first_reaching
     from jiio_ext.apps.tasks.latent import infer_jiio, infer_nested, latent_objective
     from jiio_ext.solvers import Anderson
 
@@ -133,19 +139,19 @@ def compare_reconstruction(
 
     def keep(step: int, x: torch.Tensor) -> None:
         if step % trace_stride == trace_stride - 1 or step == steps - 1:
-            _sync(device)
+            synchronize(device)
             nested_path.append((time.perf_counter() - start, x.clone()))
 
-    _sync(device)
+    synchronize(device)
     with PeakMemory(device) as mem_base:
         start = time.perf_counter()
         nested = infer_nested(decoder, objective, x0, steps=steps, lr=lr, callback=keep)
-        _sync(device)
+        synchronize(device)
         base_time = time.perf_counter() - start
     base_psnr = psnr_of_latents(decoder, nested.x, clean)
 
     record = IterateRecorder(x0, device)
-    _sync(device)
+    synchronize(device)
     with PeakMemory(device) as mem_jiio:
         record.start()
         begin = time.perf_counter()
@@ -159,7 +165,7 @@ def compare_reconstruction(
                 solver=Anderson(memory=5, kind=anderson_kind),
                 step_size=schedule,
             )
-        _sync(device)
+        synchronize(device)
         jiio_total = time.perf_counter() - begin
     reach = first_reaching(
         lambda x: -psnr_of_latents(decoder, x, clean), record.snapshots, -base_psnr
@@ -179,7 +185,7 @@ def compare_reconstruction(
     }
     return {
         "baseline": {
-            **_side(
+            **side_report(
                 f"Adam lr={lr}, {steps} steps through decoder(x): torchdeq anderson forward "
                 "(warm-started, tol 1e-3) + IFT backward (f_evals: forward only)",
                 base_time,
@@ -189,7 +195,7 @@ def compare_reconstruction(
             ),
         },
         "jiio": {
-            **_side(
+            **side_report(
                 f"optimize_input (torchdeq adapter), Anderson type {anderson_kind}, {schedule}",
                 reach_time,
                 (reach + 1) if reach is not None else solution.f_evals,
@@ -239,8 +245,8 @@ def bench_inverse(
         >>> params["problem"].default, params["sizes"].default, params["quick"].default
         ('inpaint', None, False)
     """
+    from jiio_ext.apps.data import load_images
     from jiio_ext.apps.tasks.generative import make_problem, train_generative
-    from jiio_ext.apps.tasks.images import load_images
     from jiio_ext.apps.tasks.latent import build_decoder
 
     latent_dim = 16

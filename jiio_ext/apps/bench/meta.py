@@ -26,15 +26,12 @@ import time
 
 import torch
 
-from jiio_ext.apps.bench.tasks import PeakMemory, _sync
+from jiio_ext.apps.bench.measure import PeakMemory, synchronize
 from jiio_ext.apps.tasks.meta import TUNED_SETTINGS, evaluate_meta, make_meta_problem
 from jiio_ext.apps.tasks.meta_data import TaskBatch
 from jiio_ext.apps.tasks.meta_methods import MetaConfig, meta_step
 
-__all__ = ["DIGITS_SETTINGS", "SINUSOID_SETTINGS", "bench_meta", "validate_meta"]
-
-# task seed of the validation tasks (the meta-test tasks use evaluate_meta's default, 1234)
-VALIDATION_SEED = 4321
+__all__ = ["DIGITS_SETTINGS", "SINUSOID_SETTINGS", "bench_meta"]
 
 NAMES = {
     "jiio": "innerloop_ctx (jiio_ext.adapters.higher), {jiio} joint iterations, batched tasks",
@@ -44,7 +41,7 @@ NAMES = {
 }
 
 
-# Digits inner settings of the bench, tuned with validate_meta (validation digits 5-6, never the
+# Digits inner settings of the bench, tuned on a validation split (digits 5-6, never the
 # meta-test digits; docs/meta.md): MAML lr 4 / 8 / 16 → 79.1 / 79.9 / 78.3 %; JIIO with one
 # proximal weight 0.001 → 80.0 %, with the context at 0.01 and the head at 3e-4 / 1e-4 / 3e-5 /
 # 1e-5 → 81.2 / 81.9 / 82.7 / 82.5 % (40 joint iterations); iMAML shares the proximal weights
@@ -70,11 +67,8 @@ def _run_method(
     device,
     dtype,
     seed=0,
-    validation=False,
 ):
-    model, sampler = make_meta_problem(
-        task, device=device, hidden=hidden, seed=seed, validation=validation
-    )
+    model, sampler = make_meta_problem(task, device=device, hidden=hidden, seed=seed)
     model = model.to(dtype=dtype)
     meta_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
@@ -82,16 +76,14 @@ def _run_method(
     times = []
     with PeakMemory(device) as mem:
         for batch in batches:
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             meta_opt.zero_grad()
             meta_step(model, method, batch, cfg)
             meta_opt.step()
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
-    test = evaluate_meta(
-        model, method, sampler, cfg, eval_tasks, seed=VALIDATION_SEED if validation else 1234
-    )
+    test = evaluate_meta(model, method, sampler, cfg, eval_tasks)
     per_step = sorted(times)[len(times) // 2] if len(times) > 2 else sum(times) / len(times)
     name = NAMES[method].format(
         jiio=cfg.jiio_steps, maml=cfg.maml_steps, imaml=cfg.imaml_steps, cg=cfg.cg_steps
@@ -141,57 +133,6 @@ def _compare(task, cfg, meta_steps, eval_tasks, tasks_per_batch, hidden, device,
     if "imaml" in sides:
         report["speedup_time_vs_imaml"] = round(sides["imaml"]["time_s"] / jiio["time_s"], 2)
     return report
-
-
-def validate_meta(
-    task: str,
-    method: str,
-    cfg: MetaConfig,
-    seeds: tuple[int, ...] = (0, 1),
-    meta_steps: int = 150,
-    eval_tasks: int = 100,
-    hidden: int = 32,
-) -> dict:
-    """The tuning protocol of the inner settings: the bench's meta-training, scored on validation.
-
-    Each seed meta-trains a model (its own initialisation and task stream) as the benchmark
-    does, on the validation split (digits: meta-train digits 0–4, score on held-out digits
-    5–6; the meta-test digits 7–9 are never seen), and scores it on ``eval_tasks`` validation
-    tasks (task seed :data:`VALIDATION_SEED`; sinusoid: fresh tasks of that seed). One CPU
-    thread on a CPU, as in :func:`bench_meta`.
-
-    Returns:
-        ``{"mean": mean metric over the seeds, "runs": [per-seed results]}`` (metric: accuracy
-        for the digits, MSE for the sinusoid).
-
-    Example:
-        >>> cfg = MetaConfig(regression=True, jiio_steps=5)
-        >>> validate_meta("sinusoid", "jiio", cfg, seeds=(0,), meta_steps=1,
-        ...               eval_tasks=2, hidden=8)["runs"][0]["meta_steps"]
-        1
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = [
-            _run_method(
-                task,
-                method,
-                cfg,
-                meta_steps,
-                eval_tasks,
-                4,
-                hidden,
-                torch.device("cpu"),
-                torch.float32,
-                seed=seed,
-                validation=True,
-            )
-            for seed in seeds
-        ]
-    finally:
-        torch.set_num_threads(threads)
-    return {"mean": sum(r["objective"] for r in runs) / len(runs), "runs": runs}
 
 
 def bench_meta(

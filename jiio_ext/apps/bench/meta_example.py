@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jiio_ext.apps.bench.tasks import PeakMemory
+from jiio_ext.apps.bench.measure import PeakMemory
 
 __all__ = [
     "ConvDEQ",

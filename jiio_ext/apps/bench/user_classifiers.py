@@ -60,7 +60,7 @@ class UserClassifier(nn.Module):
         from torchdeq import get_deq
         from torchdeq.norm import apply_norm
 
-        from jiio_ext.apps.bench.models import scale_spectral_norm_
+        from jiio_ext.apps.models import scale_spectral_norm_
 
         if cell not in ("tanh", "relu"):
             raise ValueError(f"cell: expected 'tanh' or 'relu', got {cell!r}")
@@ -141,7 +141,8 @@ def bench_user_attacks(
     import torchattacks
 
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
-    from jiio_ext.apps.bench.adversarial import _train, load_digits
+    from jiio_ext.apps.data import load_digits
+    from jiio_ext.apps.models import train_classifier
 
     train_x, train_y, test_x, test_y = load_digits(device, dtype)
     count = 32 if quick else 128
@@ -151,7 +152,7 @@ def bench_user_attacks(
     rows = []
     for name, factory in USER_CLASSIFIERS.items():
         model = factory().to(device=device, dtype=dtype)
-        _train(model, train_x, train_y, epochs=1 if quick else 4)
+        train_classifier(model, train_x, train_y, epochs=1 if quick else 4)
         clean = _hit_rate(model, test_x, test_y)
         for norm, eps, stock_cls, jiio_cls in (
             ("linf", 0.1, torchattacks.PGD, JIIOPGD),

@@ -143,7 +143,7 @@ def _adam(model: nn.Module, objective: Callable, x0: torch.Tensor, lr: float) ->
 
 def _row(model: nn.Module, x0: torch.Tensor, objective: Callable, *, name: str) -> dict:
     from jiio_ext.adapters.torchdeq import input_optimizable
-    from jiio_ext.apps.bench.tasks import default_options_side
+    from jiio_ext.apps.bench.measure import default_options_side
 
     runs = {lr: _adam(model, objective, x0, lr) for lr in ADAM_RATES}
     scored = {lr: _true_objective(model, objective, run["x"]) for lr, run in runs.items()}

@@ -51,7 +51,7 @@ def load_dataset(name: str, data_dir: str | None, device: torch.device):
         >>> load_dataset("digits", None, torch.device("cpu"))[0].shape
         torch.Size([1400, 1, 8, 8])
     """
-    from jiio_ext.apps.bench.adversarial import load_digits
+    from jiio_ext.apps.data import load_digits
 
     if name == "digits":
         return load_digits(device)
@@ -103,7 +103,7 @@ def evaluate_robustness(
 
     Example:
         >>> import torch
-        >>> from jiio_ext.apps.bench.adversarial import DEQClassifier
+        >>> from jiio_ext.apps.models import DEQClassifier
         >>> res = evaluate_robustness(DEQClassifier().eval(), torch.rand(4, 1, 8, 8),
         ...                           torch.arange(4), steps=2, restarts=1, square_queries=5)
         >>> sorted(res)[:2]
@@ -323,7 +323,7 @@ def train_adversarial(
         >>> log["method"]
         'pgd'
     """
-    from jiio_ext.apps.bench.adversarial import DEQClassifier
+    from jiio_ext.apps.models import DEQClassifier
 
     if method not in ("jiio", "pgd"):
         raise ValueError(f"method: expected 'jiio' or 'pgd', got {method!r}")

@@ -46,10 +46,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from jiio_ext.apps.data import DATASETS, load_images
 from jiio_ext.apps.distributed import DistContext, init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
 from jiio_ext.apps.runs import open_run
-from jiio_ext.apps.tasks.images import DATASETS, load_images
 from jiio_ext.apps.tasks.latent import (
     Encoder,
     build_decoder,
@@ -508,7 +508,7 @@ def train_generative(
     Args:
         problem: ``'reconstruct'`` (generative) or an inverse problem of :data:`PROBLEMS`.
         method: ``'jiio'``, ``'nested'`` or ``'vae'``.
-        data: one of :data:`~jiio_ext.apps.tasks.images.DATASETS`.
+        data: one of :data:`~jiio_ext.apps.data.DATASETS`.
         data_dir: torchvision data folder (all sets but ``digits``).
         image_size: image side (a multiple of 4; digits are upsampled from 8).
         latent_dim: size of the latent.

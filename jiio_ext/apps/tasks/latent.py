@@ -2,7 +2,7 @@
 
 Used by ``jiio train generative`` / ``jiio train inverse`` and ``jiio bench inverse``. The
 decoder is a torchdeq multi-scale DEQ
-(:class:`~jiio_ext.apps.bench.torchdeq_task.MultiScaleDecoder`, 'jiio' core, sigmoid output)
+(:class:`~jiio_ext.apps.models.MultiScaleDecoder`, 'jiio' core, sigmoid output)
 decorated with
 :func:`~jiio_ext.adapters.torchdeq.input_optimizable`. A latent ``x`` explains a measurement
 when it minimises ``consistency(decoder(x), measurement) + latent_reg · mean(x²)``:
@@ -75,7 +75,7 @@ def build_decoder(
         torch.Size([3, 1, 8, 8])
     """
     import jiio_ext.adapters.torchdeq as adapter  # registers the 'jiio' core
-    from jiio_ext.apps.bench.torchdeq_task import MultiScaleDecoder
+    from jiio_ext.apps.models import MultiScaleDecoder
 
     torch.manual_seed(seed)
     decoder = MultiScaleDecoder(

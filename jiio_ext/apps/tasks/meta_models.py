@@ -58,7 +58,7 @@ class FiLMDEQNet(nn.Module):
         super().__init__()
         from torchdeq import get_deq
 
-        from jiio_ext.apps.bench.models import scale_spectral_norm_
+        from jiio_ext.apps.models import scale_spectral_norm_
 
         torch.manual_seed(seed)
         self.hidden = hidden

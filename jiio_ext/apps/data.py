@@ -1,4 +1,4 @@
-"""Image data sets for the training commands, all as float tensors in ``[0, 1]``.
+"""Image data sets of the benches, the training commands and the demo, as floats in ``[0, 1]``.
 
 ``digits`` is scikit-learn's bundled 8×8 handwritten digits (1,797 images, no download);
 ``mnist``, ``cifar10`` and ``celeba`` are read with torchvision's dataset classes from a data
@@ -8,7 +8,7 @@ region first, as is usual for 64×64 CelebA.
 
 Example:
     >>> import torch
-    >>> from jiio_ext.apps.tasks.images import load_images
+    >>> from jiio_ext.apps.data import load_images
     >>> train_x, train_y, test_x, test_y = load_images("digits", image_size=16)
     >>> train_x.shape, test_x.shape, float(train_x.max()) <= 1.0
     (torch.Size([1400, 1, 16, 16]), torch.Size([397, 1, 16, 16]), True)
@@ -21,10 +21,31 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-__all__ = ["DATASETS", "load_images"]
+__all__ = ["DATASETS", "load_digits", "load_images"]
 
 # Supported data sets ("digits" is bundled; the others are read from a data folder).
 DATASETS = ("digits", "mnist", "cifar10", "celeba")
+
+
+def load_digits(device: torch.device, dtype=torch.float32):
+    """scikit-learn's bundled digits as ``(train_x, train_y, test_x, test_y)`` in ``[0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> train_x, train_y, test_x, test_y = load_digits(torch.device("cpu"))
+        >>> train_x.shape, test_x.shape
+        (torch.Size([1400, 1, 8, 8]), torch.Size([397, 1, 8, 8]))
+    """
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as err:
+        raise ImportError(
+            "the digits data set needs scikit-learn: pip install 'jiio-ext[examples]'"
+        ) from err
+    digits = sklearn_digits()
+    images = torch.tensor(digits.images / 16.0, dtype=dtype, device=device).unsqueeze(1)
+    labels = torch.tensor(digits.target, dtype=torch.long, device=device)
+    return images[:1400], labels[:1400], images[1400:], labels[1400:]
 
 
 def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -103,8 +124,6 @@ def load_images(
         if count is not None and (not isinstance(count, int) or count < 1):
             raise ValueError(f"{label}: expected a positive integer or None, got {count!r}")
     if name == "digits":
-        from jiio_ext.apps.bench.adversarial import load_digits
-
         train_x, train_y, test_x, test_y = load_digits(torch.device("cpu"), dtype=torch.float32)
         train_x, train_y = _first(train_size, train_x, train_y)
         test_x, test_y = _first(test_size, test_x, test_y)
