@@ -256,6 +256,27 @@ def test_quality_time_plot(tmp_path):
     png_size(quality_time_plot(report, tmp_path / "q.png").read_bytes())
 
 
+def test_one_epoch_training_curves_are_lines_not_a_dot(tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    from jiio_ext.apps.report import training_curves
+
+    steps = [{"step": k, "epoch": 1, "loss": 1.0 / k} for k in range(1, 9)]
+    log = {"training_steps": steps, "epochs": [{"epoch": 1, "loss": 0.34}]}
+    panels = [("loss", [("steps", "loss", "per batch")], False)]
+    blue = np.array([0x1F, 0x77, 0xB4]) / 255  # matplotlib's first line colour
+
+    def blue_pixels(record: dict) -> int:
+        pixels = matplotlib.image.imread(training_curves(record, tmp_path / "c.png", panels, "t"))
+        return int(np.all(np.abs(pixels[..., :3] - blue) < 0.1, axis=-1).sum())
+
+    drawn = blue_pixels(log)
+    assert drawn > 300  # 8 points joined by a line across the axes
+    log["training_steps"] = steps[-1:]  # one step only: a dot
+    assert blue_pixels(log) < drawn / 4
+
+
 def test_report_with_empty_record(tmp_path):
     path = write_report({}, tmp_path)
     assert "No tasks ran." in path.read_text(encoding="utf-8")

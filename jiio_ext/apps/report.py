@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "summary_table",
     "task_sentence",
     "time_ratio",
+    "training_curves",
     "verdict",
     "write_report",
 ]
@@ -552,6 +554,81 @@ def image_grid(
                     ax.set_title(captions[column], fontsize=8)
             if column == 0:
                 ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def training_curves(
+    log: dict,
+    path: Path,
+    panels: Sequence[tuple[str, Sequence[tuple[str, str, str]], bool]],
+    title: str,
+    step_name: str = "training step (batch)",
+) -> Path:
+    """A training run's curves against the training step: per-step lines, per-epoch markers.
+
+    ``log["training_steps"]`` holds one entry per optimiser step (``{"step", "epoch", ...}``,
+    counted from 1), so that a one-epoch run shows a curve; ``log["epochs"]`` one entry per epoch
+    (``{"epoch", ...}``), drawn at the step that ended it. A log without steps is drawn
+    against the epoch.
+
+    Args:
+        log: the run's log.
+        path: the PNG to write.
+        panels: one ``(y label, series, log scale)`` per panel; each series is ``(where, key,
+            label)`` with ``where`` ``"steps"`` (``log["training_steps"]``) or ``"epochs"``.
+            Series whose key the log lacks are left out.
+        title: the figure title.
+        step_name: the x-axis label of a log with steps.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> log = {"training_steps": [{"step": s, "epoch": 1, "loss": 1 / s} for s in (1, 2, 3)],
+        ...        "epochs": [{"epoch": 1, "loss": 0.6, "accuracy": 0.8}]}
+        >>> panels = [("loss", [("steps", "loss", "per step"), ("epochs", "loss", "epoch mean")],
+        ...            True), ("test accuracy", [("epochs", "accuracy", "test")], False)]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     training_curves(log, Path(tmp) / "c.png", panels, "run").read_bytes()[1:4]
+        b'PNG'
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    steps, epochs = log.get("training_steps") or [], log.get("epochs") or []
+    ends = {entry["epoch"]: entry["step"] for entry in steps}  # the last step of each epoch
+    per_step = bool(steps) and all(entry["epoch"] in ends for entry in epochs)
+    fig = Figure(figsize=(4.6 * len(panels), 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (ylabel, series, log_y) in zip(axes, panels):
+        for where, key, label in series:
+            entries = [e for e in (steps if where == "steps" else epochs) if _is_number(e.get(key))]
+            if not entries or (where == "steps" and not per_step):
+                continue
+            if where == "steps":
+                xs = [entry["step"] for entry in entries]
+                style = {"marker": "." if len(xs) <= 60 else None, "linewidth": 1.2}
+            else:
+                xs = [ends[e["epoch"]] if per_step else e["epoch"] for e in entries]
+                style = {"marker": "o", "markersize": 7, "linewidth": 1.0, "linestyle": "--"}
+            ax.plot(xs, [float(entry[key]) for entry in entries], label=label, **style)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(step_name if per_step else "epoch")
+        if per_step:  # every panel spans the whole run, also one with epoch markers only
+            ax.set_xlim(0.5, steps[-1]["step"] + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
