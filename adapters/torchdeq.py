@@ -43,7 +43,7 @@ from jiio_ext.grad import EnvelopeGrad
 from jiio_ext.layout import as_tuple
 from jiio_ext.solution import JointSolution
 from jiio_ext.solve import solve_joint
-from jiio_ext.solvers import Anderson, fixed_point
+from jiio_ext.solvers import Anderson, BestSoFar, fixed_point
 from jiio_ext.validate import check_positive
 
 __all__ = ["JIIODEQ", "input_optimizable", "jiio_solver", "trajectory_penalty"]
@@ -350,7 +350,7 @@ def _optimize_input(
             f,
             joint_objective,
             x0,
-            tuple(start),
+            z0=tuple(start),
             targets=torch.arange(batch, device=x0.device),
             constraint=constraint,
             **options,
@@ -541,14 +541,16 @@ def jiio_solver(
         result = fixed_point(
             step,
             flat0,
-            solver=Anderson(memory=m, kind=kind, ridge=lam, safeguard=safeguard),
+            # like torchdeq's solvers, a sample out of budget returns its lowest residual
+            solver=BestSoFar(
+                Anderson(memory=m, kind=kind, ridge=lam, safeguard=safeguard),
+                score=lambda res, state_rms, aux: res[:, 0],
+            ),
             max_iter=max_iter,
             rtol=tol if stop_mode == "rel" else 0.0,
             atol=tol / dim**0.5 if stop_mode == "abs" else 0.0,
             subset=False,
             snapshot_at=[i for i in wanted if 0 < i < max_iter],
-            # like torchdeq's solvers, a sample out of budget returns its lowest residual
-            score=lambda res, state_rms, aux: res[:, 0],
         )
     abs_trace = result.traces["residual_b0"] * dim**0.5  # (T, B) RMS -> norm
     abs_trace = _fill_forward(abs_trace).transpose(0, 1)

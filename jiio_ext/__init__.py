@@ -6,7 +6,7 @@ Example:
     >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
     >>> target = torch.ones(2, 3)
     >>> sol = jiio_ext.solve_joint(f, lambda z, x: (z - target).pow(2).sum(1),
-    ...                            torch.zeros(2, 3), torch.zeros(2, 3), step_size=0.3)
+    ...                            torch.zeros(2, 3), z0=torch.zeros(2, 3), step_size=0.3)
     >>> sol.success
     True
 """

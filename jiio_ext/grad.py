@@ -29,7 +29,7 @@ Example:
     >>> target = torch.full((3, 2), 0.2, dtype=torch.float64)
     >>> objective = lambda z, x: (z - target).pow(2).sum(1) + 0.1 * x.pow(2).sum(1)
     >>> x0 = torch.zeros(3, 2, dtype=torch.float64)
-    >>> sol = solve_joint(f, objective, x0, torch.zeros_like(x0), step_size=0.5, max_iter=200,
+    >>> sol = solve_joint(f, objective, x0, z0=torch.zeros_like(x0), step_size=0.5, max_iter=200,
     ...                   rtol=1e-9, atol=1e-12, grad="envelope")
     >>> objective(sol.z, sol.x).sum().backward()
     >>> W.grad.shape

@@ -103,8 +103,8 @@ def trajectory_penalty(
         >>> import torch
         >>> from jiio_ext import solve_joint
         >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
-        >>> sol = solve_joint(f, lambda z, x: z.pow(2).sum(1), torch.ones(2, 3), torch.zeros(2, 3),
-        ...                   max_iter=20, trajectory=[5])
+        >>> sol = solve_joint(f, lambda z, x: z.pow(2).sum(1), torch.ones(2, 3),
+        ...                   z0=torch.zeros(2, 3), max_iter=20, trajectory=[5])
         >>> trajectory_penalty(f, sol).shape
         torch.Size([2])
     """

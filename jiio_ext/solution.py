@@ -90,7 +90,7 @@ class JointSolution:
         >>> from jiio_ext import solve_joint
         >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
         >>> objective = lambda z, x: (z - 1.0).pow(2).sum(1)
-        >>> sol = solve_joint(f, objective, torch.zeros(2, 3), torch.zeros(2, 3), step_size=0.3)
+        >>> sol = solve_joint(f, objective, torch.zeros(2, 3), z0=torch.zeros(2, 3), step_size=0.3)
         >>> sol.success, sol.status.tolist(), sorted(sol.residuals)
         (True, [0, 0], ['mu', 'x', 'z'])
         >>> bool((sol.z - 1.0).abs().max() < 1e-3)  # x* makes the fixed point hit the target

@@ -11,7 +11,7 @@ Example:
     >>> target = torch.full((2, 3), 0.3, dtype=torch.float64)
     >>> objective = lambda z, x: (z - target).pow(2).sum(dim=1)
     >>> x0 = torch.zeros(2, 3, dtype=torch.float64)
-    >>> sol = solve_joint(f, objective, x0, torch.zeros_like(x0), step_size=0.1, max_iter=300,
+    >>> sol = solve_joint(f, objective, x0, z0=torch.zeros_like(x0), step_size=0.1, max_iter=300,
     ...                   rtol=1e-8, atol=1e-10)
     >>> sol.success, bool(sol.objective.max() < 1e-12)
     (True, True)
@@ -36,7 +36,15 @@ from jiio_ext.grad import GradMode, get_grad_mode
 from jiio_ext.layout import Layout, State, as_tuple
 from jiio_ext.schedules import Schedule, as_schedule
 from jiio_ext.solution import JointSolution, Status
-from jiio_ext.solvers import Anderson, DampedIteration, fixed_point, get_solver
+from jiio_ext.solvers import (
+    Anderson,
+    BestSoFar,
+    DampedIteration,
+    Termination,
+    fixed_point,
+    get_solver,
+    status_codes,
+)
 from jiio_ext.steps import StepRule, get_step_rule
 from jiio_ext.updates import Adaptive, GradientStep, InputUpdate
 from jiio_ext.validate import (
@@ -195,8 +203,8 @@ def solve_joint(
     f: Fn,
     objective: Objective,
     x0: torch.Tensor,
-    z0: State,
     *,
+    z0: State | None = None,
     mu0: State | None = None,
     warm_start: JointSolution | None = None,
     targets: Targets = None,
@@ -228,9 +236,12 @@ def solve_joint(
         objective: per-sample losses to minimise, ``objective(z, x) -> (B,)``, or
             ``objective(z, x, targets)`` when ``targets`` is given.
         x0: initial input ``(B, ...)``; projected onto ``constraint`` first.
-        z0: initial state (tensor or tuple of tensors).
-        mu0: initial adjoint (default zeros).
-        warm_start: a previous solution whose ``z`` and ``mu`` replace ``z0`` and ``mu0``.
+        z0: initial state (tensor or tuple of tensors), keyword-only; required unless
+            ``warm_start`` is given.
+        mu0: initial adjoint (default zeros); not with ``warm_start``.
+        warm_start: a previous solution: the solve starts from its ``z`` (in place of
+            ``z0``, which may then be left out) and its ``mu``; giving ``mu0`` as well is
+            an error, since one of the two would be ignored.
         targets: per-sample data (tensor or tuple, batch first) handed to the objective and
             sliced with the active samples.
         constraint: set for ``x`` (``L2Ball``, ``LinfBall``, ``Box``, intersections).
@@ -288,17 +299,23 @@ def solve_joint(
         >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
         >>> target = torch.ones(4, 2)
         >>> sol = solve_joint(f, lambda z, x: (z - target).pow(2).sum(1), torch.zeros(4, 2),
-        ...                   torch.zeros(4, 2), constraint=L2Ball(radius=0.1), step_size=0.3)
+        ...                   z0=torch.zeros(4, 2), constraint=L2Ball(radius=0.1), step_size=0.3)
         >>> bool((sol.x.norm(dim=1) <= 0.1 + 1e-6).all())
         True
     """
-    z0 = _normalise_state(z0)
     if warm_start is not None:
         if not isinstance(warm_start, JointSolution):
             raise TypeError(
                 f"warm_start: expected a JointSolution, got {type(warm_start).__name__}"
             )
+        if mu0 is not None:
+            raise ValueError(
+                "mu0: warm_start already gives the initial adjoint (its mu); pass one of the two"
+            )
         z0, mu0 = _detach(warm_start.z), _detach(warm_start.mu)
+    elif z0 is None:
+        raise TypeError("z0: solve_joint needs an initial state z0= (or a warm_start)")
+    z0 = _normalise_state(z0)
     previous_peak = None if warm_start is None else warm_start.info.get("stationarity_peak")
     peak_start = (
         {"stationarity": previous_peak}
@@ -348,7 +365,7 @@ def solve_joint(
             result = fixed_point(
                 aug,
                 state0,
-                solver=engine,
+                solver=BestSoFar(engine, _objective_score(atol)) if best_iterate else engine,
                 max_iter=max_iter,
                 rtol=rtol,
                 atol=atol,
@@ -361,7 +378,6 @@ def solve_joint(
                 callback=callback,
                 progress=bar,
                 snapshot_at=trajectory,
-                score=_objective_score(atol) if best_iterate else None,
                 tested_blocks=(True, False, True),
                 peak_tests=("stationarity",),
                 peak_start=peak_start,
@@ -422,8 +438,8 @@ def _inner_solve(
     rtol: float,
     atol: float,
     subset: bool,
-) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """One inner fixed point: ``(state, batched map calls, per-sample status)``.
+) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """One inner fixed point: ``(state, batched map calls, per-sample status, RMS residual)``.
 
     ``solver`` is one of this package's solvers, or a torchdeq-style solver function
     ``solver(func, z0, max_iter=..., tol=..., stop_mode="rel") -> (z, _, info)`` (for instance
@@ -433,7 +449,7 @@ def _inner_solve(
         result = fixed_point(
             map_fn, start, solver=solver, max_iter=max_iter, rtol=rtol, atol=atol, subset=subset
         )
-        return result.state, result.n_calls, result.status
+        return result.state, result.n_calls, result.status, result.residuals[:, 0]
     calls = 0
     index = torch.arange(start.shape[0], device=start.device)
 
@@ -447,7 +463,14 @@ def _inner_solve(
     status = torch.where(
         lowest.to(start.device) <= rtol, int(Status.CONVERGED), int(Status.MAX_ITER)
     )
-    return z.reshape(start.shape), calls, status.long()
+    # torchdeq's abs_lowest is a norm: its RMS, as the other solvers report
+    lowest_abs = info.get("abs_lowest")
+    residual = (
+        torch.full((start.shape[0],), float("nan"), dtype=start.dtype, device=start.device)
+        if lowest_abs is None
+        else lowest_abs.to(start) / start.shape[1] ** 0.5
+    )
+    return z.reshape(start.shape), calls, status.long(), residual
 
 
 def _adjoint_and_input_grad(
@@ -462,8 +485,12 @@ def _adjoint_and_input_grad(
     rtol: float,
     atol: float,
     layout: Layout,
-) -> tuple[State, torch.Tensor, torch.Tensor, int, int]:
-    """Adjoint fixed point at ``(z, x)`` and the input gradient: ``(μ, g_x, L, f_evals, vjps)``."""
+) -> tuple[State, torch.Tensor, torch.Tensor, int, int, torch.Tensor]:
+    """Adjoint fixed point at ``(z, x)`` and the input gradient.
+
+    Returns:
+        ``(μ, g_x, L, f_evals, vjps, adjoint RMS residual)``.
+    """
     z_req = tuple(p.detach().requires_grad_() for p in as_tuple(z))
     z_arg = z_req if layout.is_tuple else z_req[0]
     x_req = x.detach().requires_grad_()
@@ -486,7 +513,7 @@ def _adjoint_and_input_grad(
         vjps += 1
         return layout.flatten(jt_mu if layout.is_tuple else jt_mu[0]) + dl_dz, {}
 
-    mu_flat, _, _ = _inner_solve(
+    mu_flat, _, _, mu_residual = _inner_solve(
         engine,
         adjoint_map,
         layout.flatten(mu0).detach(),
@@ -499,21 +526,21 @@ def _adjoint_and_input_grad(
         (fx_mu,) = torch.autograd.grad(out_flat, x_req, mu_flat, allow_unused=True)
     vjps += 1
     g_x = grads[-1] + (torch.zeros_like(x) if fx_mu is None else fx_mu)
-    return layout.unflatten(mu_flat), g_x, loss.detach(), 1, vjps
+    return layout.unflatten(mu_flat), g_x, loss.detach(), 1, vjps, mu_residual
 
 
 def solve_nested(
     f: Fn,
     objective: Objective,
     x0: torch.Tensor,
-    z0: State,
     *,
+    z0: State,
     mu0: State | None = None,
     targets: Targets = None,
     constraint: Constraint | None = None,
     optimizer: str = "adam",
-    lr: float | Schedule = 0.1,
-    steps: int = 40,
+    step_size: float | Schedule = 0.1,
+    max_iter: int = 40,
     step_rule: str | StepRule = "raw",
     inner_solver: str | Anderson | DampedIteration | Callable = "anderson",
     inner_max_iter: int = 50,
@@ -543,8 +570,8 @@ def solve_nested(
         targets: per-sample data for the objective.
         constraint: set for ``x``.
         optimizer: ``"adam"`` or ``"sgd"`` (projected after every step).
-        lr: learning rate (number or schedule).
-        steps: number of outer steps.
+        step_size: the optimiser's learning rate (number or schedule).
+        max_iter: number of outer steps.
         step_rule: ``"raw"``, ``"sign"`` or ``"l2"``, applied to the gradient before ``"sgd"``.
         inner_solver: solver of the forward and adjoint fixed points: ``"anderson"``,
             ``"damped"``, a solver instance, or a torchdeq solver function such as
@@ -555,7 +582,11 @@ def solve_nested(
         inner_atol: absolute tolerance of the inner solves.
         rtol: tolerance of the final status test.
         atol: absolute tolerance of the final status test.
-        callback: ``callback(step, info)`` after every outer step.
+        callback: ``callback(step, info)`` after every outer step, with the keys of
+            :func:`solve_joint`'s: the batch ``index``, the evaluated flat ``state``
+            ``[z; x; μ]`` (the inner solutions at the step's ``x``), the block ``residuals``
+            ``(B, 3)`` (forward and adjoint inner solves, RMS of the step taken on ``x``;
+            NaN where a torchdeq solver gives none), ``objective`` and ``stationarity``.
         progress: ``True`` for a tqdm bar.
         throw: raise when a sample fails the final test.
 
@@ -568,7 +599,8 @@ def solve_nested(
         >>> f = lambda z, x: 0.5 * torch.tanh(z) + x
         >>> target = torch.ones(3, 2)
         >>> sol = solve_nested(f, lambda z, x: (z - target).pow(2).sum(1), torch.zeros(3, 2),
-        ...                    torch.zeros(3, 2), optimizer="sgd", lr=0.5, steps=60)
+        ...                    z0=torch.zeros(3, 2), optimizer="sgd", step_size=0.5,
+        ...                    max_iter=60)
         >>> bool(sol.objective.max() < 1e-3)
         True
     """
@@ -591,9 +623,9 @@ def solve_nested(
         raise ValueError(f"inner_max_iter: expected an integer >= 1, got {inner_max_iter!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
-    schedule = as_schedule(lr, "lr")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter: expected an integer >= 1, got {max_iter!r}")
+    schedule = as_schedule(step_size, "step_size")
     rule = get_step_rule(step_rule)
     if callable(inner_solver):
         engine = inner_solver
@@ -607,14 +639,14 @@ def solve_nested(
 
     x = torch.nn.Parameter(project(x0.detach().clone()))
     opt = (
-        torch.optim.Adam([x], lr=schedule(0, steps))
+        torch.optim.Adam([x], lr=schedule(0, max_iter))
         if optimizer == "adam"
-        else torch.optim.SGD([x], lr=schedule(0, steps))
+        else torch.optim.SGD([x], lr=schedule(0, max_iter))
     )
     z_flat = layout.flatten(_detach(z0)).clone()
     mu = _zeros_like_state(z0) if mu0 is None else _detach(mu0)
     traces: dict[str, list[torch.Tensor]] = {"objective": []}
-    bar = _progress_bar(progress, steps, "nested")
+    bar = _progress_bar(progress, max_iter, "nested")
     started = time.perf_counter()
     x_data = x.detach()
 
@@ -631,7 +663,7 @@ def solve_nested(
         nonlocal x_data
         x_data = x_now
         with torch.no_grad():
-            z_new, calls, status = _inner_solve(
+            z_new, calls, status, z_residual = _inner_solve(
                 engine,
                 forward_map,
                 z_start,
@@ -640,7 +672,7 @@ def solve_nested(
                 atol=inner_atol,
                 subset=True,
             )
-        mu_new, g_x, loss, fe, vj = _adjoint_and_input_grad(
+        mu_new, g_x, loss, fe, vj, mu_residual = _adjoint_and_input_grad(
             f,
             objective,
             layout.unflatten(z_new),
@@ -655,28 +687,43 @@ def solve_nested(
         )
         counts["f_evals"] += calls + fe
         counts["vjps"] += vj
-        return z_new, status, mu_new, g_x, loss
+        residual = torch.stack([z_residual, torch.zeros_like(z_residual), mu_residual], dim=1)
+        return z_new, status, mu_new, g_x, loss, residual
 
     def stationarity(x_now: torch.Tensor, g_x: torch.Tensor, step: int) -> torch.Tensor:
         """Per-sample RMS of the projected gradient at the step's learning rate."""
-        alpha = schedule(min(step, steps - 1), steps)
+        alpha = schedule(min(step, max_iter - 1), max_iter)
         moved = x_now - project(x_now - alpha * g_x)
         return (moved / alpha).flatten(1).pow(2).mean(dim=1).sqrt()
 
     peak = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    index = torch.arange(x0.shape[0], device=x0.device)
     try:
-        for step in range(steps):
-            z_flat, _, mu, g_x, loss = inner_solves(z_flat, x.detach(), mu)
-            peak = torch.maximum(peak, stationarity(x.detach(), g_x, step))
+        for step in range(max_iter):
+            x_before = x.detach().clone()
+            z_flat, _, mu, g_x, loss, residual = inner_solves(z_flat, x_before, mu)
+            stationary = stationarity(x_before, g_x, step)
+            peak = torch.maximum(peak, stationary)
             traces["objective"].append(loss)
             for group in opt.param_groups:
-                group["lr"] = schedule(step, steps)
+                group["lr"] = schedule(step, max_iter)
             x.grad = rule(g_x) if optimizer == "sgd" else g_x
             opt.step()
             with torch.no_grad():
                 x.copy_(project(x))
-            if callback is not None:
-                callback(step, {"objective": loss, "x": x.detach()})
+            if callback is not None:  # solve_joint's keys, at the point this step evaluated
+                residual[:, 1] = (x.detach() - x_before).flatten(1).pow(2).mean(dim=1).sqrt()
+                state = torch.cat([z_flat, x_before.flatten(1), layout.flatten(mu)], dim=1)
+                callback(
+                    step,
+                    {
+                        "index": index,
+                        "state": state,
+                        "residuals": residual,
+                        "objective": loss,
+                        "stationarity": stationary,
+                    },
+                )
             if bar is not None:
                 bar.set_postfix(objective=f"{float(loss.mean()):.4g}")
                 bar.update(1)
@@ -686,8 +733,8 @@ def solve_nested(
 
     # Final report: one more forward solve at the final x and the three residuals.
     x_final = x.detach().clone()
-    z_flat, fwd_status, mu, g_final, _ = inner_solves(z_flat, x_final, mu)
-    stationary = stationarity(x_final, g_final, steps - 1)
+    z_flat, fwd_status, mu, g_final, _, _ = inner_solves(z_flat, x_final, mu)
+    stationary = stationarity(x_final, g_final, max_iter - 1)
     z_final = layout.unflatten(z_flat)
     f_evals, vjps = counts["f_evals"], counts["vjps"]
     aug = AugmentedMap(
@@ -697,44 +744,50 @@ def solve_nested(
         x0,
         constraint=constraint,
         update=GradientStep(schedule, rule),
-        max_iter=steps,
+        max_iter=max_iter,
         alpha_z=1.0,
         alpha_mu=1.0,
         targets=targets,
     )
     flat = aug.join(z_final, x_final, mu)
     with torch.no_grad():
-        mapped, loss = aug.apply(flat, None, steps - 1)
+        mapped, loss = aug.apply(flat, None, max_iter - 1)
     f_evals += aug.f_evals
     vjps += aug.vjps
-    resid = mapped - flat
-    blocks = torch.split(resid, list(aug.blocks), dim=1)
-    states = torch.split(flat, list(aug.blocks), dim=1)
-    residuals = {
-        name: block.pow(2).mean(dim=1).sqrt() for name, block in zip(("z", "x", "mu"), blocks)
-    }
-    scales = [s.pow(2).mean(dim=1).sqrt() for s in states]
-    converged = torch.stack(
-        [residuals[name] <= atol + rtol * sc for name, sc in zip(("z", "mu"), scales[::2])]
-    ).all(dim=0) & (stationary <= atol + rtol * torch.maximum(peak, stationary))
-    finite = torch.isfinite(resid).all(dim=1) & torch.isfinite(loss)
+    # solve_joint's test (Termination) on the three residuals at the end: forward and adjoint
+    # against the state, the projected gradient against its largest value over the steps
+    term = Termination(
+        rtol=rtol,
+        atol=atol,
+        blocks=aug.blocks,
+        tested_blocks=(True, False, True),
+        peak_tests=("stationarity",),
+        divergence=None,
+    )
+    rms, res = term.residuals(mapped - flat)
+    finite = torch.isfinite(rms).all(dim=1) & torch.isfinite(loss)
+    aux = {"stationarity": stationary}
+    ts = term.init(flat, {"stationarity": torch.maximum(peak, stationary)})
+    ts = term.observe(ts, flat, res, rms.norm(dim=1), aux, finite)
+    converged = term.converged(ts, res, aux, finite)
+    residuals = {name: res[:, i] for i, name in enumerate(("z", "x", "mu"))}
     # a sample without a fixed point: its state grew by solve_joint's divergence factor (the
     # inner solves may each "converge" relatively on a state running away), or an inner solve
     # said so itself
     start_rms = layout.flatten(_detach(z0)).pow(2).mean(dim=1).sqrt()
-    ran_away = ~(scales[0] <= _NESTED_DIVERGENCE * (1.0 + start_rms))
-    status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
-    status = torch.where(ran_away, int(Status.DIVERGED), status)
-    status = torch.where(fwd_status == Status.DIVERGED, int(Status.DIVERGED), status)
-    status = torch.where(fwd_status == Status.NONFINITE, int(Status.NONFINITE), status)
-    status = torch.where(finite, status, int(Status.NONFINITE)).long()
+    ran_away = ~(ts.state_peak[:, 0] <= _NESTED_DIVERGENCE * (1.0 + start_rms))
+    status = status_codes(
+        converged,
+        ran_away | (fwd_status == Status.DIVERGED),
+        finite & (fwd_status != Status.NONFINITE),
+    )
     solution = JointSolution(
         z=z_final,
         x=x_final,
         mu=mu,
         objective=loss,
         status=status,
-        nstep=torch.full_like(status, steps),
+        nstep=torch.full_like(status, max_iter),
         residuals=residuals,
         traces={k: torch.stack(v) for k, v in traces.items()},
         f_evals=f_evals,

@@ -150,7 +150,7 @@ class Adaptive(InputUpdate):
         >>> f = lambda z, x: 0.5 * z + x
         >>> target = torch.ones(2, 3)
         >>> objective = lambda z, x: 1e4 * (z - target).pow(2).sum(1)  # any scale works
-        >>> sol = solve_joint(f, objective, torch.zeros(2, 3), torch.zeros(2, 3), max_iter=300)
+        >>> sol = solve_joint(f, objective, torch.zeros(2, 3), z0=torch.zeros(2, 3), max_iter=300)
         >>> bool((sol.x - 0.5).abs().max() < 1e-3)
         True
     """

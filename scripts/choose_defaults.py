@@ -74,12 +74,19 @@ def _functional_problem():
         from jiio_ext import solve_nested
 
         sol = solve_nested(
-            problem.decoder.f, problem.objective, problem.x0, problem.z0(), lr=lr, steps=40
+            problem.decoder.f,
+            problem.objective,
+            problem.x0,
+            z0=problem.z0(),
+            step_size=lr,
+            max_iter=40,
         )
         return problem.true_objective(sol.x)
 
     def jiio(**options):
-        sol = solve_joint(problem.decoder.f, problem.objective, problem.x0, problem.z0(), **options)
+        sol = solve_joint(
+            problem.decoder.f, problem.objective, problem.x0, z0=problem.z0(), **options
+        )
         return problem.true_objective(sol.x)
 
     return adam, jiio

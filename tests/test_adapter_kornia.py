@@ -131,7 +131,7 @@ def test_consistency_works_as_a_solve_joint_objective():
         lambda z, x: x,
         lambda z, x, t: op.consistency(z, *t),
         torch.zeros_like(clean),
-        torch.zeros_like(clean),
+        z0=torch.zeros_like(clean),
         targets=meas.targets(),
         step_size=20.0,
         max_iter=200,

@@ -19,10 +19,10 @@ def _objective(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def test_custom_step_rule_of_the_wrong_shape_raises():
     x0, z0 = torch.zeros(3, 2), torch.zeros(3, 2)
     with pytest.raises(ValueError, match=r"step_rule: .* returned \(3, 1\)"):
-        solve_joint(_f, _objective, x0, z0, step_rule=lambda g: g[:, :1], step_size=0.1)
+        solve_joint(_f, _objective, x0, z0=z0, step_rule=lambda g: g[:, :1], step_size=0.1)
     with pytest.raises(ValueError, match="step_rule"):
-        solve_joint(_f, _objective, x0, z0, step_rule=lambda g: g.sum(), step_size=0.1)
-    fine = solve_joint(_f, _objective, x0, z0, step_rule=lambda g: 0.5 * g, step_size=0.2)
+        solve_joint(_f, _objective, x0, z0=z0, step_rule=lambda g: g.sum(), step_size=0.1)
+    fine = solve_joint(_f, _objective, x0, z0=z0, step_rule=lambda g: 0.5 * g, step_size=0.2)
     assert bool((fine.status == 0).all())
 
 
@@ -35,7 +35,7 @@ def test_empty_batch_is_named_by_every_entry_point():
     x0, z0 = torch.zeros(0, 2), torch.zeros(0, 2)
     for entry in (solve_joint, solve_nested):
         with pytest.raises(ValueError, match=r"x0: empty batch \(B = 0\)"):
-            entry(_f, _objective, x0, z0)
+            entry(_f, _objective, x0, z0=z0)
 
 
 def test_empty_batch_in_the_torchdeq_adapter():
@@ -89,12 +89,12 @@ def test_f_of_another_dtype_or_device_is_named():
         (lambda z, x: torch.empty(3, 2, device="meta"), ValueError),
     ):
         with pytest.raises(error, match="f: returned"):
-            solve_joint(bad, _objective, x0, z0, max_iter=3)
+            solve_joint(bad, _objective, x0, z0=z0, max_iter=3)
 
 
 def test_integer_objective_is_named():
     with pytest.raises(TypeError, match="objective: expected floating-point losses"):
-        solve_joint(_f, lambda z, x: z.sum(1).long(), torch.zeros(3, 2), torch.zeros(3, 2))
+        solve_joint(_f, lambda z, x: z.sum(1).long(), torch.zeros(3, 2), z0=torch.zeros(3, 2))
 
 
 # ---- settings (item 16)
@@ -136,11 +136,11 @@ def test_solve_joint_settings_are_named():
     x0, z0 = torch.zeros(3, 2), torch.zeros(3, 2)
     for points in ([100000], [-1]):
         with pytest.raises(ValueError, match=r"trajectory: iterations \[-?\d+\] lie outside"):
-            solve_joint(_f, _objective, x0, z0, max_iter=10, trajectory=points)
+            solve_joint(_f, _objective, x0, z0=z0, max_iter=10, trajectory=points)
     with pytest.raises(TypeError, match="trajectory"):
-        solve_joint(_f, _objective, x0, z0, max_iter=10, trajectory=[1.5])
+        solve_joint(_f, _objective, x0, z0=z0, max_iter=10, trajectory=[1.5])
     with pytest.raises(TypeError, match="progress: expected True, False, None or a tqdm bar"):
-        solve_joint(_f, _objective, x0, z0, max_iter=10, progress="yes")
+        solve_joint(_f, _objective, x0, z0=z0, max_iter=10, progress="yes")
 
 
 def test_innerloop_ctx_settings_are_named():
@@ -167,7 +167,7 @@ def test_constraint_shapes_and_types_are_named():
             _f,
             _objective,
             torch.zeros(4, 5),
-            torch.zeros(4, 5),
+            z0=torch.zeros(4, 5),
             constraint=L2Ball(1.0, center=torch.zeros(4, 7)),
         )
     with pytest.raises(TypeError, match="Box: lower: expected a number or a tensor, got str"):
@@ -240,8 +240,8 @@ def test_solve_nested_reports_a_sample_without_fixed_point_as_solve_joint_does(k
 
     z0 = torch.cat([torch.full((3, 2), 0.1), torch.tensor([[0.0], [1.0], [0.0]])], 1)
     objective = lambda z, x: (z[:, :2] - 1.0).pow(2).sum(1)  # noqa: E731
-    joint = solve_joint(_runaway(kind), objective, torch.zeros(3, 2), z0, step_size=0.1)
-    nested = solve_nested(_runaway(kind), objective, torch.zeros(3, 2), z0, steps=5)
+    joint = solve_joint(_runaway(kind), objective, torch.zeros(3, 2), z0=z0, step_size=0.1)
+    nested = solve_nested(_runaway(kind), objective, torch.zeros(3, 2), z0=z0, max_iter=5)
     failed = (int(Status.DIVERGED), int(Status.NONFINITE))
     assert int(joint.status[1]) in failed and int(nested.status[1]) in failed
     if kind == "shift":

@@ -12,7 +12,7 @@ from jiio_ext.updates import Adaptive, GradientStep
 
 def _solve(problem, objective=None, **options):
     objective = problem.objective if objective is None else objective
-    return solve_joint(problem.f, objective, problem.x0(), problem.z0(), **options)
+    return solve_joint(problem.f, objective, problem.x0(), z0=problem.z0(), **options)
 
 
 def test_default_reaches_the_optimum_of_the_dense_oracle():
@@ -39,11 +39,11 @@ def test_default_result_does_not_depend_on_the_units_of_x(units):
     x0 = 0.2 + 0.1 * torch.randn(
         p.batch, 3, generator=torch.Generator().manual_seed(0), dtype=DTYPE
     )
-    base = solve_joint(p.f, p.objective, x0, p.z0())
+    base = solve_joint(p.f, p.objective, x0, z0=p.z0())
     # the same problem with x measured in other units: x' = x / units
     f_scaled = lambda z, x: p.f(z, units * x)  # noqa: E731
     objective_scaled = lambda z, x: p.objective(z, units * x)  # noqa: E731
-    scaled = solve_joint(f_scaled, objective_scaled, x0 / units, p.z0())
+    scaled = solve_joint(f_scaled, objective_scaled, x0 / units, z0=p.z0())
     torch.testing.assert_close(units * scaled.x, base.x, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(scaled.objective, base.objective, rtol=1e-5, atol=1e-10)
 
@@ -129,7 +129,7 @@ def _non_contractive_problem():
 
 def test_a_forward_block_that_never_settles_is_unsettled_not_max_iter():
     f, objective, x0, z0 = _non_contractive_problem()
-    sol = solve_joint(f, objective, x0, z0, step_size=0.1, solver="damped", max_iter=50)
+    sol = solve_joint(f, objective, x0, z0=z0, step_size=0.1, solver="damped", max_iter=50)
     unsettled = sol.status == Status.UNSETTLED
     assert bool(unsettled.any())
     scale = sol.z.pow(2).mean(1).sqrt()

@@ -27,7 +27,7 @@ H = 1e-5
 def _solve(p, constraint=None, grad=None, **kw):
     options = {**TIGHT, **kw}
     return solve_joint(
-        p.f, p.objective, p.x0(), p.z0(), constraint=constraint, grad=grad, **options
+        p.f, p.objective, p.x0(), z0=p.z0(), constraint=constraint, grad=grad, **options
     )
 
 
@@ -136,7 +136,7 @@ def test_backward_through_batch_with_frozen_samples_matches_solo():
         return (z * outer_w).sum() + x.sum()
 
     exact = ImplicitGrad(rtol=1e-11, atol=1e-14)
-    sol = solve_joint(p.f, p.objective, x0, z0, mu0=mu0, grad=exact, **TIGHT)
+    sol = solve_joint(p.f, p.objective, x0, z0=z0, mu0=mu0, grad=exact, **TIGHT)
     assert int(sol.nstep[0]) < int(sol.nstep[1:].min())
     batch_grad = torch.autograd.grad(outer(sol.z, sol.x), [p.W, p.b])
     solo_sum = [torch.zeros_like(p.W), torch.zeros_like(p.b)]
@@ -146,7 +146,7 @@ def test_backward_through_batch_with_frozen_samples_matches_solo():
             p.f,
             lambda z, x, t=tgt: (z - t).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
             x0[i : i + 1],
-            z0[i : i + 1],
+            z0=z0[i : i + 1],
             mu0=mu0[i : i + 1],
             grad=exact,
             **TIGHT,
@@ -233,7 +233,7 @@ def test_implicit_backward_failure_is_a_status_that_throw_raises(throw):
 def test_implicit_rejects_sign_steps():
     p = make_problem(seed=25)
     with pytest.raises(ValueError, match="grad"):
-        solve_joint(p.f, p.objective, p.x0(), p.z0(), step_rule="sign", grad=ImplicitGrad())
+        solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_rule="sign", grad=ImplicitGrad())
 
 
 def test_jacobian_penalty_matches_dense_frobenius_norm():
@@ -253,7 +253,9 @@ def test_jacobian_penalty_matches_dense_frobenius_norm():
 
 def test_trajectory_penalty_uses_recorded_point():
     p = make_problem(seed=27)
-    sol = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, max_iter=60, trajectory=[15])
+    sol = solve_joint(
+        p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, max_iter=60, trajectory=[15]
+    )
     torch.manual_seed(0)
     at_15 = trajectory_penalty(p.f, sol, iteration=15)
     torch.manual_seed(0)

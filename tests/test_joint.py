@@ -30,7 +30,7 @@ def test_solution_satisfies_three_optimality_conditions(solver):
         p.f,
         p.objective,
         p.x0(),
-        p.z0(),
+        z0=p.z0(),
         step_size=step,
         solver=solver,
         rtol=1e-11,
@@ -51,7 +51,7 @@ def test_solution_satisfies_three_optimality_conditions(solver):
 def test_projected_stationarity_with_constraint():
     p = make_problem(seed=1)
     ball = L2Ball(radius=0.3)
-    sol = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, constraint=ball, **TIGHT)
+    sol = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, constraint=ball, **TIGHT)
     assert sol.success, sol.summary()
     assert bool(ball.contains(sol.x, tol=1e-12).all())
     _, _, grad_ref = dense_reference(p, sol.z, sol.x)
@@ -70,17 +70,17 @@ def test_projected_stationarity_with_constraint():
 def test_joint_and_nested_agree(constraint):
     p = make_problem(seed=2, reg=0.2)
     joint = solve_joint(
-        p.f, p.objective, p.x0(), p.z0(), step_size=0.3, constraint=constraint, **TIGHT
+        p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, constraint=constraint, **TIGHT
     )
     nested = solve_nested(
         p.f,
         p.objective,
         p.x0(),
-        p.z0(),
+        z0=p.z0(),
         constraint=constraint,
         optimizer="sgd",
-        lr=0.3,
-        steps=400,
+        step_size=0.3,
+        max_iter=400,
         inner_rtol=1e-12,
         inner_atol=1e-14,
         inner_max_iter=200,
@@ -93,9 +93,16 @@ def test_joint_and_nested_agree(constraint):
 
 def test_nested_adam_reaches_the_same_minimum():
     p = make_problem(seed=3, reg=0.2)
-    joint = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
+    joint = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, **TIGHT)
     nested = solve_nested(
-        p.f, p.objective, p.x0(), p.z0(), optimizer="adam", lr=0.02, steps=600, inner_rtol=1e-10
+        p.f,
+        p.objective,
+        p.x0(),
+        z0=p.z0(),
+        optimizer="adam",
+        step_size=0.02,
+        max_iter=600,
+        inner_rtol=1e-10,
     )
     torch.testing.assert_close(joint.objective, nested.objective, atol=1e-5, rtol=1e-4)
     assert nested.f_evals > joint.f_evals
@@ -104,13 +111,13 @@ def test_nested_adam_reaches_the_same_minimum():
 def test_frozen_samples_match_solo_solves_and_cost_nothing():
     p = make_problem(batch=5, seed=4)
     # make sample 0 converge early: start it at the joint optimum
-    first = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
+    first = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, **TIGHT)
     x0, z0 = p.x0(), p.z0()
     x0[0], z0[0] = first.x[0], first.z[0]
     mu0 = torch.zeros_like(z0)
     mu0[0] = first.mu[0]
     batch = solve_joint(
-        p.f, p.objective, x0, z0, mu0=mu0, step_size=0.3, rtol=1e-9, atol=1e-12, max_iter=400
+        p.f, p.objective, x0, z0=z0, mu0=mu0, step_size=0.3, rtol=1e-9, atol=1e-12, max_iter=400
     )
     assert batch.success
     assert int(batch.nstep[0]) < int(batch.nstep[1:].min())
@@ -120,7 +127,7 @@ def test_frozen_samples_match_solo_solves_and_cost_nothing():
             p.f,
             lambda z, x, t=target: (z - t).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
             x0[i : i + 1],
-            z0[i : i + 1],
+            z0=z0[i : i + 1],
             mu0=mu0[i : i + 1],
             step_size=0.3,
             rtol=1e-9,
@@ -136,7 +143,7 @@ def test_frozen_samples_match_solo_solves_and_cost_nothing():
         p.f,
         p.objective,
         x0,
-        z0,
+        z0=z0,
         mu0=mu0,
         step_size=0.3,
         rtol=1e-9,
@@ -149,8 +156,8 @@ def test_frozen_samples_match_solo_solves_and_cost_nothing():
 
 def test_subset_false_gives_same_answer():
     p = make_problem(seed=5)
-    a = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
-    b = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, subset=False, **TIGHT)
+    a = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, **TIGHT)
+    b = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, subset=False, **TIGHT)
     torch.testing.assert_close(a.x, b.x, atol=1e-10, rtol=0)
     assert torch.equal(a.nstep, b.nstep)
 
@@ -161,8 +168,8 @@ def test_targets_are_sliced_with_active_samples():
     def objective(z, x, target):
         return (z - target).pow(2).sum(1) + p.reg * x.pow(2).sum(1)
 
-    a = solve_joint(p.f, objective, p.x0(), p.z0(), targets=p.target, step_size=0.3, **TIGHT)
-    b = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, subset=False, **TIGHT)
+    a = solve_joint(p.f, objective, p.x0(), z0=p.z0(), targets=p.target, step_size=0.3, **TIGHT)
+    b = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, subset=False, **TIGHT)
     torch.testing.assert_close(a.x, b.x, atol=1e-9, rtol=0)
 
 
@@ -180,7 +187,7 @@ def test_multi_tensor_state():
         return (z[0] - p.target).pow(2).sum(1) + z[1].pow(2).sum((1, 2)) + p.reg * x.pow(2).sum(1)
 
     z0 = (p.z0(), torch.zeros(p.batch, 2, 3, dtype=DTYPE))
-    sol = solve_joint(f2, objective, p.x0(), z0, step_size=0.3, **TIGHT)
+    sol = solve_joint(f2, objective, p.x0(), z0=z0, step_size=0.3, **TIGHT)
     assert sol.success, sol.summary()
     assert isinstance(sol.z, tuple) and sol.z[1].shape == (p.batch, 2, 3)
     assert isinstance(sol.mu, tuple) and sol.mu[0].shape == (p.batch, dz)
@@ -188,10 +195,10 @@ def test_multi_tensor_state():
         f2,
         objective,
         p.x0(),
-        z0,
+        z0=z0,
         optimizer="sgd",
-        lr=0.3,
-        steps=150,
+        step_size=0.3,
+        max_iter=150,
         inner_rtol=1e-10,
         inner_atol=1e-13,
         inner_max_iter=200,
@@ -203,17 +210,17 @@ def test_multi_tensor_state():
 def test_warm_start_reduces_iterations():
     p = make_problem(seed=9)
     cold = solve_joint(
-        p.f, p.objective, p.x0(), p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10, max_iter=400
+        p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10, max_iter=400
     )
     p.target = p.target + 1e-3  # a slightly different problem, as in consecutive epochs
     again = solve_joint(
-        p.f, p.objective, p.x0(), p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10, max_iter=400
+        p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, rtol=1e-8, atol=1e-10, max_iter=400
     )
     warm = solve_joint(
         p.f,
         p.objective,
         cold.x,
-        p.z0(),
+        z0=p.z0(),
         warm_start=cold,
         step_size=0.3,
         rtol=1e-8,
@@ -229,8 +236,8 @@ def test_warm_start_reduces_iterations():
 def test_anderson_needs_fewer_iterations_than_damped():
     p = make_problem(seed=10)
     kw = dict(step_size=0.1, rtol=1e-8, atol=1e-10, max_iter=3000)
-    anderson = solve_joint(p.f, p.objective, p.x0(), p.z0(), solver=Anderson(memory=5), **kw)
-    damped = solve_joint(p.f, p.objective, p.x0(), p.z0(), solver=DampedIteration(), **kw)
+    anderson = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), solver=Anderson(memory=5), **kw)
+    damped = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), solver=DampedIteration(), **kw)
     assert anderson.success and damped.success
     assert int(anderson.nstep.max()) * 2 < int(damped.nstep.min())
     # one batched map per iteration, plus the evaluation of the objective at the answer
@@ -245,7 +252,7 @@ def test_returned_x_always_in_set_even_when_not_converged():
         p.f,
         lambda z, x: -(z - p.target).pow(2).sum(1),
         images,
-        p.z0(),
+        z0=p.z0(),
         constraint=threat,
         step_size=0.02,
         step_rule="sign",
@@ -261,7 +268,7 @@ def test_traces_progress_and_trajectory(capsys):
         p.f,
         p.objective,
         p.x0(),
-        p.z0(),
+        z0=p.z0(),
         step_size=0.3,
         max_iter=40,
         rtol=1e-12,
@@ -280,8 +287,8 @@ def test_traces_progress_and_trajectory(capsys):
 
 def test_step_switch_schedule_runs_to_the_same_point():
     p = make_problem(seed=13)
-    a = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
-    b = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=StepSwitch(0.25, 0.1), **TIGHT)
+    a = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, **TIGHT)
+    b = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=StepSwitch(0.25, 0.1), **TIGHT)
     torch.testing.assert_close(a.x, b.x, atol=1e-8, rtol=0)
 
 
@@ -293,11 +300,11 @@ def test_float32_supported():
         f32,
         lambda z, x: (z - tgt).pow(2).sum(1) + p.reg * x.pow(2).sum(1),
         p.x0().float(),
-        p.z0().float(),
+        z0=p.z0().float(),
         step_size=0.3,
         max_iter=200,
     )
-    ref = solve_joint(p.f, p.objective, p.x0(), p.z0(), step_size=0.3, **TIGHT)
+    ref = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), step_size=0.3, **TIGHT)
     assert sol.x.dtype == torch.float32 and sol.success
     torch.testing.assert_close(sol.x.double(), ref.x, atol=1e-3, rtol=0)
 
@@ -305,8 +312,8 @@ def test_float32_supported():
 def test_best_iterate_returns_lowest_objective_of_budgeted_run():
     p = make_problem(seed=31)
     kw = dict(step_size=1.2, max_iter=40, rtol=0.0, atol=0.0)  # a step too large: oscillates
-    last = solve_joint(p.f, p.objective, p.x0(), p.z0(), best_iterate=False, **kw)
-    best = solve_joint(p.f, p.objective, p.x0(), p.z0(), best_iterate=True, **kw)
+    last = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), best_iterate=False, **kw)
+    best = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), best_iterate=True, **kw)
     assert (best.status == Status.MAX_ITER).all()
     trace = last.traces["objective"]  # (T, B): same trajectory, both runs are deterministic
     torch.testing.assert_close(best.traces["objective"], trace)
@@ -328,12 +335,12 @@ def test_bf16_autocast_keeps_the_state_in_float32_and_solves():
     target = 0.3 * torch.rand(5, 6)
     objective = lambda z, x: (z - target).pow(2).sum(1)  # noqa: E731
     x0 = torch.zeros(5, 6)
-    exact = solve_joint(f, objective, x0, torch.zeros_like(x0), step_size=0.3, max_iter=300)
+    exact = solve_joint(f, objective, x0, z0=torch.zeros_like(x0), step_size=0.3, max_iter=300)
     mixed = solve_joint(
         f,
         objective,
         x0,
-        torch.zeros_like(x0),
+        z0=torch.zeros_like(x0),
         step_size=0.3,
         max_iter=300,
         autocast=torch.bfloat16,
@@ -342,7 +349,7 @@ def test_bf16_autocast_keeps_the_state_in_float32_and_solves():
     assert mixed.x.dtype == mixed.z.dtype == torch.float32
     assert float(mixed.objective.max()) < 1e-3 and float(exact.objective.max()) < 1e-6
     with pytest.raises(ValueError, match="autocast"):
-        solve_joint(f, objective, x0, torch.zeros_like(x0), autocast=torch.float64)
+        solve_joint(f, objective, x0, z0=torch.zeros_like(x0), autocast=torch.float64)
 
 
 def test_best_iterate_never_returns_worse_than_the_last_iterate():
@@ -356,7 +363,13 @@ def test_best_iterate_never_returns_worse_than_the_last_iterate():
     x0 = torch.zeros(16, 8)
     runs = [
         solve_joint(
-            f, objective, x0, torch.zeros_like(x0), step_size=0.5, max_iter=100, best_iterate=best
+            f,
+            objective,
+            x0,
+            z0=torch.zeros_like(x0),
+            step_size=0.5,
+            max_iter=100,
+            best_iterate=best,
         )
         for best in (True, False)
     ]

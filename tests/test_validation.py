@@ -43,7 +43,7 @@ TARGET = torch.full((B, 3), 0.5, dtype=D)
 
 # Settings that converge quickly on the problem above (all samples CONVERGED).
 JOINT_OK = {"step_size": 0.3, "max_iter": 300}
-NESTED_OK = {"optimizer": "sgd", "lr": 0.3, "steps": 30}
+NESTED_OK = {"optimizer": "sgd", "step_size": 0.3, "max_iter": 30}
 
 
 def call(entry: str, *, f=f, objective=objective, x0=None, z0=None, **kwargs):
@@ -53,10 +53,10 @@ def call(entry: str, *, f=f, objective=objective, x0=None, z0=None, **kwargs):
     kwargs.setdefault("targets", TARGET)
     if entry == "joint":
         kwargs.setdefault("max_iter", 5)
-        return jiio_ext.solve_joint(f, objective, x0, z0, **kwargs)
-    kwargs.setdefault("steps", 2)
+        return jiio_ext.solve_joint(f, objective, x0, z0=z0, **kwargs)
+    kwargs.setdefault("max_iter", 2)
     kwargs.setdefault("inner_max_iter", 5)
-    return jiio_ext.solve_nested(f, objective, x0, z0, **kwargs)
+    return jiio_ext.solve_nested(f, objective, x0, z0=z0, **kwargs)
 
 
 BOTH = pytest.mark.parametrize("entry", ["joint", "nested"])
@@ -345,11 +345,11 @@ def test_step_size_not_positive(value, error):
     [(0.0, ValueError), (-0.1, ValueError), (float("nan"), ValueError), ("0.1", TypeError)],
 )
 def test_nested_lr_not_positive(value, error):
-    with pytest.raises(error, match="lr"):
-        call("nested", lr=value)
+    with pytest.raises(error, match="step_size"):
+        call("nested", step_size=value)
 
 
-@pytest.mark.parametrize(("entry", "name"), [("joint", "step_size"), ("nested", "lr")])
+@pytest.mark.parametrize(("entry", "name"), [("joint", "step_size"), ("nested", "step_size")])
 def test_bad_schedule_names_the_argument(entry, name):
     with pytest.raises(ValueError, match=name):
         call(entry, **{name: Constant(-0.1)})
@@ -357,7 +357,7 @@ def test_bad_schedule_names_the_argument(entry, name):
 
 @BOTH
 def test_bad_schedule_is_rejected(entry):
-    name = "step_size" if entry == "joint" else "lr"
+    name = "step_size"
     with pytest.raises(ValueError, match="must be finite and > 0"):
         call(entry, **{name: Constant(-0.1)})
 
@@ -414,8 +414,8 @@ def test_unknown_nested_optimizer(name):
 
 @pytest.mark.parametrize("value", [0, -3, 1.5, True, None])
 def test_nested_steps_not_a_positive_integer(value):
-    with pytest.raises(ValueError, match="steps"):
-        call("nested", steps=value)
+    with pytest.raises(ValueError, match="max_iter"):
+        call("nested", max_iter=value)
 
 
 @pytest.mark.parametrize(
@@ -520,7 +520,7 @@ def test_diverging_f_joint():
         call("joint", f=diverging_f, throw=True, **kwargs)
 
 
-NESTED_DIVERGING = {"inner_solver": "damped", "inner_max_iter": 50, "steps": 5}
+NESTED_DIVERGING = {"inner_solver": "damped", "inner_max_iter": 50, "max_iter": 5}
 
 
 def test_diverging_f_nested_fails():

@@ -155,10 +155,10 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
                 problem.decoder.f,
                 problem.objective,
                 problem.x0,
-                problem.z0(),
+                z0=problem.z0(),
                 optimizer="adam",
-                lr=lr,
-                steps=steps,
+                step_size=lr,
+                max_iter=steps,
                 inner_solver=inner,
                 inner_rtol=1e-3,
                 inner_max_iter=50,
@@ -187,7 +187,7 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
             problem.decoder.f,
             problem.objective,
             problem.x0,
-            problem.z0(),
+            z0=problem.z0(),
             step_size=StepSwitch(3.0, 1.0),
             solver=Anderson(memory=5, kind="I"),  # tuned for this task (docs/results.md)
             max_iter=max_iter,
@@ -234,7 +234,7 @@ def bench_latent(device: torch.device, *, quick: bool = False, dtype=torch.float
                 problem.decoder.f,
                 problem.objective,
                 problem.x0,
-                problem.z0(),
+                z0=problem.z0(),
                 max_iter=max_iter,
                 callback=callback,
             ),
@@ -274,7 +274,7 @@ def bench_overhead(
 
     def joint(iterations: int) -> None:
         solve_joint(
-            f, objective, x, z, mu0=mu, step_size=1.0, max_iter=iterations, rtol=0.0, atol=0.0
+            f, objective, x, z0=z, mu0=mu, step_size=1.0, max_iter=iterations, rtol=0.0, atol=0.0
         )
 
     def timed(fn: Callable[[], None]) -> float:
@@ -335,7 +335,7 @@ def bench_autocast(
                 problem.decoder.f,
                 problem.objective,
                 problem.x0,
-                problem.z0(),
+                z0=problem.z0(),
                 step_size=StepSwitch(3.0, 1.0),
                 solver=Anderson(memory=5, kind="I"),
                 max_iter=max_iter,

@@ -233,7 +233,7 @@ def default_options_side(
         >>> f = lambda z, x: 0.5 * z + x
         >>> objective = lambda z, x: (z - 1.0).pow(2).sum(1)
         >>> side = default_options_side(
-        ...     lambda cb: solve_joint(f, objective, torch.zeros(2, 3), torch.zeros(2, 3),
+        ...     lambda cb: solve_joint(f, objective, torch.zeros(2, 3), z0=torch.zeros(2, 3),
         ...                            callback=cb),
         ...     lambda x: float(objective(2 * x, x).mean()), torch.zeros(2, 3),
         ...     torch.device("cpu"), base_objective=1e-2, base_time=1.0)
