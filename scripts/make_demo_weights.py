@@ -49,7 +49,7 @@ def make_classifier(out: Path) -> Path:
 
 def make_decoder(out: Path) -> Path:
     """Train and save the digits decoder; returns the file written."""
-    from jiio_ext.apps.runs import load_checkpoint_file
+    from jiio_ext.apps.checkpoints import load_checkpoint_file
     from jiio_ext.apps.tasks.generative import train_generative
 
     with tempfile.TemporaryDirectory() as folder:

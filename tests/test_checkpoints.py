@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jiio_ext.apps.distributed import init_from_env
-from jiio_ext.apps.runs import (
+from jiio_ext.apps.checkpoints import (
     CheckpointError,
     check_plain,
     load_checkpoint_file,
     save_checkpoint_file,
 )
+from jiio_ext.apps.distributed import init_from_env
 
 QUICK = dict(
     train_size=16,

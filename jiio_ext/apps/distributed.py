@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jiio_ext.apps.runs import (
+from jiio_ext.apps.checkpoints import (
     CheckpointError,
     load_checkpoint_bytes,
     load_checkpoint_file,
@@ -397,7 +397,7 @@ class DistContext:
         other ranks and nodes need not see the file. Returns ``None`` on every rank when the
         main rank has no such file. The file is read with ``torch.load(weights_only=True)``:
         a damaged file, or one holding other objects than tensors and plain containers (a
-        planted pickle), raises :class:`~jiio_ext.apps.runs.CheckpointError` naming it.
+        planted pickle), raises :class:`~jiio_ext.apps.checkpoints.CheckpointError` naming it.
 
         Example:
             >>> import tempfile, pathlib

@@ -36,7 +36,7 @@ from jiio_ext.apps.bench.measure import (
     side_report,
     synchronize,
 )
-from jiio_ext.apps.runs import load_checkpoint_file
+from jiio_ext.apps.checkpoints import load_checkpoint_file
 from jiio_ext.schedules import StepSwitch
 
 __all__ = ["bench_inverse", "compare_reconstruction", "psnr_of_latents"]
@@ -87,6 +87,7 @@ def compare_reconstruction(
     step_size: float | StepSwitch | None = None,
     seed: int = 0,
     trace_stride: int = 5,
+    return_latents: bool = False,
 ) -> dict[str, Any]:
     """JIIO vs the nested baseline reconstructing ``clean`` from its measurement, equal PSNR.
 
@@ -107,11 +108,14 @@ def compare_reconstruction(
             ±0.1 dB under heavy noise (σ = 0.4), never reaching it.
         seed: seed of the measurement.
         trace_stride: PSNR-vs-time traces keep every ``trace_stride``-th step / iteration.
+        return_latents: also return the scored latents of both sides (tensors, not JSON).
 
     Returns:
         ``{"baseline": {...}, "jiio": {...}, "speedup_time": ..., "traces": ...}`` in the
         bench schema, with ``objective`` = test PSNR (dB, higher is better); ``traces`` maps
-        each side to ``[times_s, psnrs]`` (PSNR computed untimed).
+        each side to ``[times_s, psnrs]`` (PSNR computed untimed). With ``return_latents``,
+        ``"latents": {"baseline": ..., "jiio": ...}`` holds the latents whose PSNR is
+        reported.
 
     Example:
         >>> import torch
@@ -183,7 +187,7 @@ def compare_reconstruction(
             [psnr_of_latents(decoder, record.snapshots[k], clean) for k in jiio_points],
         ],
     }
-    return {
+    report = {
         "baseline": {
             **side_report(
                 f"Adam lr={lr}, {steps} steps through decoder(x): torchdeq anderson forward "
@@ -213,6 +217,9 @@ def compare_reconstruction(
         "speedup_time": round(base_time / reach_time, 2) if reach is not None else None,
         "traces": traces,
     }
+    if return_latents:
+        report["latents"] = {"baseline": nested.x.detach(), "jiio": latents.detach()}
+    return report
 
 
 def bench_inverse(

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from jiio_ext.apps.distributed import init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
-from jiio_ext.apps.runs import open_run
+from jiio_ext.apps.tasks.training import LOG, open_run, save_epoch
 from jiio_ext.regularize import random_trajectory_iteration
 
 __all__ = ["evaluate_robustness", "load_dataset", "train_adversarial"]
@@ -372,7 +372,6 @@ def train_adversarial(
             "epochs": [],
         }
         start_epoch = 0
-        checkpoint = folder / "checkpoint.pt"
         settings = {
             "method": method,
             "norm": norm,
@@ -457,7 +456,9 @@ def train_adversarial(
                     "robust_accuracy": totals["robust"] / totals["test"],
                 }
             )
-            ctx.save_checkpoint(
+            save_epoch(
+                ctx,
+                folder,
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -465,10 +466,8 @@ def train_adversarial(
                     "log": log,
                     "settings": settings,
                 },
-                checkpoint,
+                log,
             )
-            if ctx.is_main:
-                write_json(folder / "log.json", log)
             if bar is not None:
                 bar.close()
         if robust_eval:
@@ -486,7 +485,7 @@ def train_adversarial(
             total = ctx.all_reduce_sum(count)
             log["robustness"] = {key: value / total for key, value in summed.items()}
         if ctx.is_main:
-            write_json(folder / "log.json", log)
+            write_json(folder / LOG, log)
             _plots(folder, log, test_x, adversarial, test_y, model)
         return log
     finally:

@@ -49,7 +49,6 @@ from torch import nn
 from jiio_ext.apps.data import DATASETS, load_images
 from jiio_ext.apps.distributed import DistContext, init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
-from jiio_ext.apps.runs import open_run
 from jiio_ext.apps.tasks.latent import (
     Encoder,
     build_decoder,
@@ -57,6 +56,7 @@ from jiio_ext.apps.tasks.latent import (
     infer_nested,
     latent_objective,
 )
+from jiio_ext.apps.tasks.training import LOG, open_run, save_epoch
 from jiio_ext.regularize import random_trajectory_iteration
 
 __all__ = ["METHODS", "PROBLEMS", "make_problem", "reconstruct", "train_generative"]
@@ -610,7 +610,6 @@ def _train(
             f"eval_size: {run.test_x.shape[0]} test images for {ctx.world_size} processes; "
             "every process needs at least one"
         )
-    checkpoint = folder / "checkpoint.pt"
     state = open_run(ctx, folder, run.resumable_settings(), resume=resume, overwrite=overwrite)
     if state is not None:
         run.load(state)
@@ -653,14 +652,13 @@ def _train(
             **run.evaluate(ctx),
         }
         run.log["epochs"].append(entry)
-        ctx.save_checkpoint(run.state(), checkpoint)
+        save_epoch(ctx, folder, run.state(), run.log)
         if ctx.is_main:
-            write_json(folder / "log.json", run.log)
             _save_plots(run, folder)
     if bar is not None:
         bar.close()
     run.training_step = run.module  # drop the DDP wrapper before the group can go
     if sample and run.epoch > 0 and ctx.is_main:
         run.log["samples"] = _save_samples(run, folder)
-        write_json(folder / "log.json", run.log)
+        write_json(folder / LOG, run.log)
     return run.log

@@ -29,7 +29,6 @@ import torch
 
 from jiio_ext.apps.distributed import DistContext, init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
-from jiio_ext.apps.runs import open_run
 from jiio_ext.apps.tasks.meta_data import (
     ClassPool,
     TaskBatch,
@@ -45,6 +44,7 @@ from jiio_ext.apps.tasks.meta_methods import (
     task_losses,
 )
 from jiio_ext.apps.tasks.meta_models import FiLMDEQNet
+from jiio_ext.apps.tasks.training import LOG, open_run, save_epoch
 from jiio_ext.validate import check_positive
 
 __all__ = [
@@ -411,7 +411,6 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
     logged.update(cfg=dataclasses.asdict(cfg), threads=torch.get_num_threads())
     log: dict[str, Any] = {**log_header("meta", logged), "config": config, "epochs": []}
     start_epoch = 0
-    checkpoint = folder / "checkpoint.pt"
     fixed = {k: v for k, v in config.items() if k not in ("device", "threads")}
     fixed.update(steps_per_epoch=steps_per_epoch, seed=seed, data_dir=data_dir)
     state = open_run(ctx, folder, fixed, resume=resume, overwrite=settings["overwrite"])
@@ -463,7 +462,9 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
                 "meta_test_metric": test["metric"],
             }
         )
-        ctx.save_checkpoint(
+        save_epoch(
+            ctx,
+            folder,
             {
                 "model": model.state_dict(),
                 "meta_opt": meta_opt.state_dict(),
@@ -472,13 +473,11 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
                 "epoch": epoch,
                 "settings": fixed,
             },
-            checkpoint,
+            log,
         )
-        if ctx.is_main:
-            write_json(folder / "log.json", log)
     log["final"] = log["epochs"][-1] if log["epochs"] else {}
     if ctx.is_main:
-        write_json(folder / "log.json", log)
+        write_json(folder / LOG, log)
         _plot(folder, log, model, method, sampler, cfg)
     return log
 

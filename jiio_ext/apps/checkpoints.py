@@ -1,11 +1,10 @@
-"""Safe checkpoints and run folders of the training tasks.
+"""Safe checkpoint files of the training tasks and the demo's shipped weights.
 
 A checkpoint holds tensors and plain containers only (dicts, lists, tuples, strings, numbers,
 booleans, ``None``): it is written after checking that, and read with
 ``torch.load(weights_only=True)``, so a planted pickle cannot run code. A damaged, planted or
-foreign file is refused with a :class:`CheckpointError` that names it. :func:`open_run` decides
-what a run may do with its folder: resume only from a checkpoint written with the same
-settings, and never replace an earlier run's files unless told to.
+foreign file is refused with a :class:`CheckpointError` that names it. What a run may do with
+its folder (resume, overwrite) is :func:`jiio_ext.apps.tasks.training.open_run`'s.
 
 Example:
     >>> import pathlib, tempfile, torch
@@ -22,24 +21,19 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from jiio_ext.apps.distributed import DistContext
 
 __all__ = [
     "CheckpointError",
     "check_plain",
     "load_checkpoint_bytes",
     "load_checkpoint_file",
-    "open_run",
     "save_checkpoint_file",
 ]
 
 _PLAIN = (str, int, float, bool, type(None))
-_RUN_FILES = ("checkpoint.pt", "log.json")
 
 
 class CheckpointError(ValueError):
@@ -152,7 +146,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
         >>> load_checkpoint_file(path)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
-        jiio_ext.apps.runs.CheckpointError: checkpoint .../c.pt: damaged or not a checkpoint ...
+        jiio_ext.apps.checkpoints.CheckpointError: checkpoint .../c.pt: damaged ...
     """
     return _load(path, str(path))
 
@@ -167,85 +161,3 @@ def load_checkpoint_bytes(payload: bytes, name: str) -> Any:
         {'epoch': 2}
     """
     return _load(io.BytesIO(payload), name)
-
-
-def _differences(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-    keys = sorted(set(saved) | set(settings))
-    missing = object()
-    lines = []
-    for key in keys:
-        old, new = saved.get(key, missing), settings.get(key, missing)
-        if old != new:
-            old_text = "(absent)" if old is missing else repr(old)
-            new_text = "(absent)" if new is missing else repr(new)
-            lines.append(f"{key}: checkpoint {old_text}, now {new_text}")
-    return lines
-
-
-def open_run(
-    ctx: DistContext,
-    folder: Path,
-    settings: dict[str, Any],
-    *,
-    resume: bool,
-    overwrite: bool,
-) -> Any | None:
-    """Check what a run may do with ``folder``; return the state to resume from (or ``None``).
-
-    Args:
-        ctx: the run's :class:`~jiio_ext.apps.distributed.DistContext` (the main rank reads the
-            folder, every rank gets the same answer).
-        folder: the run folder.
-        settings: the settings a resume must match (plain values; recorded in the checkpoint
-            under ``"settings"``).
-        resume: continue from ``folder / "checkpoint.pt"``.
-        overwrite: allow a new run to replace the files of an earlier run in ``folder``.
-
-    Returns:
-        The checkpoint when resuming, else ``None``.
-
-    Raises:
-        CheckpointError: ``resume`` without a checkpoint, a damaged or planted one, or one
-            written with other settings (the message lists them).
-        ValueError: ``resume`` and ``overwrite`` together, or a new run into a folder that
-            holds a run, without ``overwrite``.
-
-    Example:
-        >>> import pathlib, tempfile
-        >>> from jiio_ext.apps.distributed import init_from_env
-        >>> folder = pathlib.Path(tempfile.mkdtemp())
-        >>> open_run(init_from_env("cpu"), folder, {"lr": 0.1}, resume=False, overwrite=False)
-    """
-    if resume and overwrite:
-        raise ValueError("overwrite: cannot be combined with resume (continue, or replace?)")
-    checkpoint = folder / "checkpoint.pt"
-    if not resume:
-        present = None
-        if ctx.is_main:
-            present = [name for name in _RUN_FILES if (folder / name).exists()]
-        present = ctx.broadcast_object(present)
-        if present and not overwrite:
-            raise ValueError(
-                f"out: {folder} already holds a run ({', '.join(present)}); pass resume "
-                "(--resume) to continue it, overwrite (--overwrite) to replace it, or "
-                "choose another folder"
-            )
-        return None
-    state = ctx.load_checkpoint(checkpoint)
-    if state is None:
-        raise CheckpointError(
-            f"resume: no checkpoint at {checkpoint}; drop --resume / resume=True to start a run"
-        )
-    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
-        raise CheckpointError(
-            f"resume: checkpoint {checkpoint} does not record its settings (written by an "
-            "older version); start a new run folder"
-        )
-    lines = _differences(state["settings"], settings)
-    if lines:
-        raise CheckpointError(
-            f"resume: checkpoint {checkpoint} was written with other settings: "
-            + "; ".join(lines)
-            + ". Resume with the same settings, or start a new run folder"
-        )
-    return state
