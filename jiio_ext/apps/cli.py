@@ -31,7 +31,7 @@ from jiio_ext.apps.train_options import (
     add_meta_arguments,
 )
 
-__all__ = ["BENCH_TASKS", "EXTRAS", "build_parser", "configure_threads", "format_report", "main"]
+__all__ = ["BENCH_TASKS", "EXTRAS", "build_parser", "configure_threads", "main"]
 
 # Names of the benchmarks of ``jiio bench`` (the keys of :data:`jiio_ext.apps.bench.TASKS`,
 # kept here so that building the parser imports no torch; tests/test_cli.py checks they agree).
@@ -57,54 +57,6 @@ _THREADS_HELP = (
     "are small, so more threads gain little, and on a shared machine they oversubscribe the "
     "cores and can make a run many times slower)"
 )
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
-def format_report(report: dict) -> str:
-    """A small text table of one benchmark report.
-
-    Args:
-        report: a report from :func:`jiio_ext.apps.bench.run_task`.
-
-    Returns:
-        The table as text.
-
-    Example:
-        >>> side = {"name": "a", "time_s": 1.0, "f_evals": 3, "objective": 0.5, "peak_mem_mb": 1.0}
-        >>> print(format_report({"task": "t", "device": "cpu", "baseline": side, "jiio": side,
-        ...                      "speedup_time": 1.0}).splitlines()[0])
-        jiio bench t on cpu
-    """
-    lines = [f"jiio bench {report['task']} on {report['device']}"]
-    header = f"  {'side':<9}{'time (s)':>10}{'f evals':>9}{'objective':>12}{'peak MB':>9}  method"
-    lines.append(header)
-    for key in ("baseline", "jiio"):
-        side = report[key]
-        lines.append(
-            f"  {key:<9}{_fmt(side.get('time_s')):>10}{_fmt(side.get('f_evals')):>9}"
-            f"{_fmt(side.get('objective')):>12}{_fmt(side.get('peak_mem_mb')):>9}  "
-            f"{side.get('name', '')}"
-        )
-    for key in ("speedup_time", "speedup_evals", "overhead"):
-        if key in report:
-            lines.append(f"  {key}: {_fmt(report[key])}")
-    default = report.get("jiio_default")
-    if default is not None:
-        reached = f"{default['speedup_time']}x faster" if default["reached_baseline"] else "no"
-        lines.append(
-            f"  jiio with default options: objective {_fmt(default['objective'])}, "
-            f"{_fmt(default['time_s'])} s, reached the baseline: {reached}"
-        )
-    if "user_models" in report:
-        from jiio_ext.apps.bench.user_classifiers import format_user_attacks
-
-        lines.append(format_user_attacks({"rows": report["user_models"]}))
-    return "\n".join(lines)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -308,6 +260,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     for name in names:
         dtype = getattr(torch, args.dtype)
         report = run_task(name, device=args.device, quick=args.quick, dtype=dtype)
+        from jiio_ext.apps.report import format_report
+
         print(json.dumps(report) if args.json else format_report(report), flush=True)
     return 0
 

@@ -34,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "convergence_plot",
+    "format_report",
     "headline",
     "image_grid",
     "machine_info",
@@ -752,6 +753,54 @@ def summary_markdown(record: dict) -> str:
         return ""
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _short(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def format_report(report: dict) -> str:
+    """A small text table of one benchmark report (what ``jiio bench TASK`` prints).
+
+    Args:
+        report: a report from :func:`jiio_ext.apps.bench.run_task`.
+
+    Returns:
+        The table as text.
+
+    Example:
+        >>> side = {"name": "a", "time_s": 1.0, "f_evals": 3, "objective": 0.5, "peak_mem_mb": 1.0}
+        >>> print(format_report({"task": "t", "device": "cpu", "baseline": side, "jiio": side,
+        ...                      "speedup_time": 1.0}).splitlines()[0])
+        jiio bench t on cpu
+    """
+    lines = [f"jiio bench {report['task']} on {report['device']}"]
+    header = f"  {'side':<9}{'time (s)':>10}{'f evals':>9}{'objective':>12}{'peak MB':>9}  method"
+    lines.append(header)
+    for key in ("baseline", "jiio"):
+        side = report[key]
+        lines.append(
+            f"  {key:<9}{_short(side.get('time_s')):>10}{_short(side.get('f_evals')):>9}"
+            f"{_short(side.get('objective')):>12}{_short(side.get('peak_mem_mb')):>9}  "
+            f"{side.get('name', '')}"
+        )
+    for key in ("speedup_time", "speedup_evals", "overhead"):
+        if key in report:
+            lines.append(f"  {key}: {_short(report[key])}")
+    default = report.get("jiio_default")
+    if default is not None:
+        reached = f"{default['speedup_time']}x faster" if default["reached_baseline"] else "no"
+        lines.append(
+            f"  jiio with default options: objective {_short(default['objective'])}, "
+            f"{_short(default['time_s'])} s, reached the baseline: {reached}"
+        )
+    if "user_models" in report:
+        from jiio_ext.apps.bench.user_classifiers import format_user_attacks
+
+        lines.append(format_user_attacks({"rows": report["user_models"]}))
     return "\n".join(lines)
 
 
