@@ -38,6 +38,11 @@ def test_resume_continues_from_checkpoint(tmp_path):
     )
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
     assert resumed["epochs"][0] == first["epochs"][0]
+    # one entry per training batch (64 images, batch 64), counted on across the resume
+    steps = resumed["training_steps"]
+    assert [(s["step"], s["epoch"]) for s in steps] == [(1, 1), (2, 2)]
+    assert steps[0] == first["training_steps"][0]
+    assert steps[1]["train_loss"] == pytest.approx(resumed["epochs"][1]["train_loss"])
 
 
 def test_robustness_table_has_every_attack():

@@ -35,6 +35,12 @@ def test_training_lowers_the_loss(tmp_path, method):
     log = train_generative(method=method, epochs=4, lr=1e-2, out=tmp_path, **TINY)
     losses = [entry["train_loss"] for entry in log["epochs"]]
     assert losses[-1] < losses[0]
+    # one entry per batch (32 images, batch 16): a one-epoch run still shows a curve
+    expected = [(k + 1, k // 2 + 1) for k in range(8)]
+    assert [(s["step"], s["epoch"]) for s in log["training_steps"]] == expected
+    for epoch, loss in enumerate(losses, 1):
+        steps = [s["train_loss"] for s in log["training_steps"] if s["epoch"] == epoch]
+        assert sum(steps) / len(steps) == pytest.approx(loss)
     assert all(torch.isfinite(torch.tensor(entry["test_psnr"])) for entry in log["epochs"])
     for name in ("log.json", "checkpoint.pt", "curves.png", "reconstructions.png"):
         assert (tmp_path / name).is_file()

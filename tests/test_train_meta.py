@@ -11,7 +11,6 @@ import torch
 pytest.importorskip("torchdeq")
 pytest.importorskip("higher")
 from jiio_ext.apps.tasks.meta import (  # noqa: E402
-    add_meta_arguments,
     make_meta_problem,
     run_meta_cli,
     train_meta,
@@ -19,6 +18,7 @@ from jiio_ext.apps.tasks.meta import (  # noqa: E402
 from jiio_ext.apps.tasks.meta_data import digits_pool, omniglot_pool, sample_sinusoid  # noqa: E402
 from jiio_ext.apps.tasks.meta_methods import METHODS, MetaConfig, meta_step  # noqa: E402
 from jiio_ext.apps.tasks.meta_models import FiLMDEQNet  # noqa: E402
+from jiio_ext.apps.train_options import add_meta_arguments  # noqa: E402
 
 SMALL = dict(epochs=1, steps_per_epoch=2, tasks_per_batch=2, eval_tasks=2, hidden=8, progress=False)
 
@@ -38,6 +38,11 @@ def test_sinusoid_run_writes_log_checkpoint_plots_and_resumes(tmp_path):
     )
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]  # counted from 1
     assert resumed["epochs"][0] == log["epochs"][0]
+    # one entry per meta-step (2 per epoch), counted on across the resume
+    steps = resumed["training_steps"]
+    assert [(s["step"], s["epoch"]) for s in steps] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+    second = [s["meta_train_loss"] for s in steps[2:]]
+    assert sum(second) / 2 == pytest.approx(resumed["epochs"][1]["meta_train_loss"])
 
 
 @pytest.mark.parametrize("method", METHODS)

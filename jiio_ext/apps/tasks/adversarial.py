@@ -175,19 +175,25 @@ def _plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [e["epoch"] for e in log["epochs"]]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].plot(epochs, [e["train_loss"] for e in log["epochs"]], marker="o")
-    axes[0].set(xlabel="epoch", ylabel="adversarial training loss")
-    axes[1].plot(epochs, [e["clean_accuracy"] for e in log["epochs"]], marker="o", label="clean")
-    axes[1].plot(
-        epochs, [e["robust_accuracy"] for e in log["epochs"]], marker="o", label="robust (PGD)"
-    )
-    axes[1].set(xlabel="epoch", ylabel="test accuracy")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=100)
-    plt.close(fig)
+    from jiio_ext.apps.report import training_curves
+
+    panels = [
+        (
+            "adversarial training loss",
+            [("steps", "train_loss", "per batch"), ("epochs", "train_loss", "epoch mean")],
+            False,
+        ),
+        (
+            "accuracy",
+            [
+                ("steps", "train_adversarial_accuracy", "training batch, under attack"),
+                ("epochs", "clean_accuracy", "test, clean"),
+                ("epochs", "robust_accuracy", "test, robust (PGD)"),
+            ],
+            False,
+        ),
+    ]
+    training_curves(log, folder / "curves.png", panels, f"adversarial training ({log['method']})")
     count = min(8, clean.shape[0])
     with torch.no_grad():
         predicted = [model(batch[:count]).argmax(1).cpu() for batch in (clean, adversarial)]
@@ -427,6 +433,18 @@ def train_adversarial(
                 optimizer.step()
                 loss_sum += float(losses.detach().sum())
                 seen += len(rows)
+                correct = float((logits.detach().argmax(1) == labels).sum())
+                step_totals = ctx.all_reduce_sum(
+                    {"loss": float(losses.detach().sum()), "correct": correct, "n": len(rows)}
+                )
+                log.setdefault("training_steps", []).append(
+                    {
+                        "step": len(log["training_steps"]) + 1,
+                        "epoch": epoch + 1,
+                        "train_loss": step_totals["loss"] / step_totals["n"],
+                        "train_adversarial_accuracy": step_totals["correct"] / step_totals["n"],
+                    }
+                )
                 if bar is not None:
                     accuracy = float((logits.detach().argmax(1) == labels).float().mean())
                     bar.set_postfix(

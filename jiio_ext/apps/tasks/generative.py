@@ -390,16 +390,18 @@ def _save_plots(run: _Run, folder: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    epochs = run.log["epochs"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].plot([e["epoch"] for e in epochs], [e["train_loss"] for e in epochs], "o-")
-    axes[0].set(xlabel="epoch", ylabel="train reconstruction MSE", yscale="log")
-    axes[1].plot([e["epoch"] for e in epochs], [e["test_psnr"] for e in epochs], "o-")
-    axes[1].set(xlabel="epoch", ylabel="test PSNR (dB, [0, 1])")
-    fig.suptitle(f"{run.settings['method']} · {run.settings['problem']}")
-    fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=100)
-    plt.close(fig)
+    from jiio_ext.apps.report import training_curves
+
+    panels = [
+        (
+            "train reconstruction MSE",
+            [("steps", "train_loss", "per batch"), ("epochs", "train_loss", "epoch mean")],
+            True,
+        ),
+        ("test PSNR (dB, [0, 1])", [("epochs", "test_psnr", "test, end of epoch")], False),
+    ]
+    title = f"{run.settings['method']} · {run.settings['problem']}"
+    training_curves(run.log, folder / "curves.png", panels, title)
 
     clean, measurement, images = run.eval_images
     method = run.settings["method"]
@@ -637,6 +639,15 @@ def _train(
             stats = run.step(index, _batch_seed(seed, epoch, batch), ctx)
             for key in totals:
                 totals[key] += stats.get(key, 0.0)
+            reduced = ctx.all_reduce_mean({key: stats.get(key, 0.0) for key in totals})
+            run.log.setdefault("training_steps", []).append(
+                {
+                    "step": len(run.log["training_steps"]) + 1,
+                    "epoch": epoch + 1,
+                    "train_loss": reduced["loss"],
+                    "inner_iterations": reduced["iterations"],
+                }
+            )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)

@@ -181,32 +181,27 @@ def _plot(folder: Path, log: dict, model, method, sampler, cfg) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    epochs = [e["epoch"] for e in log["epochs"]]
-    style = {"marker": "o"}  # a one-epoch run is a single point, visible only as a marker
+    from jiio_ext.apps.report import training_curves
+
     # regression's metric is its loss (MSE): one panel; classification: loss and accuracy
-    panels = (
-        [("loss", "query loss")]
-        if cfg.regression
-        else [
-            ("loss", "query loss (cross-entropy)"),
-            ("metric", "query accuracy"),
-        ]
-    )
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for axis, (key, label) in zip(axes[0], panels):
-        for split in ("train", "test"):
-            values = [e[f"meta_{split}_{key}"] for e in log["epochs"]]
-            axis.plot(epochs, values, label=f"meta-{split}", **style)
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(label if not cfg.regression else "query loss (MSE)")
-        axis.legend()
-    fig.suptitle(f"{log['config']['task']} / {method}")
-    fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=100)
-    plt.close(fig)
+    names = [("loss", "query loss (MSE)" if cfg.regression else "query loss (cross-entropy)")]
+    if not cfg.regression:
+        names.append(("metric", "query accuracy"))
+    panels = [
+        (
+            label,
+            [
+                ("steps", f"meta_train_{key}", "meta-train, per meta-step"),
+                ("epochs", f"meta_train_{key}", "meta-train, epoch mean"),
+                ("epochs", f"meta_test_{key}", "meta-test, end of epoch"),
+            ],
+            False,
+        )
+        for key, label in names
+    ]
+    title = f"{log['config']['task']} / {method}"
+    training_curves(log, folder / "curves.png", panels, title, step_name="meta-step")
     if log["config"]["task"] != "sinusoid":
         return
     generator = torch.Generator().manual_seed(99)
@@ -445,6 +440,14 @@ def _train_meta(ctx: DistContext, **settings: Any) -> dict[str, Any]:
             step_times.append(time.perf_counter() - tick)
             losses.append(result["loss"])
             metrics.append(result["metric"])
+            log.setdefault("training_steps", []).append(
+                {
+                    "step": len(log["training_steps"]) + 1,
+                    "epoch": epoch + 1,
+                    "meta_train_loss": result["loss"],
+                    "meta_train_metric": result["metric"],
+                }
+            )
             if bar is not None:
                 bar.set_postfix(loss=f"{result['loss']:.3f}", metric=f"{result['metric']:.3f}")
                 bar.update(1)
