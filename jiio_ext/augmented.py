@@ -21,14 +21,22 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from jiio_ext.constraints import Constraint
 from jiio_ext.layout import Layout, State, as_tuple
 from jiio_ext.updates import Adaptive, InputUpdate
 
-__all__ = ["AugmentedMap", "Objective", "call_objective", "check_f_output"]
+__all__ = [
+    "AugmentedMap",
+    "Objective",
+    "call_objective",
+    "check_f_output",
+    "merge_rows",
+]
 
 # Per-sample objective: objective(z, x) or objective(z, x, targets) -> losses of shape (b,).
 Objective = Callable[..., torch.Tensor]
@@ -44,16 +52,26 @@ def _select_rows(targets: Targets, index: torch.Tensor | None) -> Targets:
 
 
 def call_objective(
-    objective: Objective, z: State, x: torch.Tensor, targets: Targets, index: torch.Tensor | None
+    objective: Objective,
+    z: State,
+    x: torch.Tensor,
+    targets: Targets,
+    index: torch.Tensor | None,
+    *,
+    aux: Any = None,
+    has_aux: bool = False,
 ) -> torch.Tensor:
     """Evaluate the per-sample objective and check that it returned shape ``(b,)``.
 
     Args:
-        objective: ``objective(z, x)`` or, with ``targets``, ``objective(z, x, targets)``.
+        objective: ``objective(z, x)`` or, with ``targets``, ``objective(z, x, targets)``;
+            with ``has_aux``, ``objective(z, x, aux[, targets])``.
         z: state of the active samples.
         x: inputs of the active samples.
         targets: per-sample data sliced along with the active samples, or ``None``.
         index: batch positions of the active samples (``None``: the whole batch).
+        aux: the auxiliary output of ``f`` for these samples (with ``has_aux``).
+        has_aux: pass ``aux`` to the objective after ``x``.
 
     Returns:
         The per-sample losses.
@@ -66,10 +84,11 @@ def call_objective(
         >>> call_objective(lambda z, x: z.sum(1), torch.ones(2, 3), torch.ones(2, 1), None, None)
         tensor([3., 3.])
     """
+    extra = (aux,) if has_aux else ()
     if targets is None:
-        loss = objective(z, x)
+        loss = objective(z, x, *extra)
     else:
-        loss = objective(z, x, _select_rows(targets, index))
+        loss = objective(z, x, *extra, _select_rows(targets, index))
     batch = x.shape[0]
     if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (batch,):
         got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -77,6 +96,55 @@ def call_objective(
     if not torch.is_floating_point(loss):
         raise TypeError(f"objective: expected floating-point losses, got dtype {loss.dtype}")
     return loss
+
+
+def merge_rows(full: Any, part: Any, index: torch.Tensor) -> Any:
+    """``full`` with the rows ``index`` replaced by ``part``, leaf by leaf over a pytree.
+
+    Tensor leaves of ``full`` with the batch as leading dimension take ``part``'s rows at
+    ``index``; any other leaf (a scalar, a non-tensor) is ``part``'s own.
+
+    Args:
+        full: a pytree of the whole batch (from an earlier evaluation).
+        part: the same pytree for the samples at ``index``.
+        index: batch positions of ``part``'s rows.
+
+    Returns:
+        The merged pytree (differentiable with respect to ``part``).
+
+    Raises:
+        ValueError: when the two pytrees differ in structure.
+
+    Example:
+        >>> import torch
+        >>> full = {"y": torch.zeros(3, 2), "n": torch.tensor(0.0)}
+        >>> part = {"y": torch.ones(1, 2), "n": torch.tensor(5.0)}
+        >>> merged = merge_rows(full, part, torch.tensor([1]))
+        >>> merged["y"][:, 0].tolist(), float(merged["n"])
+        ([0.0, 1.0, 0.0], 5.0)
+    """
+    full_leaves, spec = pytree.tree_flatten(full)
+    part_leaves, part_spec = pytree.tree_flatten(part)
+    if spec != part_spec:
+        raise ValueError(f"f: the aux output changed structure ({spec} vs {part_spec})")
+    rows = index.numel()
+
+    def merge(whole: Any, piece: Any) -> Any:
+        per_sample = (
+            isinstance(whole, torch.Tensor)
+            and isinstance(piece, torch.Tensor)
+            and whole.dim() >= 1
+            and piece.dim() >= 1
+            and piece.shape[0] == rows
+            and whole.shape[1:] == piece.shape[1:]
+        )
+        return whole.index_copy(0, index, piece) if per_sample else piece
+
+    return pytree.tree_unflatten([merge(w, p) for w, p in zip(full_leaves, part_leaves)], spec)
+
+
+def _detach_tree(tree: Any) -> Any:
+    return pytree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
 
 
 def check_f_output(
@@ -122,11 +190,15 @@ class AugmentedMap:
         alpha_z: damping of the forward block.
         alpha_mu: damping of the adjoint block.
         targets: per-sample data passed to the objective (sliced with the active samples).
+        has_aux: ``f`` also returns an auxiliary output ``aux`` (a pytree of tensors with the
+            batch as leading dimension, e.g. a model's output), which the objective receives.
 
     When only some samples are active and no ``targets`` are given, ``f`` runs on the active
     samples alone (the expensive part), while the objective sees a full batch in which the
-    frozen samples keep their last state; so an objective that closes over batch data (targets,
-    labels, masks) works unchanged. With ``targets``, the objective runs on the active rows.
+    frozen samples keep their last state (and their last ``aux``, merged by
+    :func:`merge_rows`); so an objective that closes over batch data (targets, labels, masks)
+    works unchanged. With ``targets``, the objective runs on the active rows. :attr:`aux` is
+    the whole batch's ``aux`` of the latest evaluation.
 
     Example:
         >>> import torch
@@ -156,8 +228,10 @@ class AugmentedMap:
         alpha_mu: float = 0.6,
         targets: Targets = None,
         autocast: torch.dtype | None = None,
+        has_aux: bool = False,
     ) -> None:
         self.f = f
+        self.has_aux = has_aux
         self.autocast = autocast
         self.objective = objective
         self.z_layout = Layout.of(z_like)
@@ -173,19 +247,38 @@ class AugmentedMap:
         self.vjps = 0
         self._z_full: tuple[torch.Tensor, ...] | None = None
         self._x_full: torch.Tensor | None = None
+        self._aux_full: Any = None
 
-    def _objective(self, z: State, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    @property
+    def aux(self) -> Any:
+        """The whole batch's ``aux`` at the latest evaluation (frozen rows: their last one)."""
+        return self._aux_full
+
+    def layer(self, z: State, x: torch.Tensor) -> State:
+        """``f(z, x)`` without its auxiliary output: the next state alone."""
+        out = self.f(z, x)
+        return out[0] if self.has_aux else out
+
+    def _objective(
+        self, z: State, x: torch.Tensor, index: torch.Tensor | None, aux: Any = None
+    ) -> torch.Tensor:
         """Per-sample losses of the given rows; see the class docstring for frozen rows."""
         full = index is None or self._x_full is None or index.numel() == self._x_full.shape[0]
+        extra = {"has_aux": self.has_aux}
+        aux_all = aux
+        if self.has_aux:
+            aux_all = aux if full else merge_rows(self._aux_full, aux, index)
+            self._aux_full = _detach_tree(aux_all)
         if full or self.targets is not None:
-            loss = call_objective(self.objective, z, x, self.targets, index)
+            loss = call_objective(self.objective, z, x, self.targets, index, aux=aux, **extra)
         else:
             z_full = tuple(
                 buf.index_copy(0, index, part) for buf, part in zip(self._z_full, as_tuple(z))
             )
             z_arg = z_full if self.z_layout.is_tuple else z_full[0]
+            x_all = self._x_full.index_copy(0, index, x)
             loss = call_objective(
-                self.objective, z_arg, self._x_full.index_copy(0, index, x), None, None
+                self.objective, z_arg, x_all, None, None, aux=aux_all, **extra
             ).index_select(0, index)
         if index is None or full:
             self._z_full = tuple(part.detach() for part in as_tuple(z))
@@ -220,14 +313,25 @@ class AugmentedMap:
         z, x, mu = (part.contiguous() for part in torch.split(flat, list(self.blocks), dim=1))
         return self.z_layout.unflatten(z), self.x_layout.unflatten(x), self.z_layout.unflatten(mu)
 
-    def _call_f(self, z: State, x: torch.Tensor) -> State:
-        """``f(z, x)``, under autocast when asked (its outputs cast back to the state dtype)."""
+    def _call_f(self, z: State, x: torch.Tensor) -> tuple[State, Any]:
+        """``(f(z, x), aux)``, under autocast when asked (the state cast back to its dtype).
+
+        ``aux`` is ``None`` without ``has_aux``.
+        """
         if self.autocast is None:
-            return self.f(z, x)
+            return self._split_aux(self.f(z, x))
         with torch.autocast(device_type=x.device.type, dtype=self.autocast):
-            out = self.f(z, x)
+            out, aux = self._split_aux(self.f(z, x))
         parts = tuple(o.to(t.dtype) for o, t in zip(as_tuple(out), as_tuple(z)))
-        return parts if isinstance(out, tuple) else parts[0]
+        return (parts if isinstance(out, tuple) else parts[0]), aux
+
+    def _split_aux(self, out: Any) -> tuple[State, Any]:
+        if not self.has_aux:
+            return out, None
+        if not isinstance(out, tuple) or len(out) != 2:
+            got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+            raise ValueError(f"f: with has_aux=True, expected a pair (z_next, aux), got {got}")
+        return out
 
     def evaluate(
         self,
@@ -256,9 +360,9 @@ class AugmentedMap:
             x = x.detach().requires_grad_()
         z_parts = as_tuple(z)
         with torch.enable_grad():
-            z_out = self._call_f(z, x)
+            z_out, aux = self._call_f(z, x)
             check_f_output(z_out, self.z_layout, x.shape[0], like=x)
-            loss = self._objective(z, x, index)
+            loss = self._objective(z, x, index, aux)
             out_parts = as_tuple(z_out)
             outputs = [loss, *out_parts]
             grads_out = [torch.ones_like(loss), *as_tuple(mu)]
