@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jiio_ext.adapters._higher_backward import Gate
 from jiio_ext.adapters._higher_tap import Forward
 from torch.func import functional_call, vmap
 
-if TYPE_CHECKING:
-    from jiio_ext.adapters._higher_loop import InnerLoop
-
 __all__ = ["joint_forward", "solve_forward"]
 
 # what a model that torch.func.vmap cannot trace raises: the tasks are then evaluated in a loop
 _VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
+
+# The state of an innerloop_ctx block (``_higher_loop.InnerLoop``). Not imported: that module
+# dispatches fnet calls to this one, so this one depends on its attributes only.
+InnerLoop = Any
 
 
 def _bind(loop: InnerLoop, phi: list[torch.Tensor], kwargs: dict) -> tuple[dict, dict]:

@@ -30,10 +30,11 @@ from jiio_ext.adapters._higher_tap import Forward, Tap, find_deqs
 from torch import nn
 from torch.func import functional_call
 
+from jiio_ext.augmented import damped_step
 from jiio_ext.layout import Layout
 from jiio_ext.schedules import Schedule, as_schedule
 from jiio_ext.solution import Status
-from jiio_ext.solvers import Anderson
+from jiio_ext.solvers import Anderson, DampedIteration, EngineState, FixedPointEngine, Termination
 
 __all__ = ["META_GRADIENTS", "InnerLoop"]
 
@@ -183,14 +184,13 @@ class InnerLoop:
         self.state: torch.Tensor | None = None  # (T, n) joint state [z; φ; μ]
         self.nz = 0
         self.z_shapes: list[tuple[int, ...]] = []
-        self.buffers = None
-        self.weights: torch.Tensor | None = None
+        # the core engine over the joint state: its step (Anderson or plain) and Termination
+        self.engine: FixedPointEngine | None = None
+        self.run: EngineState | None = None
+        self._evaluation: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self.last: Forward | None = None
         self.step_record: tuple[Forward, torch.Tensor, torch.Tensor] | None = None
         self.final: tuple[int, list[torch.Tensor]] | None = None
-        self._status = torch.full((self.rows,), int(Status.MAX_ITER), dtype=torch.long)
-        self._residuals: dict[str, torch.Tensor] = {}
-        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ----- the adapted quantity -----
     def current_params(self) -> dict[str, torch.Tensor]:
@@ -288,10 +288,34 @@ class InnerLoop:
         phi = record.flat([p.detach() for p in record.phi], like)
         self.state = torch.cat([z, phi, torch.zeros_like(z)], dim=1)
         self.nz = z.shape[1]
-        sizes = [s for s in (z.shape[1], phi.shape[1], z.shape[1]) if s]
-        self.weights = torch.cat(
-            [torch.full((s,), 1.0 / math.sqrt(s), dtype=z.dtype, device=z.device) for s in sizes]
-        ).unsqueeze(0)
+        blocks = [
+            (name, size, scale)
+            for name, size, scale in (
+                ("z", z.shape[1], self.alpha_z),
+                ("x", phi.shape[1], 1.0),
+                ("mu", z.shape[1], self.alpha_mu),
+            )
+            if size
+        ]
+        # the unrolled meta-gradient differentiates plain steps; the implicit one, Anderson's
+        self.engine = FixedPointEngine(
+            self._evaluated,
+            solver=DampedIteration() if self.unrolled else self.solver,
+            termination=Termination(
+                rtol=self.rtol,
+                atol=self.atol,
+                blocks=tuple(b[1] for b in blocks),
+                block_scale=tuple(b[2] for b in blocks),
+            ),
+            block_names=tuple(b[0] for b in blocks),
+            subset=False,
+            traces=False,
+        )
+        self.run = self.engine.init(self.state)
+
+    def _evaluated(self, state: torch.Tensor, rows: torch.Tensor, k: int):
+        """The engine's map: the step's evaluation, made from the user's support forward."""
+        return self._evaluation
 
     def _objective(self, record: Forward, loss: torch.Tensor) -> torch.Tensor:
         """Per-task inner objective: the user's loss plus the proximal / L2 term."""
@@ -340,11 +364,10 @@ class InnerLoop:
             record.flat(record.images, mu),
         )
 
-    def _apply(self, z, phi, mu, image, g_z, g_phi, lr: torch.Tensor) -> torch.Tensor:
-        z_new = z + self.alpha_z * (image - z)
-        mu_new = mu + self.alpha_mu * (g_z - mu)
-        phi_new = phi - lr * g_phi
-        return torch.cat([z_new, phi_new, mu_new], dim=1)
+    def _apply(self, z, phi, mu, image, g_z, g_phi, lr: torch.Tensor, graph: bool) -> torch.Tensor:
+        """The augmented map's damped step (the core's), with ``φ⁺ = φ − lr · g_φ``."""
+        alphas = (self.alpha_z, self.alpha_mu)
+        return damped_step(z, image, phi - lr * g_phi, mu, g_z, *alphas, differentiable=graph)
 
     def _lr(self, k: int) -> torch.Tensor:
         """The φ-step of step ``k``: ``opt``'s lr per group times the ``lr_scale`` schedule."""
@@ -357,7 +380,7 @@ class InnerLoop:
         with torch.enable_grad():
             g_z, g_phi, image = self._grads(record, record.total, mu, create_graph=True)
             z, phi = record.flat(record.z, mu), record.flat(record.phi, mu)
-            mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps - 1))
+            mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps - 1), True)
         return mapped, record.leaves(mu)
 
     def _unrolled_step(self, record: Forward, total: torch.Tensor) -> torch.Tensor:
@@ -374,7 +397,7 @@ class InnerLoop:
             phi = record.flat(record.values if first else record.phi, like)
             mu = self.split_state(self.state)[2]
             g_z, g_phi, image = self._grads(record, total, mu, create_graph=True)
-            mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps))
+            mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps), True)
             if first and record.z:
                 fixed = _attach_per_task(record, self.backward)
                 # every dependence on z* now goes through the leaves and _Reconnect: the first
@@ -404,22 +427,22 @@ class InnerLoop:
         state = self.state
         if self.keep_graph:
             mapped = self._unrolled_step(record, total)
-            nxt = mapped
-            resid = (mapped - state).detach()
         else:
             z, phi, mu = self.split_state(state)  # the values of the record's leaves
             with torch.no_grad():
                 g_z, g_phi, image = self._grads(record, total, mu, create_graph=False)
-                mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps))
-                resid = mapped - state
-                if self.unrolled:
-                    nxt = mapped
-                else:
-                    if self.buffers is None:
-                        self.buffers = self.solver.init(state, resid, self.weights)
-                    w_norm = (resid * self.weights).norm(dim=1)
-                    nxt, self.buffers = self.solver.step(self.buffers, state, resid, w_norm)
-        self._pending = (state.detach(), resid, total.detach())
+                lr = self._lr(self.n_steps)
+                mapped = self._apply(z, phi, mu, image, g_z, g_phi, lr, False)
+        # one step of the core engine: residuals, Termination's references, the solver's step
+        self._evaluation = (mapped.detach(), {"objective": total.detach()})
+        with torch.no_grad():
+            self.run = self.engine.step(self.run)
+        self._evaluation = None
+        if self.unrolled:  # the plain step itself (with its graph when the graph is kept)
+            nxt = mapped
+            self.run.proposal = mapped.detach()
+        else:
+            nxt = self.run.proposal
         self.step_record = (record, state, mapped)
         self.state = nxt
         self.n_steps += 1
@@ -455,7 +478,7 @@ class InnerLoop:
         failed = int((status != int(Status.CONVERGED)).sum())
         if not failed:
             return
-        worst = ", ".join(f"{k} {float(v.max()):.2e}" for k, v in self._residuals.items())
+        worst = ", ".join(f"{k} {float(v.max()):.2e}" for k, v in self.residuals.items())
         warnings.warn(
             f"meta-gradient: the inner state is not converged at the query for {failed} of "
             f"{status.numel()} task(s) after {self.n_steps} steps (largest RMS residuals: "
@@ -466,42 +489,20 @@ class InnerLoop:
             stacklevel=7,  # the user's fnet(x_qry) call
         )
 
-    # ----- status (computed when read: no per-step synchronisation) -----
+    # ----- status (computed when read, by the engine's Termination) -----
     @property
     def status(self) -> torch.Tensor:
         """Per-task status codes after the latest step ``(T,)`` (on the CPU)."""
-        self._settle()
-        return self._status
+        if self.run is None or self.run.res is None:
+            return torch.full((self.rows,), int(Status.MAX_ITER), dtype=torch.long)
+        return self.engine.terminate(self.run)[1].cpu()
 
     @property
     def residuals(self) -> dict[str, torch.Tensor]:
         """Per-task RMS residuals of the ``z``, ``x`` and ``mu`` blocks after the latest step."""
-        self._settle()
-        return self._residuals
-
-    def _settle(self) -> None:
-        if self._pending is None:
-            return
-        state, resid, total = self._pending
-        self._pending = None
-        nz = self.nz
-        sizes = [nz, state.shape[1] - 2 * nz, nz]
-        scale = (1.0 / self.alpha_z, 1.0, 1.0 / self.alpha_mu)
-        ok = torch.isfinite(resid).all(dim=1) & torch.isfinite(total)
-        converged = ok.clone()
-        for name, r, s, c in zip(
-            ("z", "x", "mu"),
-            torch.split(resid, sizes, dim=1),
-            torch.split(state, sizes, dim=1),
-            scale,
-        ):
-            if r.shape[1] == 0:
-                continue
-            rms = r.pow(2).mean(dim=1).sqrt() * c
-            self._residuals[name] = rms
-            converged &= rms <= self.atol + self.rtol * s.pow(2).mean(dim=1).sqrt()
-        status = torch.where(converged, int(Status.CONVERGED), int(Status.MAX_ITER))
-        self._status = torch.where(ok, status, int(Status.NONFINITE)).long().cpu()
+        if self.run is None or self.run.res is None:
+            return {}
+        return {name: self.run.res[:, i] for i, name in enumerate(self.engine.block_names)}
 
 
 def _prox_per_group(

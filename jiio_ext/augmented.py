@@ -35,6 +35,7 @@ __all__ = [
     "Objective",
     "call_objective",
     "check_f_output",
+    "damped_step",
     "merge_rows",
 ]
 
@@ -173,6 +174,50 @@ def check_f_output(
             raise TypeError(f"f: returned dtype {part.dtype}; z0 and x0 are {like.dtype}")
         if part.device != like.device:
             raise ValueError(f"f: returned a tensor on {part.device}; z0, x0 are on {like.device}")
+
+
+def damped_step(
+    z: torch.Tensor,
+    z_out: torch.Tensor,
+    x_new: torch.Tensor,
+    mu: torch.Tensor,
+    g_z: torch.Tensor,
+    alpha_z: float,
+    alpha_mu: float,
+    *,
+    differentiable: bool = False,
+) -> torch.Tensor:
+    """The damped update of the augmented map on flat blocks: the next flat state ``(b, n)``.
+
+    ``[z + α_z (z_out − z); x⁺; μ + α_μ (g_z − μ)]``, from the blocks ``(b, n_z)``, ``(b, n_x)``,
+    ``(b, n_z)``; shared by :class:`AugmentedMap` and the higher adapter's inner loop.
+
+    Args:
+        z: the forward block of the state.
+        z_out: ``f(z, x)``.
+        x_new: the next input block (already stepped and projected).
+        mu: the adjoint block.
+        g_z: ``∂L/∂z + (∂f/∂z)ᵀ μ``.
+        alpha_z: damping of the forward block.
+        alpha_mu: damping of the adjoint block.
+        differentiable: keep the graph (else the damping is written straight into the
+            output's blocks, with no temporaries).
+
+    Example:
+        >>> import torch
+        >>> one = torch.ones(1, 2)
+        >>> damped_step(0 * one, one, 3 * one, 0 * one, 2 * one, 0.5, 0.25).tolist()
+        [[0.5, 0.5, 3.0, 3.0, 0.5, 0.5]]
+    """
+    if differentiable:
+        return torch.cat([z + alpha_z * (z_out - z), x_new, mu + alpha_mu * (g_z - mu)], dim=1)
+    sizes = [z.shape[1], x_new.shape[1], mu.shape[1]]
+    out = z.new_empty((z.shape[0], sum(sizes)))
+    z_slot, x_slot, mu_slot = torch.split(out, sizes, dim=1)
+    torch.lerp(z, z_out, alpha_z, out=z_slot)
+    torch.lerp(mu, g_z, alpha_mu, out=mu_slot)
+    x_slot.copy_(x_new)
+    return out
 
 
 class AugmentedMap:
@@ -430,18 +475,13 @@ class AugmentedMap:
         step = self.update(g_x, index, k, self.max_iter, frozen=create_graph)
         x_new = self.x_layout.flatten(self.project(x - step, index))
         z_out, g_z = self.z_layout.flatten(z_out), self.z_layout.flatten(g_z)
+        alphas = (self.alpha_z, self.alpha_mu)
         if create_graph:
-            z_new = zf + self.alpha_z * (z_out - zf)
-            mu_new = muf + self.alpha_mu * (g_z - muf)
-            return torch.cat([z_new, x_new, mu_new], dim=1), {"objective": loss}
+            return damped_step(zf, z_out, x_new, muf, g_z, *alphas, differentiable=True), {
+                "objective": loss
+            }
         aux = {"objective": loss, "stationarity": self.stationarity(x, g_x, index)}
-        # fused damping written straight into the output blocks (no temporaries, no cat)
-        out = torch.empty_like(flat)
-        z_slot, x_slot, mu_slot = torch.split(out, list(self.blocks), dim=1)
-        torch.lerp(zf, z_out, self.alpha_z, out=z_slot)
-        torch.lerp(muf, g_z, self.alpha_mu, out=mu_slot)
-        x_slot.copy_(x_new)
-        return out, aux
+        return damped_step(zf, z_out, x_new, muf, g_z, *alphas), aux
 
     def __call__(
         self, flat: torch.Tensor, index: torch.Tensor, k: int

@@ -200,6 +200,8 @@ class FixedPointEngine:
         mixed_blocks: which blocks the solver mixes (default all); a block left out takes the
             map's own update (``F(s)``) every iteration and is left out of Anderson's metric:
             for a block whose update carries state of its own, such as an adaptive input step.
+        traces: keep the per-iteration residuals and aux values for the result's traces
+            (``False``: memory stays flat however many steps a caller takes).
 
     Example:
         >>> import torch
@@ -222,8 +224,10 @@ class FixedPointEngine:
         subset: bool = True,
         balance: bool = True,
         mixed_blocks: Sequence[bool] | None = None,
+        traces: bool = True,
     ) -> None:
         self.map_fn = map_fn
+        self.traces = traces
         self.solver = Anderson() if solver is None else solver
         self.termination = Termination() if termination is None else termination
         self.block_names = None if block_names is None else tuple(block_names)
@@ -344,10 +348,11 @@ class FixedPointEngine:
         nstep.index_add_(
             0, rows, st.active[rows].long() if not self.subset else torch.ones_like(rows)
         )
-        st.trace_rows.append(rows)
-        st.trace_values.setdefault("_residuals", []).append(res)
-        for key, value in aux.items():
-            st.trace_values.setdefault(key, []).append(value.detach())
+        if self.traces:
+            st.trace_rows.append(rows)
+            st.trace_values.setdefault("_residuals", []).append(res)
+            for key, value in aux.items():
+                st.trace_values.setdefault(key, []).append(value.detach())
         st.mapped, st.resid, st.res, st.finite, st.w_norm, st.aux = (
             mapped,
             resid,
