@@ -39,7 +39,9 @@ def test_tiny_demo_writes_a_report_with_numbers_and_images(tmp_path):
         assert (folder / name / "quality_vs_time.png").is_file()
     inverse = record["tasks"]["inverse"]
     assert len(inverse["traces"]["jiio"][0]) == len(inverse["traces"]["jiio"][1]) > 0
-    assert "shipped digits decoder" in inverse["model"]
+    assert "shipped digits decoder" in inverse["model"] and "latents" not in inverse
+    assert (folder / "inverse" / "reconstructions.png").is_file()  # baseline and JIIO images
+    assert (folder / "generative-training" / "JIIO_curves.png").is_file()
     for prefix in ("baseline_", "JIIO_"):
         assert (folder / "generative-training" / f"{prefix}reconstructions.png").is_file()
     assert (folder / "adversarial-training" / "JIIO_examples.png").is_file()
