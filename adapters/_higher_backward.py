@@ -1,6 +1,9 @@
 """Implicit backward passes of the higher adapter: adjoint fixed points and the DEQ's IFT hook.
 
-Internal to :mod:`jiio_ext.adapters.higher`.
+Internal to :mod:`jiio_ext.adapters.higher`. The hook itself is the core's one IFT
+mechanism, :func:`jiio_ext.grad.attach_implicit`; this module adds the adapter's adjoint
+solver (:class:`AdjointSolve`), the switch that turns hooks off (:class:`Gate`) and the
+``vmap`` rule.
 
 Example:
     >>> import torch
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 
+from jiio_ext.grad import attach_implicit
 from jiio_ext.solution import Status
 from jiio_ext.solvers import Anderson, fixed_point
 
@@ -136,29 +140,11 @@ def attach_ift(
         >>> theta.grad  # dz*/dθ = 2
         tensor([[2., 2.]])
     """
-    samples = math.prod(image[0].shape[:lead])
-    flat = torch.cat([p.reshape(samples, -1) for p in image], dim=1)
-    if not flat.requires_grad:
-        return image
-    sizes = [math.prod(p.shape[lead:]) for p in image]
 
-    def vjp(w: torch.Tensor) -> torch.Tensor:
-        grad_outputs = [g.reshape(p.shape) for g, p in zip(torch.split(w, sizes, dim=1), image)]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(
-                image, state, grad_outputs, retain_graph=True, allow_unused=True
-            )
-        grads = [torch.zeros_like(s) if g is None else g for g, s in zip(grads, state)]
-        return torch.cat([g.reshape(samples, -1) for g in grads], dim=1)
+    def solve(vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor | None:
+        return backward.solve(vjp, v, "DEQ backward") if gate.active else None
 
-    def hook(v: torch.Tensor) -> torch.Tensor | None:
-        if not gate.active:
-            return None
-        return backward.solve(vjp, v, "DEQ backward")
-
-    attached = flat.view_as(flat)
-    attached.register_hook(hook)
-    return tuple(a.view_as(p) for a, p in zip(torch.split(attached, sizes, dim=1), image))
+    return attach_implicit(state, image, solve, lead=lead)
 
 
 class _VmappedIFT(torch.autograd.Function):

@@ -1,8 +1,9 @@
 """DEQ interception of the higher adapter: what one ``fnet`` forward evaluates and records.
 
-Internal to :mod:`jiio_ext.adapters.higher`. :class:`Tap` replaces the ``forward`` of every
-torchdeq ``DEQBase`` submodule during an ``fnet`` call; :class:`Forward` is the record of one
-call (DEQ states, their images ``f(state)`` and the adapted leaves).
+Internal to :mod:`jiio_ext.adapters.higher`. :class:`Tap` intercepts every torchdeq
+``DEQBase`` submodule during an ``fnet`` call (with :func:`~jiio_ext.adapters._deq_intercept.
+intercept`, the mechanism the torchdeq adapter uses too); :class:`Forward` is the record of
+one call (DEQ states, their images ``f(state)`` and the adapted leaves).
 
 Example:
     >>> import torch
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jiio_ext.adapters._deq_intercept import find_deqs, intercept, state_parts
 from jiio_ext.adapters._higher_backward import (
     AdjointSolve,
     Gate,
@@ -31,6 +32,7 @@ from torch import nn
 
 from jiio_ext.layout import as_tuple
 
+# find_deqs is the shared discovery of _deq_intercept, re-exported for the loop module
 __all__ = ["Forward", "Tap", "find_deqs"]
 
 
@@ -140,31 +142,17 @@ class Tap:
         """Intercept the DEQ calls in ``mode`` (joint states ``given``) inside this block."""
         self.mode, self.given, self.gate = mode, list(given), gate
         self.states, self.images = [], []
-        saved = []
-        for deq in self.deqs:
-            saved.append((deq, deq.__dict__.get("forward")))
-            deq.forward = types.MethodType(self._intercept(deq.forward), deq)
-        try:
+
+        def handle(deq, original, func, z_init, args, kwargs):
+            return self.handle(original, func, z_init, args, kwargs)
+
+        with intercept(self.deqs, handle):
             yield
-        finally:
-            for deq, previous in saved:
-                if previous is None:
-                    del deq.forward
-                else:
-                    deq.forward = previous
-
-    def _intercept(self, original: Callable) -> Callable:
-        tap = self
-
-        def forward(deq: nn.Module, func: Callable, z_init: Any, *args: Any, **kwargs: Any):
-            return tap.handle(original, func, z_init, args, kwargs)
-
-        return forward
 
     def handle(self, original: Callable, func: Callable, z_init: Any, args, kwargs):
         """One intercepted DEQ call: ``[f(state)]`` (``[z*]`` when probing) and the solver info."""
-        is_tuple = not isinstance(z_init, torch.Tensor)
-        count = len(z_init) if is_tuple else 1
+        parts, is_tuple = state_parts(z_init)
+        count = len(parts)
         info: dict[str, Any] = {}
         if self.mode in ("joint", "solved"):
             start = len(self.states)
@@ -178,11 +166,10 @@ class Tap:
             with torch.no_grad():
                 solved, info = original(func, z_init, *args, **kwargs)
             state = tuple(t.detach().requires_grad_() for t in as_tuple(_as_state(solved[-1])))
-        inits = as_tuple(_as_state(z_init))
-        if tuple(s.shape for s in state) != tuple(t.shape for t in inits):
+        if tuple(s.shape for s in state) != tuple(t.shape for t in parts):
             raise RuntimeError(
                 f"model: DEQ state shapes {[tuple(s.shape) for s in state]} differ from the "
-                f"call's z_init {[tuple(t.shape) for t in inits]}"
+                f"call's z_init {[tuple(t.shape) for t in parts]}"
             )
         self.states.extend(state)
         if self.mode == "probe":
@@ -200,18 +187,3 @@ class Tap:
 
 def _as_state(value: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
     return value if isinstance(value, torch.Tensor) else tuple(value)
-
-
-def find_deqs(model: nn.Module) -> list[nn.Module]:
-    """The torchdeq ``DEQBase`` submodules of ``model`` (none without torchdeq installed).
-
-    Example:
-        >>> import torch
-        >>> find_deqs(torch.nn.Linear(2, 2))
-        []
-    """
-    try:
-        from torchdeq.core import DEQBase
-    except ImportError:  # pragma: no cover - exercised only without the deq extra
-        return []
-    return [m for m in model.modules() if isinstance(m, DEQBase)]

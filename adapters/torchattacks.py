@@ -222,7 +222,6 @@ class _JIIOAttack(Attack):
                 stacklevel=2,
             )
         adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
-        self._last_problem = (objective, threat, adversarial)
         return adversarial
 
 
@@ -318,8 +317,9 @@ def adversarial_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attack a batch and return the model's logits at the adversarial images for training.
 
-    The logits come from the attack's own joint solution, settled at ``x_adv`` by a few
-    warm-started iterations (no second cold solve), with the envelope gradient: the training
+    The logits come from the attack's own joint solution, settled at ``x_adv`` by a forward
+    solve warm-started from it (``model.solve_forward``: x held fixed, no second cold solve),
+    with the envelope gradient: the training
     loss back-propagates through one application of the DEQ layer at ``(z*, x_adv)`` with an
     implicit backward warm-started from the attack's adjoint. By Danskin's theorem this is
     the gradient of the adversarial (max over the threat model) loss when the training loss
@@ -346,17 +346,13 @@ def adversarial_logits(
     if not isinstance(attack, _JIIOAttack):
         raise TypeError(f"attack: expected JIIOPGD or JIIOPGDL2, got {type(attack).__name__}")
     adversarial = attack(images, labels)
-    objective, threat, raw_adversarial = attack._last_problem
     # The attack moves x every iteration, so its final DEQ state lags x by about one step.
-    # Settle z and the adjoint at the fixed x_adv, warm-started from the attack's own state
-    # (a negligible raw step keeps x in place), and attach the envelope gradient there.
-    settled = attack._view.optimize_input(
-        raw_adversarial,
-        objective,
-        constraint=threat,
+    # Settle z at the fixed x_adv (forward solve only), warm-started from the attack's own
+    # state, and attach the envelope gradient there, its backward warm-started from the
+    # attack's adjoint.
+    settled = attack._view.solve_forward(
+        adversarial,
         warm_start=attack.last_solution,
-        step_rule="raw",
-        step_size=1e-12,
         max_iter=50,
         rtol=1e-3,
         atol=1e-6,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         L2Ball,
         LinfBall,
     )
+    from jiio_ext.forward import solve_forward
     from jiio_ext.grad import EnvelopeGrad, GradMode, ImplicitGrad
     from jiio_ext.regularize import (
         jacobian_penalty,
@@ -47,6 +48,7 @@ _ORIGINS = {
         "L2Ball",
         "LinfBall",
     ),
+    "jiio_ext.forward": ("solve_forward",),
     "jiio_ext.grad": ("EnvelopeGrad", "GradMode", "ImplicitGrad"),
     "jiio_ext.regularize": (
         "jacobian_penalty",
@@ -81,6 +83,7 @@ __all__ = [
     "StepSwitch",
     "jacobian_penalty",
     "random_trajectory_iteration",
+    "solve_forward",
     "solve_joint",
     "solve_nested",
     "trajectory_penalty",

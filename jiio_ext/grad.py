@@ -38,8 +38,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -50,7 +51,76 @@ from jiio_ext.solvers import Anderson, DampedIteration, FixedPointResult, fixed_
 
 BackwardSolver = Anderson | DampedIteration | GMRES
 
-__all__ = ["EnvelopeGrad", "GradMode", "ImplicitGrad", "get_grad_mode"]
+__all__ = ["EnvelopeGrad", "GradMode", "ImplicitGrad", "attach_implicit", "get_grad_mode"]
+
+# the backward solve of attach_implicit: (vjp, v) -> w with w = vjp(w) + v, or None to pass v on
+AdjointSolver = Callable[
+    [Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor | None
+]
+
+
+def attach_implicit(
+    state: Sequence[torch.Tensor],
+    image: Sequence[torch.Tensor],
+    solve: AdjointSolver,
+    *,
+    lead: int = 1,
+) -> tuple[torch.Tensor, ...]:
+    """``image = f(state)`` at a fixed point, with an implicit (IFT) backward per sample.
+
+    The one implicit-backward mechanism of the package (the envelope mode, the torchdeq
+    ``'jiio'`` core and the higher adapter's DEQ calls all use it). The backward of the
+    returned tensors receives the incoming gradient ``v`` (flattened to ``(samples, n)``)
+    and returns ``w`` solving ``w = (∂f/∂state)ᵀ w + v``, computed by ``solve(vjp, v)``
+    where ``vjp(w)`` is one vector-Jacobian product through ``f`` at the fixed point; it
+    then flows on into ``f``'s parameters. ``solve`` returning ``None`` passes ``v`` on
+    unchanged (a switched-off hook).
+
+    Args:
+        state: the fixed point's parts, leaves requiring grad that ``image`` was computed from.
+        image: ``f(state)``, part by part.
+        solve: the adjoint solver ``(vjp, v) -> w`` (or ``None``).
+        lead: how many leading dimensions index the samples (2 under ``vmap``).
+
+    Returns:
+        ``image``'s parts, carrying the implicit backward (unchanged when none requires grad).
+
+    Example:
+        >>> import torch
+        >>> z = torch.zeros(1, 2, requires_grad=True)
+        >>> theta = torch.ones(1, 2, requires_grad=True)
+        >>> def neumann(vjp, v):  # w = vjp(w) + v by plain iteration
+        ...     w = v
+        ...     for _ in range(60):
+        ...         w = vjp(w) + v
+        ...     return w
+        >>> (out,) = attach_implicit((z,), (0.5 * z + theta,), neumann)  # z* = 2 θ
+        >>> out.sum().backward()
+        >>> theta.grad  # dz*/dθ = 2
+        tensor([[2., 2.]])
+    """
+    state, image = tuple(state), tuple(image)
+    samples = math.prod(image[0].shape[:lead])
+    flat = torch.cat([p.reshape(samples, -1) for p in image], dim=1)
+    if not flat.requires_grad:
+        return image
+    sizes = [math.prod(p.shape[lead:]) for p in image]
+
+    def vjp(w: torch.Tensor) -> torch.Tensor:
+        grad_outputs = [g.reshape(p.shape) for g, p in zip(torch.split(w, sizes, dim=1), image)]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                image, state, grad_outputs, retain_graph=True, allow_unused=True
+            )
+        grads = [torch.zeros_like(s) if g is None else g for g, s in zip(grads, state)]
+        return torch.cat([g.reshape(samples, -1) for g in grads], dim=1)
+
+    def hook(v: torch.Tensor) -> torch.Tensor | None:
+        return solve(vjp, v)
+
+    attached = flat.view_as(flat)
+    attached.register_hook(hook)
+    return tuple(a.view_as(p) for a, p in zip(torch.split(attached, sizes, dim=1), image))
 
 
 class GradMode:
@@ -199,11 +269,28 @@ class EnvelopeGrad(GradMode):
 
     def attach(self, aug, solution: JointSolution, *, throw: bool = False) -> None:
         """Make ``solution.z`` differentiable (``x`` and ``mu`` stay detached)."""
-        layout: Layout = aug.z_layout
+        self.attach_layer(aug.layer, aug.z_layout, solution, throw=throw)
+
+    def attach_layer(
+        self,
+        layer: Callable,
+        layout: Layout,
+        solution: JointSolution,
+        *,
+        throw: bool = False,
+    ) -> None:
+        """Make ``solution.z`` differentiable through ``layer(z, x*)`` (``x*`` held constant).
+
+        Args:
+            layer: ``layer(z, x) -> z``, the DEQ layer without auxiliary output.
+            layout: the layout of ``z``.
+            solution: the solution (its ``mu`` is the warm start of the backward).
+            throw: raise instead of warning when the backward does not converge.
+        """
         x_star = solution.x.detach()
 
         def f_flat(z_flat: torch.Tensor) -> torch.Tensor:
-            return layout.flatten(aug.f(layout.unflatten(z_flat), x_star))
+            return layout.flatten(layer(layout.unflatten(z_flat), x_star))
 
         attached = self.attach_fixed_point(
             f_flat,
@@ -251,29 +338,18 @@ class EnvelopeGrad(GradMode):
         z_req = z_star.detach().requires_grad_()
         with torch.enable_grad():
             out = fn(z_req)
-        shape = out.shape
-        batch = shape[0]
-
-        def vjp(w: torch.Tensor) -> torch.Tensor:
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(out, z_req, w.view(shape), retain_graph=True)
-            return g.reshape(batch, -1)
-
+        batch = out.shape[0]
         mu = None if warm_start is None else warm_start.detach().reshape(batch, -1)
 
-        def hook(v: torch.Tensor) -> torch.Tensor:
-            v_flat = v.reshape(batch, -1)
-            start = v_flat
-            if mu is not None and mu.shape == v_flat.shape:
+        def solve(vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+            start = v
+            if mu is not None and mu.shape == v.shape:
                 a = mu - vjp(mu)
-                scale = (v_flat * a).sum(1) / (a * a).sum(1).clamp_min(torch.finfo(v.dtype).tiny)
+                scale = (v * a).sum(1) / (a * a).sum(1).clamp_min(torch.finfo(v.dtype).tiny)
                 start = scale.unsqueeze(1) * mu
-            return self._solve_adjoint(vjp, v_flat, start, solution, throw).view(shape)
+            return self._solve_adjoint(vjp, v, start, solution, throw)
 
-        attached = out.view_as(out)
-        if attached.requires_grad:
-            attached.register_hook(hook)
-        return attached
+        return attach_implicit((z_req,), (out,), solve)[0]
 
 
 class ImplicitGrad(GradMode):

@@ -9,7 +9,9 @@ Example:
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -82,7 +84,11 @@ class JointSolution:
         f_evals: number of batched evaluations of ``f``.
         vjps: number of batched vector-Jacobian products through ``f``.
         trajectory: ``{iteration: (z, x)}`` snapshots for trajectory regularisation.
-        output: optional extra output (adapters store the model output at ``x`` here).
+        aux: the auxiliary output of ``f`` at the returned ``(z, x)`` (``has_aux=True``; the
+            torchdeq adapter's model output), differentiable like ``z`` under ``grad=``;
+            ``None`` otherwise.
+        layer: the layer ``layer(z, x) -> z`` that was solved (``f`` without its aux), for
+            :func:`~jiio_ext.regularize.trajectory_penalty`; ``None`` for nested solves.
         info: solver-specific extras (e.g. Anderson fallbacks, time).
 
     Example:
@@ -108,8 +114,23 @@ class JointSolution:
     f_evals: int = 0
     vjps: int = 0
     trajectory: dict[int, tuple[State, torch.Tensor]] = field(default_factory=dict)
-    output: object = None
+    aux: Any = None
+    layer: Callable[[State, torch.Tensor], State] | None = field(default=None, repr=False)
     info: dict = field(default_factory=dict)
+
+    @property
+    def output(self) -> Any:
+        """The torchdeq adapter's name for :attr:`aux`: the model's output at ``x``.
+
+        Example:
+            >>> import torch
+            >>> zeros = torch.zeros(1, 1)
+            >>> sol = JointSolution(z=zeros, x=zeros, mu=zeros, objective=torch.zeros(1),
+            ...     status=torch.tensor([0]), nstep=torch.tensor([1]), residuals={}, aux=zeros)
+            >>> sol.output is sol.aux
+            True
+        """
+        return self.aux
 
     @property
     def converged(self) -> torch.Tensor:

@@ -178,7 +178,7 @@ def _settle(
         x_rows = x.index_select(0, todo)
 
         def forward(flat: torch.Tensor, index: torch.Tensor, k: int):
-            out = aug.f(layout.unflatten(flat), x_rows.index_select(0, index))
+            out = aug.layer(layout.unflatten(flat), x_rows.index_select(0, index))
             aug.f_evals += 1
             return layout.flatten(out), {}
 
@@ -227,14 +227,17 @@ def solve_joint(
     grad: str | GradMode | None = None,
     throw: bool = False,
     autocast: torch.dtype | None = None,
+    has_aux: bool = False,
 ) -> JointSolution:
     """Solve forward fixed point, adjoint fixed point and input optimisation as one fixed point.
 
     Args:
         f: the DEQ layer ``f(z, x) -> z`` (tensor or tuple state, batch first). Samples must
-            not interact (no batch statistics), so that each converges on its own.
+            not interact (no batch statistics), so that each converges on its own. With
+            ``has_aux=True``, ``f(z, x) -> (z_next, aux)``.
         objective: per-sample losses to minimise, ``objective(z, x) -> (B,)``, or
-            ``objective(z, x, targets)`` when ``targets`` is given.
+            ``objective(z, x, targets)`` when ``targets`` is given; with ``has_aux=True``,
+            ``objective(z, x, aux)`` (``objective(z, x, aux, targets)``).
         x0: initial input ``(B, ...)``; projected onto ``constraint`` first.
         z0: initial state (tensor or tuple of tensors), keyword-only; required unless
             ``warm_start`` is given.
@@ -285,6 +288,11 @@ def solve_joint(
         autocast: ``torch.bfloat16`` or ``torch.float16`` to evaluate ``f`` (and its VJP)
             under ``torch.autocast``; the solver state, the objective, Anderson and the
             residuals stay in the state's dtype (see docs/results.md for its accuracy/speed).
+        has_aux: ``f`` returns ``(z_next, aux)``, ``aux`` a pytree of tensors with the batch
+            as leading dimension (for instance a model's output computed from ``z``), handed
+            to the objective so that it is computed once per iteration. Frozen samples keep
+            their last ``aux`` in the batch the objective sees. ``solution.aux`` is the aux at
+            the returned ``(z, x)`` (differentiable like ``z`` under ``grad``).
 
     Returns:
         A :class:`~jiio_ext.solution.JointSolution`; ``x`` always lies in the constraint set.
@@ -354,6 +362,7 @@ def solve_joint(
         alpha_mu=alpha_mu,
         targets=targets,
         autocast=autocast,
+        has_aux=has_aux,
     )
     x_start = aug.project(x0.detach(), None)
     mu_start = _zeros_like_state(z0) if mu0 is None else mu0
@@ -411,6 +420,8 @@ def solve_joint(
         f_evals=aug.f_evals,
         vjps=aug.vjps,
         trajectory=trajectory_points,
+        aux=aug.aux,
+        layer=aug.layer,
         info={
             "method": "joint",
             "solver": engine.name,
@@ -424,9 +435,20 @@ def solve_joint(
     )
     if grad_mode is not None:
         grad_mode.attach(aug, solution, throw=throw)
+        if has_aux:
+            solution.aux = _aux_at(aug, solution)
     if throw:
         solution.raise_if_failed()
     return solution
+
+
+def _aux_at(aug: AugmentedMap, solution: JointSolution) -> object:
+    """The aux of ``f`` at the solution's differentiable ``(z, x)`` (one more evaluation)."""
+    with torch.enable_grad():
+        _, aux = aug.f(solution.z, solution.x)
+    aug.f_evals += 1
+    solution.f_evals = aug.f_evals
+    return aux
 
 
 def _inner_solve(

@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 torchdeq = pytest.importorskip("torchdeq")
-from jiio_ext.adapters.torchdeq import input_optimizable, trajectory_penalty  # noqa: E402
+from jiio_ext.adapters.torchdeq import (  # noqa: E402
+    adjoint_warm_start,
+    input_optimizable,
+    trajectory_penalty,
+)
 from torchdeq import get_deq, reset_deq  # noqa: E402
 from torchdeq.dropout import VariationalDropout  # noqa: E402
 from torchdeq.norm import apply_norm  # noqa: E402
@@ -440,12 +444,11 @@ def test_jiio_core_backward_warm_starts_from_joint_adjoint():
     target = _target(seed=15)
     objective = _objective(target)
     sol = model.optimize_input(torch.zeros(4, 3, dtype=D), objective, **TIGHT)
-    assert model.deq.adjoint_warm_start is not None
     # training step at x*: loss = inner objective, so the warm start is (nearly) exact
-    loss = 0.5 * objective(model(sol.x), sol.x).sum()
+    with adjoint_warm_start(model, sol):  # passed explicitly, nothing stored on the DEQ
+        loss = 0.5 * objective(model(sol.x), sol.x).sum()
     loss.backward()
     warm_steps = int(model.deq.last_backward_mode.last_backward.nstep.max())
-    model.deq.adjoint_warm_start = None
     model.zero_grad()
     loss = 0.5 * objective(model(sol.x), sol.x).sum()
     loss.backward()
@@ -513,3 +516,54 @@ def test_z0_must_match_the_probed_states():
     assert sol.z[0].shape == (4, 5)
     with pytest.raises(ValueError, match="z0"):
         model.optimize_input(torch.zeros(4, 3, dtype=D), objective, z0=torch.zeros(4, 6, dtype=D))
+
+
+def test_solve_forward_matches_torchdeq_forward():
+    model = input_optimizable(
+        _model_with(core="sliced", f_solver="anderson", f_max_iter=300, f_tol=1e-13)
+    )
+    x = torch.randn(4, 3, dtype=D, generator=torch.Generator().manual_seed(17))
+    sol = model.solve_forward(x, rtol=1e-12, max_iter=300)
+    assert sol.success and sol.info["deq_calls"] == 1
+    with torch.no_grad():
+        reference = model(x)  # torchdeq solving for real
+        u = model.inject(x)
+        z_ref = model.deq(lambda z: model.layer(z, u), torch.zeros_like(u))[0][-1]
+    torch.testing.assert_close(sol.output, reference, atol=1e-10, rtol=0)
+    torch.testing.assert_close(sol.z[0], z_ref, atol=1e-10, rtol=0)
+    # with the envelope gradient, the output trains the parameters through z*
+    sol = model.solve_forward(x, rtol=1e-12, max_iter=300, grad="envelope")
+    (g,) = torch.autograd.grad(sol.output.square().sum(), [model.cell.weight])
+    model.train()
+    deq_model = _model_with(
+        core="sliced",
+        f_solver="anderson",
+        f_max_iter=300,
+        f_tol=1e-13,
+        ift=True,
+        b_solver="anderson",
+        b_max_iter=300,
+        b_tol=1e-13,
+    )
+    (g_ref,) = torch.autograd.grad(deq_model(x).square().sum(), [deq_model.cell.weight])
+    torch.testing.assert_close(g, g_ref, atol=1e-9, rtol=1e-7)
+
+
+def test_optimize_input_leaves_no_side_channels():
+    import inspect
+
+    from jiio_ext.adapters import torchdeq as adapter
+
+    model = input_optimizable(_model_with(core="jiio", f_max_iter=100, ift=True))
+    before = set(vars(model.deq))
+    sol = model.optimize_input(
+        torch.zeros(4, 3, dtype=D), _objective(_target()), max_iter=20, trajectory=[5]
+    )
+    assert not hasattr(model.deq, "adjoint_warm_start")
+    assert set(vars(model.deq)) == before  # nothing written onto the torchdeq module
+    assert "f" not in sol.info and not any(callable(v) for v in sol.info.values())
+    assert sol.output is sol.aux and sol.layer is not None
+    assert trajectory_penalty(sol).shape == (4,)
+    source = inspect.getsource(adapter)
+    for channel in ("full[", "arange(", 'info["f"]', "targets="):
+        assert channel not in source, channel

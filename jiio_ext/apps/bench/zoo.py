@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from jiio_ext.adapters._deq_intercept import named_deqs
 from jiio_ext.apps.bench.zoo_models import ZOO_MODELS
 
 __all__ = ["OBJECTIVES", "SCALES", "bench_zoo", "format_zoo", "run_cli"]
@@ -54,24 +55,13 @@ def _output(out: object) -> torch.Tensor:
     return out
 
 
-def _deq_modules(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    from torchdeq.core import DEQBase
-
-    return [
-        (parent, name)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, DEQBase)
-    ]
-
-
 @contextlib.contextmanager
 def _tight(model: nn.Module) -> Iterator[None]:
     """Every DEQ of ``model`` swapped for a tight Anderson solve (measurement only)."""
     from torchdeq import get_deq
 
     swapped = []
-    for parent, name in _deq_modules(model):
+    for parent, name in named_deqs(model):
         swapped.append((parent, name, getattr(parent, name)))
         setattr(parent, name, get_deq(f_solver="anderson", f_max_iter=300, f_tol=1e-6))
     try:
@@ -96,7 +86,7 @@ def _counting(model: nn.Module) -> Iterator[list[int]]:
 
         return (counted, *rest)
 
-    for parent, name in _deq_modules(model):
+    for parent, name in named_deqs(model):
         handles.append(getattr(parent, name).register_forward_pre_hook(hook))
     try:
         yield count

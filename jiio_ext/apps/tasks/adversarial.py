@@ -251,12 +251,8 @@ class _TrainingStep(nn.Module):
             if self.method == "jiio":  # at a random point of the attack's joint trajectory
                 solution = self.attack.last_solution
             else:  # at the DEQ's fixed point for the training input (one cheap probe solve)
-                solution = input_optimizable(self.model).optimize_input(
-                    adversarial,
-                    lambda out, x: out.sum(1) * 0.0,
-                    step_size=1e-12,
-                    max_iter=60,
-                    rtol=1e-4,
+                solution = input_optimizable(self.model).solve_forward(
+                    adversarial, max_iter=60, rtol=1e-4
                 )
             losses = losses + self.jac_reg * trajectory_penalty(solution)
         return losses, logits

@@ -262,7 +262,6 @@ def infer_nested(
         raise ValueError(f"lr: expected a positive learning rate, got {lr}")
     flags = [p.requires_grad for p in decoder.parameters()]
     decoder.requires_grad_(False)
-    decoder.deq.adjoint_warm_start = None
     decoder.warm_start, decoder._last = True, None
     x = x0.detach().clone().requires_grad_()
     optimiser = torch.optim.Adam([x], lr=lr)
