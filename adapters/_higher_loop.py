@@ -80,7 +80,7 @@ class InnerLoop:
         vectorize: bool,
         meta_gradient: str = "unrolled",
         lr_scale: float | Schedule = 1.0,
-        budget: int | None = None,
+        max_iter: int | None = None,
         jac_reg: float = 0.0,
         jac_probes: int = 2,
     ) -> None:
@@ -111,11 +111,11 @@ class InnerLoop:
             )
         self.unrolled = meta_gradient == "unrolled"
         self.lr_scale = as_schedule(lr_scale, "lr_scale")
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        if max_iter is not None and (
+            isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
         ):
-            raise ValueError(f"budget: expected None or an integer >= 1, got {budget!r}")
-        self.budget = budget
+            raise ValueError(f"max_iter: expected None or an integer >= 1, got {max_iter!r}")
+        self.max_iter = max_iter
         if isinstance(jac_reg, bool) or not (
             isinstance(jac_reg, (int, float)) and math.isfinite(jac_reg) and jac_reg >= 0
         ):
@@ -371,7 +371,7 @@ class InnerLoop:
 
     def _lr(self, k: int) -> torch.Tensor:
         """The φ-step of step ``k``: ``opt``'s lr per group times the ``lr_scale`` schedule."""
-        scale = self.lr_scale(k, self.budget or k + 1)
+        scale = self.lr_scale(k, self.max_iter or k + 1)
         return self.lr_vec if scale == 1.0 else self.lr_vec * scale
 
     def _map_with_graph(self, record: Forward, state_e: torch.Tensor):

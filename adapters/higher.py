@@ -217,7 +217,7 @@ def innerloop_ctx(
     meta_gradient: str = "unrolled",
     prox: float | Sequence[float] | None = None,
     lr_scale: float | Schedule = 1.0,
-    budget: int | None = None,
+    max_iter: int | None = None,
     jac_reg: float = 0.0,
     jac_probes: int = 2,
     tasks: int | None = None,
@@ -262,7 +262,8 @@ def innerloop_ctx(
             (K steps at rate lr act like ``prox ≈ 1/(lr*K)``), and ``0`` is rejected there.
         lr_scale: a number or a :class:`~jiio_ext.schedules.Schedule` multiplying ``opt``'s
             lr at step ``k`` (e.g. ``StepSwitch(1.0, 0.25)``: the reference's 0.04 → 0.01).
-        budget: the planned number of steps, passed to ``lr_scale`` as its ``max_iter``.
+        max_iter: the planned number of steps (the loop's budget), passed to ``lr_scale`` as
+            its ``max_iter``.
         jac_reg: weight of the trajectory Jacobian regularisation (the reference uses 0.5 on
             Omniglot): ``diffopt.jacobian_penalty()`` then returns ``jac_reg`` times a
             Hutchinson estimate of ``||∂f/∂z||_F² / dim(z)`` at the latest joint step, to add
@@ -339,7 +340,7 @@ def innerloop_ctx(
         prox=prox,
         meta_gradient=meta_gradient,
         lr_scale=lr_scale,
-        budget=budget,
+        max_iter=max_iter,
         jac_reg=jac_reg,
         jac_probes=jac_probes,
         tasks=tasks,

@@ -261,7 +261,7 @@ def test_lr_scale_schedules_the_steps():
             return torch.cat([p.detach().reshape(-1) for p in f.parameters(time=-1)])
 
     torch.testing.assert_close(fast_after(3, LR, lr_scale=0.5), fast_after(3, LR / 2))
-    switch = {"lr_scale": StepSwitch(1.0, 0.5, min_switch=2), "budget": 4}
+    switch = {"lr_scale": StepSwitch(1.0, 0.5, min_switch=2), "max_iter": 4}
     torch.testing.assert_close(fast_after(2, LR, **switch), fast_after(2, LR))
     four = fast_after(4, LR, **switch)
     assert not torch.allclose(four, fast_after(4, LR)) and not torch.allclose(
