@@ -65,7 +65,7 @@ from jiio_ext.adapters._higher_loop import InnerLoop
 from torch import nn
 
 from jiio_ext.schedules import Schedule
-from jiio_ext.solution import Status
+from jiio_ext.solution import status_summary
 from jiio_ext.validate import check_positive
 
 __all__ = ["DifferentiableJointOptimizer", "JointFunctionalModel", "innerloop_ctx"]
@@ -162,10 +162,8 @@ class DifferentiableJointOptimizer:
         return self._ctx.residuals
 
     def summary(self) -> str:
-        """Counts of tasks per status."""
-        counts = torch.bincount(self.status.cpu(), minlength=len(Status))
-        parts = [f"{s.name}: {int(counts[s])}" for s in Status if int(counts[s]) > 0]
-        return f"{', '.join(parts)} (of {self.status.numel()} samples)"
+        """Counts of tasks per status (as :meth:`~jiio_ext.solution.JointSolution.summary`)."""
+        return status_summary(self.status)
 
     def jacobian_penalty(self) -> torch.Tensor:
         """``jac_reg`` × Hutchinson ``||∂f/∂z||_F² / dim(z)`` at the latest joint step.

@@ -17,7 +17,7 @@ import torch
 
 from jiio_ext.layout import State
 
-__all__ = ["JointSolution", "JointSolveError", "Status"]
+__all__ = ["JointSolution", "JointSolveError", "Status", "status_summary"]
 
 
 class Status(enum.IntEnum):
@@ -46,6 +46,19 @@ class Status(enum.IntEnum):
     DIVERGED = 2
     NONFINITE = 3
     UNSETTLED = 4
+
+
+def status_summary(status: torch.Tensor) -> str:
+    """One line counting the samples per status (what every ``summary()`` prints).
+
+    Example:
+        >>> import torch
+        >>> status_summary(torch.tensor([0, 1, 0]))
+        'CONVERGED: 2, MAX_ITER: 1 (of 3 samples)'
+    """
+    counts = torch.bincount(status.cpu(), minlength=len(Status))
+    parts = [f"{s.name}: {int(counts[s])}" for s in Status if int(counts[s]) > 0]
+    return f"{', '.join(parts)} (of {status.numel()} samples)"
 
 
 class JointSolveError(RuntimeError):
@@ -153,9 +166,7 @@ class JointSolution:
             >>> sol.summary()
             'CONVERGED: 1, MAX_ITER: 1 (of 2 samples)'
         """
-        counts = torch.bincount(self.status.cpu(), minlength=len(Status))
-        parts = [f"{s.name}: {int(counts[s])}" for s in Status if int(counts[s]) > 0]
-        return f"{', '.join(parts)} (of {self.status.numel()} samples)"
+        return status_summary(self.status)
 
     def raise_if_failed(self) -> None:
         """Raise :class:`JointSolveError` if any sample did not converge.
