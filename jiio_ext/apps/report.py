@@ -391,8 +391,8 @@ def headline(report: dict) -> str:
         ...                 "jiio": side(1.0, 13.37),
         ...                 "quality": {"name": "PSNR", "better": "higher", "tolerance": 0.05}}))
         ... # doctest: +NORMALIZE_WHITESPACE
-        inpainting, vs nested Adam: JIIO worse on quality (PSNR ↑ 13.37 against 13.52);
-        JIIO 2× faster (1 s against 2 s).
+        inpainting, vs nested Adam: JIIO worse on quality (PSNR ↑: JIIO 13.37, baseline 13.52);
+        JIIO 2× faster (wall time: JIIO 1 s, baseline 2 s).
     """
     if "error" in report:
         return f"failed: {report['error']}."
@@ -410,19 +410,23 @@ def headline(report: dict) -> str:
         word = words.get(won["quality"] or "", "JIIO worse on quality")
         if won["quality"] is None:
             word = "quality not measured"
-        clauses.append(f"{word} ({quality['name']} {arrow} {jiio} against {base})")
+        clauses.append(f"{word} ({quality['name']} {arrow}: JIIO {jiio}, baseline {base})")
     if _is_number(report.get("overhead")):
-        clauses.append(f"a joint iteration costs {report['overhead']:.3g}× one f evaluation + VJP")
+        clauses.append(
+            f"a joint iteration costs {report['overhead']:.3g}× one f evaluation + VJP "
+            "(a cost, not a race: no speed-up is claimed)"
+        )
     else:
         ratio = time_ratio(report)
         base_t = _fmt(_side_value(report, "baseline", "time_s"), "time_s")
         jiio_t = _fmt(_side_value(report, "jiio", "time_s"), "time_s")
+        times = f"{report.get('time_name', 'wall time')}: JIIO {jiio_t}, baseline {base_t}"
         if ratio is not None and won["time"] == "jiio":
-            clauses.append(f"JIIO {ratio:.3g}× faster ({jiio_t} against {base_t})")
+            clauses.append(f"JIIO {ratio:.3g}× faster ({times})")
         elif ratio is not None and won["time"] == "baseline":
-            clauses.append(f"JIIO {1 / ratio:.3g}× slower ({jiio_t} against {base_t})")
+            clauses.append(f"JIIO {1 / ratio:.3g}× slower ({times})")
         elif ratio is not None:
-            clauses.append(f"about equal time ({jiio_t} against {base_t})")
+            clauses.append(f"about equal time ({times})")
     caveat = f" ({report['caveat']})" if report.get("caveat") else ""
     return f"{what}: {'; '.join(clauses)}{caveat}."
 
@@ -950,6 +954,17 @@ def _summary_html(record: dict) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+_VERDICT_WORDS = re.compile(
+    r"equal quality|JIIO (?:better|worse) on quality|JIIO [0-9.]+× (?:faster|slower)"
+    r"|about equal time"
+)
+
+
+def _bold_verdicts(text: str) -> str:
+    """The verdicts of a first-screen sentence in bold, so that a reader can scan them."""
+    return _VERDICT_WORDS.sub(lambda match: f"<b>{match.group(0)}</b>", text)
+
+
 def _machine_line(machine: dict) -> str:
     """The machine in a few words; a CUDA build of torch on a CPU run says so."""
     device = str(machine.get("device", "cpu"))
@@ -1001,9 +1016,16 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
     total = _fmt(record.get("total_time_s"), "time_s")
     if _is_number(record.get("budget_s")):
         total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
+    memory = ""
+    if not str((record.get("machine") or {}).get("device", "cpu")).startswith("cuda"):
+        memory = (
+            " Peak memory on a CPU is the growth of the task's resident set: a side measured "
+            "after the other reuses memory the allocator kept and can read near 0 MB, so CPU "
+            "memory figures do not rank the methods (a GPU's allocator counters do)."
+        )
     sentences = "".join(
         f'<li><a href="#{_anchor(name)}">{html.escape(name)}</a>'
-        f" — {html.escape(headline(report))}</li>"
+        f" — {_bold_verdicts(html.escape(headline(report)))}</li>"
         for name, report in tasks.items()
     )
     body = [
@@ -1027,7 +1049,8 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
         "over JIIO's as each task measures it (a task that compares at equal quality times JIIO "
         "until it reaches the baseline's quality); overhead: JIIO's time per iteration over one "
         "f evaluation plus one VJP. JIIO runs with the library's default options where the "
-        "bench runs them, else as the bench runs it (its method row names the settings).</p>",
+        f"bench runs them, else as the bench runs it (its method row names the settings).{memory}"
+        "</p>",
     ]
     for name, report in tasks.items():
         body.append(f'<section id="{_anchor(name)}"><h2>{html.escape(name)}</h2>')
