@@ -115,7 +115,20 @@ def test_cli_errors(tmp_path):
         main(["train", "adversarial", "--iterations-per-step", "0", "--out", str(tmp_path)])
 
 
-def test_training_attack_budget_is_iterations_per_step_times_steps(tmp_path):
+def test_training_attack_budget_is_iterations_per_step_times_steps(tmp_path, monkeypatch):
+    import jiio_ext.adapters.torchattacks as adapter
+
+    solved: list[tuple[int, list[int]]] = []
+
+    class RecordingJIIOPGD(adapter.JIIOPGD):
+        """The real attack; it notes each training attack's per-sample iteration counts."""
+
+        def forward(self, images, labels):
+            adversarial = super().forward(images, labels)
+            solved.append((self.iterations_per_step, self.last_solution.nstep.tolist()))
+            return adversarial
+
+    monkeypatch.setattr(adapter, "JIIOPGD", RecordingJIIOPGD)  # what the trainer builds
     logs = [
         train_adversarial(
             epochs=1, out=str(tmp_path / str(k)), robust_eval=False, iterations_per_step=k, **QUICK
@@ -124,6 +137,9 @@ def test_training_attack_budget_is_iterations_per_step_times_steps(tmp_path):
     ]
     assert [log["iterations_per_step"] for log in logs] == [1, 4]
     assert logs[0]["epochs"][0]["train_loss"] != logs[1]["epochs"][0]["train_loss"]
+    # one attack per training batch (64 images, batch 64), every sample run to the budget
+    steps = QUICK["steps"]
+    assert solved == [(k, [k * steps] * QUICK["train_size"]) for k in (1, 4)]
 
 
 @pytest.mark.parametrize("method", ["jiio", "pgd"])
