@@ -30,7 +30,7 @@ from jiio_ext.adapters._higher_tap import Forward, Tap, find_deqs
 from torch import nn
 from torch.func import functional_call
 
-from jiio_ext.augmented import damped_step
+from jiio_ext.augmented import damped_step, joint_vjp
 from jiio_ext.layout import Layout
 from jiio_ext.schedules import Schedule, as_schedule
 from jiio_ext.solution import Status
@@ -342,21 +342,16 @@ class InnerLoop:
 
     def _grads(self, record: Forward, total: torch.Tensor, mu: torch.Tensor, create_graph: bool):
         """One VJP of ``[total, f(z)]`` with ``[1, μ]``: ``(g_z, g_φ, f(z))`` as rows."""
-        inputs = [*record.z, *record.phi]
         mu_parts = record.split(mu, self.z_shapes)
-        with torch.enable_grad(), record.gate.off():
-            outputs = [total.sum(), *record.images]
-            grad_outputs = [torch.ones_like(outputs[0]), *mu_parts]
-            keep = [i for i, o in enumerate(outputs) if o.requires_grad]
-            grads = torch.autograd.grad(
-                [outputs[i] for i in keep],
-                inputs,
-                [grad_outputs[i] for i in keep],
-                allow_unused=True,
-                retain_graph=self.exact or create_graph or self.jac_reg > 0,
+        with torch.enable_grad(), record.gate.off():  # the core map's VJP
+            grads = joint_vjp(
+                total.sum(),
+                record.images,
+                mu_parts,
+                [*record.z, *record.phi],
                 create_graph=create_graph,
+                retain_graph=self.exact or create_graph or self.jac_reg > 0,
             )
-        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
         nz = len(record.z)
         return (
             record.flat(grads[:nz], mu),
