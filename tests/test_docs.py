@@ -22,11 +22,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
-# Guides announced in docs/index.md that another change is still writing: a link to one of
-# these may dangle until the file lands (the link test is an expected failure meanwhile).
-PENDING = {"docs/generative.md"}
-
-
 _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.MULTILINE)
 
 
@@ -132,16 +127,7 @@ def _link_cases():
         source = path.relative_to(ROOT).as_posix()
         for target in _relative_links(path):
             resolved = (path.parent / target.split("#", 1)[0]).resolve()
-            try:
-                shown = resolved.relative_to(ROOT).as_posix()
-            except ValueError:
-                shown = str(resolved)
-            marks = []
-            if shown in PENDING and not resolved.exists():
-                marks = [pytest.mark.xfail(strict=False, reason=f"{shown} is being written")]
-            cases.append(
-                pytest.param(source, target, resolved, id=f"{source}->{target}", marks=marks)
-            )
+            cases.append(pytest.param(source, target, resolved, id=f"{source}->{target}"))
     return cases
 
 
