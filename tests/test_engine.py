@@ -241,3 +241,14 @@ def test_solve_joint_and_solve_nested_give_the_same_callback_keys():
         assert state.shape == (p.batch, 5 + 3 + 5) and seen[0]["residuals"].shape == (p.batch, 3)
     assert keys["joint"] == keys["nested"]
     assert {"index", "state", "residuals", "objective", "stationarity"} <= keys["nested"]
+
+
+def test_a_best_so_far_solver_is_accepted_by_both_entry_points():
+    p = make_problem()
+    best = BestSoFar(Anderson(), score=lambda res, state_rms, aux: res[:, 0])
+    joint = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), solver=best, step_size=0.3)
+    nested = solve_nested(
+        p.f, p.objective, p.x0(), z0=p.z0(), inner_solver=best, step_size=0.3, max_iter=5
+    )
+    assert joint.success and joint.info["solver"] == "anderson"
+    assert nested.z.shape == joint.z.shape
