@@ -1,9 +1,10 @@
 """Implicit backward passes of the higher adapter: adjoint fixed points and the DEQ's IFT hook.
 
-Internal to :mod:`jiio_ext.adapters.higher`. The hook itself is the core's one IFT
-mechanism, :func:`jiio_ext.grad.attach_implicit`; this module adds the adapter's adjoint
-solver (:class:`AdjointSolve`), the switch that turns hooks off (:class:`Gate`) and the
-``vmap`` rule.
+Internal to :mod:`jiio_ext.adapters.higher`. The hook and the adjoint solve are the core's
+one IFT mechanism (:func:`jiio_ext.grad.attach_implicit`, :func:`jiio_ext.grad.
+solve_adjoint`); this module adds the adapter's settings and Neumann first phase
+(:class:`AdjointSolve`), the switch that turns hooks off (:class:`Gate`) and the ``vmap``
+rule.
 
 Example:
     >>> import torch
@@ -24,9 +25,9 @@ from typing import Any
 
 import torch
 
-from jiio_ext.grad import attach_implicit
+from jiio_ext.grad import attach_implicit, solve_adjoint
 from jiio_ext.solution import Status
-from jiio_ext.solvers import Anderson, fixed_point
+from jiio_ext.solvers import Anderson
 
 __all__ = ["AdjointSolve", "Gate", "attach_ift", "attach_ift_vmapped"]
 
@@ -80,15 +81,14 @@ class AdjointSolve:
             start, done = self._neumann(vjp, v)
             if done:
                 return start
-        result = fixed_point(
-            lambda w, index, k: (vjp(w) + v, {}),
+        result = solve_adjoint(
+            vjp,
+            v,
             start,
             solver=Anderson(memory=5, kind="II"),
             max_iter=self.max_iter,
             rtol=self.rtol,
             atol=self.atol,
-            subset=False,
-            balance=False,
         )
         failed = int((result.status != Status.CONVERGED).sum())
         if failed:

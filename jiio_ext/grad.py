@@ -51,12 +51,85 @@ from jiio_ext.solvers import Anderson, DampedIteration, FixedPointResult, fixed_
 
 BackwardSolver = Anderson | DampedIteration | GMRES
 
-__all__ = ["EnvelopeGrad", "GradMode", "ImplicitGrad", "attach_implicit", "get_grad_mode"]
+__all__ = [
+    "EnvelopeGrad",
+    "GradMode",
+    "ImplicitGrad",
+    "attach_implicit",
+    "get_grad_mode",
+    "solve_adjoint",
+]
 
 # the backward solve of attach_implicit: (vjp, v) -> w with w = vjp(w) + v, or None to pass v on
 AdjointSolver = Callable[
     [Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor | None
 ]
+
+
+def solve_adjoint(
+    vjp: Callable[[torch.Tensor], torch.Tensor],
+    v: torch.Tensor,
+    start: torch.Tensor,
+    *,
+    solver: BackwardSolver,
+    max_iter: int,
+    rtol: float,
+    atol: float,
+    scale: torch.Tensor | None = None,
+) -> FixedPointResult:
+    """Solve the adjoint system ``w = vjp(w) + v`` per sample (whole batch each call).
+
+    The backward solve behind every implicit gradient of the package (the grad modes, the
+    ``'jiio'`` DEQ core, the higher adapter's DEQ calls).
+
+    Args:
+        vjp: ``w -> (∂f/∂z)ᵀ w`` on ``(B, n)``.
+        v: the incoming gradient ``(B, n)``.
+        start: the initial ``w``.
+        solver: :class:`~jiio_ext.krylov.GMRES` or a fixed-point solver.
+        max_iter: budget of products per sample.
+        rtol: relative tolerance.
+        atol: absolute tolerance (RMS units).
+        scale: GMRES only: the per-unknown damping of the map's rows; GMRES then solves for
+            ``scale ⊙ w`` (right preconditioning), whose system does not depend on it.
+
+    Returns:
+        The solve's :class:`~jiio_ext.solvers.FixedPointResult` (``state`` is ``w``).
+
+    Example:
+        >>> import torch
+        >>> result = solve_adjoint(lambda w: 0.5 * w, torch.ones(2, 1), torch.zeros(2, 1),
+        ...                        solver=Anderson(), max_iter=50, rtol=1e-10, atol=0.0)
+        >>> result.state.flatten().tolist(), result.status.tolist()
+        ([2.0, 2.0], [0, 0])
+    """
+    if isinstance(solver, GMRES):
+        unscale = torch.ones_like(v) if scale is None else scale.reciprocal()
+        result = gmres(
+            lambda y: unscale * y - vjp(unscale * y),
+            v,
+            start / unscale,
+            max_iter=max_iter,
+            rtol=rtol,
+            atol=atol,
+            restart=solver.restart,
+        )
+        result.state = unscale * result.state
+        return result
+
+    def linear_map(w: torch.Tensor, index: torch.Tensor, k: int):
+        return vjp(w) + v, {}
+
+    return fixed_point(
+        linear_map,
+        start,
+        solver=solver,
+        max_iter=max_iter,
+        rtol=rtol,
+        atol=atol,
+        subset=False,
+        balance=False,
+    )
 
 
 def attach_implicit(
@@ -211,33 +284,16 @@ class GradMode:
         for ``scale ⊙ w`` (right preconditioning), whose system does not depend on it.
         """
         budget = self.budget(v.shape[1])
-        if isinstance(self.solver, GMRES):
-            unscale = torch.ones_like(v) if scale is None else scale.reciprocal()
-            result = gmres(
-                lambda y: unscale * y - vjp(unscale * y),
-                v,
-                start / unscale,
-                max_iter=budget,
-                rtol=self.rtol,
-                atol=self.atol,
-                restart=self.solver.restart,
-            )
-            result.state = unscale * result.state
-        else:
-
-            def linear_map(w: torch.Tensor, index: torch.Tensor, k: int):
-                return vjp(w) + v, {}
-
-            result = fixed_point(
-                linear_map,
-                start,
-                solver=self.solver,
-                max_iter=budget,
-                rtol=self.rtol,
-                atol=self.atol,
-                subset=False,
-                balance=False,
-            )
+        result = solve_adjoint(
+            vjp,
+            v,
+            start,
+            solver=self.solver,
+            max_iter=budget,
+            rtol=self.rtol,
+            atol=self.atol,
+            scale=scale,
+        )
         self.last_backward = result
         if solution is not None:
             solution.info["backward_status"] = result.status
