@@ -49,6 +49,7 @@ from torch import nn
 from jiio_ext.apps.data import DATASETS, load_images
 from jiio_ext.apps.distributed import DistContext, init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
+from jiio_ext.apps.tasks.generative_figures import save_figures, save_samples
 from jiio_ext.apps.tasks.latent import (
     Encoder,
     build_decoder,
@@ -384,95 +385,6 @@ class _Run:
         }
 
 
-def _save_plots(run: _Run, folder: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from jiio_ext.apps.report import training_curves
-
-    panels = [
-        (
-            "train reconstruction MSE",
-            [("steps", "train_loss", "per batch"), ("epochs", "train_loss", "epoch mean")],
-            True,
-        ),
-        ("test PSNR (dB, [0, 1])", [("epochs", "test_psnr", "test, end of epoch")], False),
-    ]
-    title = f"{run.settings['method']} · {run.settings['problem']}"
-    training_curves(run.log, folder / "curves.png", panels, title)
-
-    clean, measurement, images = run.eval_images
-    method = run.settings["method"]
-    rows = {"target": clean, "measurement": run.operator.naive_inverse(measurement)}
-    if run.settings["problem"] == "reconstruct":  # the measurement is the target itself
-        del rows["measurement"]
-    rows[f"{method} recon."] = images
-    count = min(8, clean.shape[0])
-    fig, axes = plt.subplots(
-        len(rows), count, figsize=(1.2 * count, 1.3 * len(rows)), squeeze=False
-    )
-    for row, (label, tensor) in enumerate(rows.items()):
-        for col in range(count):
-            picture = tensor[col].detach().clamp(0, 1).permute(1, 2, 0).cpu().squeeze(-1)
-            axes[row][col].imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[row][col].set_xticks([])
-            axes[row][col].set_yticks([])
-        axes[row][0].set_ylabel(label)
-    fig.tight_layout()
-    fig.savefig(folder / "reconstructions.png", dpi=100)
-    plt.close(fig)
-
-    if run.module.last_traces:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for key, trace in run.module.last_traces.items():
-            ax.plot(trace, label=key)
-        ax.set(
-            xlabel="joint iteration",
-            ylabel="batch mean (log scale)",
-            yscale="log",
-            title="JIIO traces (last batch, mean)",
-        )
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "residuals.png", dpi=100)
-        plt.close(fig)
-
-
-def _save_samples(run: _Run, folder: Path, count: int = 32) -> dict[str, Any]:
-    """Decode samples: a Gaussian mixture on the inferred latents (VAE: the prior)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    generator = torch.Generator().manual_seed(run.settings["seed"])
-    if run.settings["method"] == "vae":
-        latents = torch.randn(count, run.settings["latent_dim"], generator=generator)
-        source = "N(0, I) prior"
-    else:
-        from sklearn.mixture import GaussianMixture
-
-        components = min(10, run.latents.shape[0])
-        mixture = GaussianMixture(components, covariance_type="full", random_state=0)
-        mixture.fit(run.latents.double().cpu().numpy())
-        latents = torch.as_tensor(mixture.sample(count)[0], dtype=torch.float32)
-        source = f"Gaussian mixture ({components} components) on the training latents"
-    with torch.no_grad():
-        images = run.decoder(latents.to(run.latents)).clamp(0, 1).cpu()
-    columns = 8
-    fig, axes = plt.subplots(count // columns, columns, figsize=(columns, count // columns))
-    for ax, picture in zip(axes.flat, images):
-        ax.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.axis("off")
-    fig.suptitle(f"samples: {source}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "samples.png", dpi=100)
-    plt.close(fig)
-    return {"source": source, "count": count}
-
-
 def train_generative(
     *,
     problem: str = "reconstruct",
@@ -665,11 +577,11 @@ def _train(
         run.log["epochs"].append(entry)
         save_epoch(ctx, folder, run.state(), run.log)
         if ctx.is_main:
-            _save_plots(run, folder)
+            save_figures(run, folder)
     if bar is not None:
         bar.close()
     run.training_step = run.module  # drop the DDP wrapper before the group can go
     if sample and run.epoch > 0 and ctx.is_main:
-        run.log["samples"] = _save_samples(run, folder)
+        run.log["samples"] = save_samples(run, folder)
         write_json(folder / LOG, run.log)
     return run.log
