@@ -507,7 +507,7 @@ class AugmentedMap:
             x = self.project(x, index)
         z_out, loss, g_z, g_x = self.evaluate(z, x, mu, index, create_graph=create_graph)
         zf, _, muf = torch.split(flat, list(self.blocks), dim=1)
-        step = self.update(g_x, index, k, self.max_iter, frozen=create_graph)
+        step = self.update(g_x, index, k, self.max_iter, frozen=create_graph, objective=loss)
         x_new = self.x_layout.flatten(self.project(x - step, index))
         z_out, g_z = self.z_layout.flatten(z_out), self.z_layout.flatten(g_z)
         alphas = (self.alpha_z, self.alpha_mu)

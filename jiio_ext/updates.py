@@ -65,8 +65,13 @@ class InputUpdate:
         max_iter: int,
         *,
         frozen: bool = False,
+        objective: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
+        """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``.
+
+        ``objective`` holds the per-sample objective at the current iterate (the map computes
+        it anyway); updates that control their step from it use it, the others ignore it.
+        """
         raise NotImplementedError
 
     def gain(self, index: torch.Tensor | None) -> torch.Tensor | float:
@@ -102,7 +107,7 @@ class GradientStep(InputUpdate):
             self.step_size = Constant(float(self.step_size))
         self._last = float(self.step_size(0, 1))
 
-    def __call__(self, grad, index, k, max_iter, *, frozen=False):
+    def __call__(self, grad, index, k, max_iter, *, frozen=False, objective=None):
         """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
         if frozen:
             return self._last * self.step_rule(grad)
@@ -137,12 +142,23 @@ class Adaptive(InputUpdate):
     a scalar, so that the fixed point is still projected stationarity. Multiplying the
     objective by any constant leaves every step unchanged.
 
+    The rate is also controlled per sample by the objective the map computes at each iterate:
+    when a sample's objective rises by more than ``rise`` (relative to its magnitude) from
+    one iteration to the next, its rate is multiplied by ``backoff``; otherwise it recovers
+    by a factor ``recover`` per iteration, never above the schedule. This damps the
+    oscillation that a joint iteration shows when ``x`` moves faster than ``z`` can follow,
+    and costs nothing on problems where the objective falls steadily.
+
     Args:
         lr: initial step, relative to the scale of ``x``.
         final: final step as a fraction of ``lr`` (the cosine decay's floor).
         beta1: momentum of the first moment.
         beta2: averaging of the second moment.
         eps: relative floor of ``√v̂`` (against its per-sample mean).
+        backoff: factor on a sample's rate when its objective rises by more than ``rise``
+            (1 switches the control off).
+        recover: factor by which a backed-off rate grows back each iteration (>= 1).
+        rise: relative rise of the objective that counts as overshooting.
 
     Example:
         >>> import torch
@@ -160,15 +176,20 @@ class Adaptive(InputUpdate):
     beta1: float = 0.0
     beta2: float = 0.999
     eps: float = 1e-3
+    backoff: float = 0.7
+    recover: float = 1.05
+    rise: float = 0.2
     _m: torch.Tensor | None = field(default=None, repr=False)
     _v: torch.Tensor | None = field(default=None, repr=False)
     _t: torch.Tensor | None = field(default=None, repr=False)
     _unit: torch.Tensor | None = field(default=None, repr=False)
     _scalar: bool = field(default=False, repr=False)
     _gain: torch.Tensor | None = field(default=None, repr=False)
+    _factor: torch.Tensor | None = field(default=None, repr=False)
+    _previous: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("lr", "final", "beta1", "beta2", "eps"):
+        for name in ("lr", "final", "beta1", "beta2", "eps", "backoff", "recover", "rise"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Adaptive.{name}: expected a number, got {value!r}")
@@ -183,6 +204,12 @@ class Adaptive(InputUpdate):
                 raise ValueError(f"Adaptive.{name}: expected a number in [0, 1)")
         if self.eps < 0:
             raise ValueError(f"Adaptive.eps: expected a number >= 0, got {self.eps!r}")
+        if not 0 < self.backoff <= 1:
+            raise ValueError(f"Adaptive.backoff: expected a number in (0, 1], got {self.backoff!r}")
+        if self.recover < 1:
+            raise ValueError(f"Adaptive.recover: expected a number >= 1, got {self.recover!r}")
+        if self.rise < 0:
+            raise ValueError(f"Adaptive.rise: expected a number >= 0, got {self.rise!r}")
 
     def start(self, x0: torch.Tensor, constraint: Constraint | None) -> None:
         """Reset the moments for a new solve over ``x0`` (full batch)."""
@@ -193,6 +220,24 @@ class Adaptive(InputUpdate):
         self._unit = _unit(x0, constraint).to(flat)
         self._scalar = constraint is not None and not constraint.separable
         self._gain = torch.zeros_like(flat)
+        self._factor = torch.ones_like(self._t)
+        self._previous = torch.full_like(self._t, math.inf)
+
+    def _control(self, objective: torch.Tensor | None, index: torch.Tensor | None, whole: bool):
+        """Per-sample rate factors after seeing ``objective`` (backoff on a rise, else recover)."""
+        factor = self._factor if whole else self._factor[index]
+        if objective is None or self.backoff == 1:
+            return factor
+        value = objective.detach().to(factor).reshape(-1)
+        previous = self._previous if whole else self._previous[index]
+        rose = (value - previous) > self.rise * previous.abs()
+        factor = torch.where(rose, factor * self.backoff, (factor * self.recover).clamp_max(1.0))
+        value = torch.where(torch.isfinite(value), value, previous)
+        if whole:
+            self._factor, self._previous = factor, value
+        else:
+            self._factor[index], self._previous[index] = factor, value
+        return factor
 
     def rate(self, k: int, max_iter: int) -> float:
         """The relative step at iteration ``k`` of ``max_iter`` (half-cosine decay).
@@ -206,7 +251,7 @@ class Adaptive(InputUpdate):
         floor = self.lr * self.final
         return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
-    def __call__(self, grad, index, k, max_iter, *, frozen=False):
+    def __call__(self, grad, index, k, max_iter, *, frozen=False, objective=None):
         """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""
         if self._v is None:
             raise RuntimeError("Adaptive: start(x0, constraint) must be called before stepping")
@@ -229,7 +274,8 @@ class Adaptive(InputUpdate):
         tiny = torch.finfo(g.dtype).tiny
         denom = v_hat.sqrt().add_(self.eps * mean_v.sqrt() + tiny)
         unit = self._unit if whole else self._unit[index]
-        gain = (self.rate(k, max_iter) * unit).unsqueeze(1) / denom
+        factor = self._control(objective, index, whole)
+        gain = (self.rate(k, max_iter) * unit * factor).unsqueeze(1) / denom
         if self.beta1 > 0:
             m = (self._m if whole else self._m[index]).mul(self.beta1).add_(g, alpha=1 - self.beta1)
             direction = m / (1 - self.beta1**t).unsqueeze(1)

@@ -100,9 +100,43 @@ def test_adaptive_rejects_bad_settings_by_name():
         Adaptive(beta2=1.0)
     with pytest.raises(TypeError, match="Adaptive.eps"):
         Adaptive(eps="small")
+    with pytest.raises(ValueError, match="Adaptive.backoff"):
+        Adaptive(backoff=0.0)
+    with pytest.raises(ValueError, match="Adaptive.recover"):
+        Adaptive(recover=0.5)
+    with pytest.raises(ValueError, match="Adaptive.rise"):
+        Adaptive(rise=-1.0)
     p = make_problem(seed=46)
     with pytest.raises(ValueError, match="step_size"):
         _solve(p, step_rule="sign")  # PGD-style rules need a hand-set alpha
+
+
+def test_rate_backs_off_per_sample_when_its_objective_rises():
+    update = Adaptive(lr=0.1, final=1.0, backoff=0.5, recover=1.25, rise=0.2)
+    update.start(torch.zeros(3, 2, dtype=DTYPE), None)
+    grad = torch.ones(3, 2, dtype=DTYPE)
+
+    def step(objective, index=None):
+        g = grad if index is None else grad[index]
+        return update(g, index, 0, 100, objective=torch.tensor(objective, dtype=DTYPE))
+
+    first = step([1.0, 1.0, -1.0])  # no history: the plain Adam step
+    torch.testing.assert_close(first, torch.full((3, 2), 0.1, dtype=DTYPE), rtol=1e-3, atol=0)
+    # sample 0 rises 50 % (backs off), sample 1 rises 10 % (within `rise`: recovers, capped
+    # at 1), sample 2 rises from -1 to -0.7 (30 % of its magnitude: backs off)
+    second = step([1.5, 1.1, -0.7])
+    scale = second[:, 0] / first[:, 0]
+    torch.testing.assert_close(scale, torch.tensor([0.5, 1.0, 0.5], dtype=DTYPE), rtol=1e-2, atol=0)
+    # only the active rows move on; sample 0 falls again and recovers by 1.25
+    third = step([1.0], index=torch.tensor([0]))
+    assert float(third[0, 0] / first[0, 0]) == pytest.approx(0.625, rel=1e-2)
+    assert float(update._factor[2]) == pytest.approx(0.5)  # untouched while inactive
+    # the moments see the same gradients either way, so only the control differs
+    off = Adaptive(lr=0.1, final=1.0, backoff=1.0)
+    off.start(torch.zeros(3, 2, dtype=DTYPE), None)
+    off(grad, None, 0, 100, objective=torch.tensor([1.0, 1.0, 1.0], dtype=DTYPE))
+    plain = off(grad, None, 0, 100, objective=torch.tensor([9.0, 9.0, 9.0], dtype=DTYPE))
+    torch.testing.assert_close(plain, torch.full((3, 2), 0.1, dtype=DTYPE), rtol=1e-3, atol=0)
 
 
 def test_hand_set_step_is_still_available():
