@@ -282,7 +282,7 @@ def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> tuple[f
         The mean query loss of its tasks, and the largest autograd graph of one task: MB of
         the distinct storages saved for backward while the task ran (forward and inner steps).
     """
-    from jiio_ext.apps.tasks.meta_methods import _boxed_saved_tensors, _release_ift_closures
+    from jiio_ext.apps.tasks.graph_cycles import boxed_saved_tensors, release_ift_closures
 
     x_spt, y_spt, x_qry, y_qry = batch
     inner_opt = torch.optim.SGD(net.parameters(), lr=lr)
@@ -291,7 +291,7 @@ def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> tuple[f
     for i in range(x_spt.shape[0]):
         boxes: list[list[torch.Tensor]] = []
         with (
-            _boxed_saved_tensors(boxes),
+            boxed_saved_tensors(boxes),
             module.innerloop_ctx(net, inner_opt, copy_initial_weights=False) as (fnet, diffopt),
         ):
             for _ in range(n_inner):
@@ -302,7 +302,7 @@ def _meta_step(module, net, meta_opt, batch, n_inner: int, lr: float) -> tuple[f
             losses.append(float(loss.detach()))
             # higher through torchdeq keeps each task's graph alive in C++ reference cycles
             # (jiio_ext.apps.tasks.meta_methods); breaking them changes no number
-            _release_ift_closures([logits, *fnet.parameters()])
+            release_ift_closures([logits, *fnet.parameters()])
         storages = {b[0].untyped_storage().data_ptr(): b[0].untyped_storage().nbytes()
                     for b in boxes if isinstance(b[0], torch.Tensor)}  # fmt: skip
         graph_mb = max(graph_mb, sum(storages.values()) / 2**20)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from jiio_ext.apps.tasks.graph_cycles import boxed_saved_tensors, release_ift_closures
 from jiio_ext.apps.tasks.meta_data import TaskBatch
 from jiio_ext.apps.tasks.meta_models import adapted_parameters
 
@@ -149,7 +150,7 @@ def _maml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
     for t in range(tasks):
         boxes: list[list[torch.Tensor]] = []
         with (
-            _boxed_saved_tensors(boxes),
+            boxed_saved_tensors(boxes),
             higher.innerloop_ctx(
                 model, opt, copy_initial_weights=False, track_higher_grads=train
             ) as (fnet, diffopt),
@@ -163,7 +164,7 @@ def _maml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
             if train:
                 loss = task_losses(out[None], batch.y_qry[t : t + 1], cfg.regression).sum()
                 (loss / tasks).backward()
-            _release_ift_closures([out, *fnet.parameters()])
+            release_ift_closures([out, *fnet.parameters()])
         for box in boxes:  # the task's backward is done: drop what its graph saved
             box.clear()
         outs.append(out.detach())
@@ -173,52 +174,6 @@ def _maml(model: nn.Module, batch: TaskBatch, cfg: MetaConfig, train: bool) -> t
 # The two helpers below break reference cycles that run through PyTorch's C++ autograd graph,
 # which Python's garbage collector cannot see: without them every MAML task's unrolled graph
 # (~47 MB per digits meta-step) stayed alive until exit. Neither changes what is computed.
-
-
-def _boxed_saved_tensors(boxes: list):
-    """Saved-tensor hooks that keep every tensor saved for backward in a box appended to ``boxes``.
-
-    Under higher's ``create_graph=True`` inner steps, torchdeq's IFT backward runs its Anderson
-    solver (``torchdeq/solver/anderson.py``) with grad mode on. The solver writes its history
-    ``X``, ``F``, ``H`` in place after saving views of them (``linalg.solve(H[...])``,
-    ``alpha @ F[...]``), so a node keeps a saved view → its base → the base's later
-    ``grad_fn`` → … → that node: a C++-only cycle (the solver's result is ``.detach()``-ed, so
-    that graph is garbage), which also keeps the forward graph it reaches alive. Packing through
-    a box and emptying the boxes after the task's backward breaks every such cycle. The unpack
-    hook returns the very tensor that was saved, so gradients are bit-identical.
-    """
-
-    def pack(tensor: torch.Tensor) -> list[torch.Tensor]:
-        box = [tensor]
-        boxes.append(box)
-        return box
-
-    return torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box[0])
-
-
-def _release_ift_closures(tensors) -> None:
-    """Drop the DEQ closures that torchdeq's IFT nodes hold in the graph behind ``tensors``.
-
-    torchdeq's ``IFTGrad`` autograd.Function stores ``ctx.func`` (the ``DEQWrapper`` of
-    :class:`~jiio_ext.apps.tasks.meta_models.FiLMDEQNet`'s ``lambda z: tanh(self.cell(z) + u)``) on
-    its graph node. Under higher, ``self`` in that closure is the patched ``fnet``, whose fast
-    parameters (``fnet._fast_params``, built from the support losses with ``create_graph=True``)
-    have graphs that lead back to those same nodes: node → ctx.func → fnet → fast parameter →
-    grad_fn → … → node. The graph edges live in C++, where Python's garbage collector cannot
-    follow them, so each task's whole unrolled graph (~47 MB per digits meta-step) stayed alive
-    until exit. Called once the task's backward (if any) is done, this walks the graph and sets
-    ``ctx.func = None``, which breaks the cycle; the computed gradients are unchanged.
-    """
-    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
-    seen = set()  # holds the node objects, so their ids stay unique during the walk
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if type(node).__name__ == "IFTGradBackward":  # torchdeq/grad.py IFTGrad
-            node.func = None
-        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
 
 
 def _maml_lr(cfg: MetaConfig) -> float:
