@@ -101,13 +101,15 @@ class EngineState:
         mapped: ``F(s)`` of the last evaluated iterate.
         resid: its residual ``F(s) - s``.
         good: per row, the last finite ``F(s)`` (what a finishing row returns).
-        res: its scaled block residuals ``(b, n_blocks)``.
+        res: the last evaluation's scaled block residuals ``(b, n_blocks)``.
         finite: whether it is finite ``(b,)``.
         w_norm: its residual norm in the solver's metric ``(b,)``.
         aux: the map's auxiliary outputs there.
         best: the best iterate so far (a :class:`BestSoFar` solver only).
         outputs: the full-batch results written as samples finish.
         n_calls: batched calls of the map.
+        trace_rows: the evaluated rows of every step (``traces=True``).
+        trace_values: their residuals and aux values, step by step (``traces=True``).
 
     Example:
         >>> import torch
