@@ -56,7 +56,8 @@ def build_decoder(
 
     Forward: torchdeq's Anderson (tolerance ``deq_tol``, at most 30 iterations, or 100 when
     ``deq_tol < 1e-4``); backward: implicit (IFT) with Anderson to the same tolerance,
-    warm-started from the joint adjoint after ``optimize_input`` ('jiio' core).
+    warm-startable from a joint adjoint (``'jiio'`` core: see
+    :func:`~jiio_ext.adapters.torchdeq.adjoint_warm_start`).
 
     Args:
         latent_dim: size of the latent.
