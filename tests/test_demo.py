@@ -28,13 +28,14 @@ def test_tiny_demo_writes_a_report_with_numbers_and_images(tmp_path):
     folder = run_demo(tmp_path, budget="tiny", tasks=tasks, verbose=False)
     record = strict_json((folder / "record.json").read_text())
     assert list(record["tasks"]) == tasks
+    assert record["cpu_time_s"] >= sum(r["cpu_time_s"] for r in record["tasks"].values())
     for name in tasks:
         report = record["tasks"][name]
         assert "error" not in report, report
         assert report["baseline"]["time_s"] > 0 and report["jiio"]["time_s"] > 0
         assert isinstance(report["jiio"]["objective"], float)
         assert report["budget_s"] == TASKS[name].budget_s("tiny", "cpu") > 0
-        assert report["wall_time_s"] > 0
+        assert report["wall_time_s"] > 0 and report["cpu_time_s"] > 0  # the child's CPU
         assert report["quality"]["better"] in ("higher", "lower")
         assert (folder / name / "quality_vs_time.png").is_file()
     inverse = record["tasks"]["inverse"]

@@ -212,6 +212,17 @@ def test_summary_table_text():
     assert len({len(line) for line in lines[1:5]}) <= 2  # aligned columns
 
 
+def test_total_time_says_when_the_machine_was_busy():
+    record = make_record()
+    record["machine"]["threads"] = 1
+    record.update(total_time_s=200.0, cpu_time_s=100.0, budget_s=147.0)
+    last = summary_table(record).splitlines()[-1]
+    assert last.startswith("total time: 200 s, 100 s of CPU (stated budget 147 s)")
+    assert "the machine was busy: the demo had 50 % of one core" in last
+    record["cpu_time_s"] = 190.0  # it had the core: no excuse
+    assert summary_table(record).splitlines()[-1].endswith("(stated budget 147 s)")
+
+
 def test_first_screen_says_who_won_in_one_sentence_per_task(report):
     path, _ = report
     page = path.read_text(encoding="utf-8")

@@ -60,6 +60,7 @@ _LABELS = {
     "speedup_evals": "evaluation ratio",
     "budget_s": "stated budget",
     "wall_time_s": "elapsed",
+    "cpu_time_s": "CPU time",
 }
 # shown in the task's sentence or its own table, not among the details
 _SHOWN_APART = (
@@ -729,11 +730,30 @@ def summary_table(record: dict, name_width: int = 40) -> str:
     if "interrupted" in record:
         lines.append(f"interrupted: {record['interrupted']}")
     if _is_number(record.get("total_time_s")):
-        total = f"total time: {_fmt(record['total_time_s'], 'time_s')}"
-        if _is_number(record.get("budget_s")):
-            total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
-        lines.append(total)
+        lines.append(f"total time: {_total_time(record)}")
     return "\n".join(lines)
+
+
+def _total_time(record: dict) -> str:
+    """The demo's wall time, its CPU time, the stated budget, and whether the machine was busy.
+
+    A one-thread demo that had much less than one core (CPU time well under the wall time)
+    ran beside other work: its times say more about the machine's load than about the tasks.
+    """
+    wall = record.get("total_time_s")
+    text = _fmt(wall, "time_s")
+    cpu = record.get("cpu_time_s")
+    if _is_number(cpu):
+        text += f", {_fmt(cpu, 'time_s')} of CPU"
+    if _is_number(record.get("budget_s")):
+        text += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
+    threads = (record.get("machine") or {}).get("threads", 1)
+    if _is_number(cpu) and _is_number(wall) and wall > 0 and threads == 1 and cpu < 0.6 * wall:
+        text += (
+            f"; the machine was busy: the demo had {100 * cpu / wall:.0f} % of one core, so "
+            "its times are longer than on an idle machine"
+        )
+    return text
 
 
 def summary_markdown(record: dict) -> str:
@@ -1009,13 +1029,11 @@ def write_report(record: dict, folder: Path, images: dict[str, list[Path]] | Non
     machine = {
         key: value
         for key, value in record.items()
-        if key not in ("version", "machine", "tasks", "total_time_s", "interrupted")
+        if key not in ("version", "machine", "tasks", "total_time_s", "cpu_time_s", "interrupted")
     }
     machine.update(record.get("machine") or {})
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    total = _fmt(record.get("total_time_s"), "time_s")
-    if _is_number(record.get("budget_s")):
-        total += f" (stated budget {_fmt(record['budget_s'], 'time_s')})"
+    total = _total_time(record)
     memory = ""
     if not str((record.get("machine") or {}).get("device", "cpu")).startswith("cuda"):
         memory = (
