@@ -212,12 +212,13 @@ class _JIIOAttack(Attack):
         unsettled = solution.status == Status.UNSETTLED
         if bool(unsettled.any()):
             worst = float(solution.info["residual_z_joint"][unsettled].max())
+            worst_mu = float(solution.residuals["mu"][unsettled].max())
             warnings.warn(
-                f"{type(self).__name__}: the DEQ state did not settle for "
+                f"{type(self).__name__}: the DEQ state or its adjoint did not settle for "
                 f"{int(unsettled.sum())} of {unsettled.numel()} images (joint forward residual up "
-                f"to {worst:.2e}); their perturbations followed inexact gradients and the attack "
-                "may be weaker than PGD there: raise iterations_per_step or lower alpha_z "
-                "(last_solution.status says UNSETTLED)",
+                f"to {worst:.2e}, adjoint residual up to {worst_mu:.2e}); their perturbations "
+                "followed inexact gradients and the attack may be weaker than PGD there: raise "
+                "iterations_per_step or lower alpha_z (last_solution.status says UNSETTLED)",
                 RuntimeWarning,
                 stacklevel=2,
             )

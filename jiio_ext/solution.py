@@ -28,8 +28,9 @@ class Status(enum.IntEnum):
         MAX_ITER: the iteration budget ran out first.
         DIVERGED: the residual grew by more than the divergence factor.
         NONFINITE: the map produced NaN or infinity; the last finite iterate is returned.
-        UNSETTLED: the budget ran out while the forward block was still more than 10 % of the
-            state away from its fixed point, so the input steps followed inexact gradients:
+        UNSETTLED: the budget ran out while the forward or the adjoint block was still more
+            than 10 % of its RMS away from its fixed point, so the input steps followed
+            inexact gradients:
             the answer may be far from optimal (an attack may be weak), not merely unfinished.
 
     Example:

@@ -11,6 +11,10 @@ point) relative to that target. Run::
     OMP_NUM_THREADS=1 python scripts/choose_defaults.py
 
 and read the table: the default is the setting with the lowest worst-case ratio.
+
+The third sweep (objective-driven rate control, ``Adaptive.backoff`` / ``rise``) adds a third
+development problem, masked MAP inversion (half the pixels observed, a small L2 prior on the
+latent) through the same torchdeq decoder, and runs at the default budget (150).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from jiio_ext.apps.bench.torchdeq_task import _true_objective
 from jiio_ext.apps.models import MultiScaleDecoder
 from jiio_ext.updates import Adaptive
 
-FIRST = "--second-only" not in sys.argv
+FIRST = not {"--second-only", "--third-only"} & set(sys.argv)
+SECOND_SWEEP = "--third-only" not in sys.argv
 CANDIDATES = {
     "lr": (0.05, 0.1, 0.2),
     "beta1": (0.0, 0.5, 0.9),
@@ -46,6 +51,40 @@ def _torchdeq_problem():
 
     def objective(image, x):
         return (image - targets).pow(2).flatten(1).mean(1)
+
+    x0 = torch.zeros(8, 16)
+
+    def adam(lr):
+        x = x0.clone().requires_grad_()
+        opt = torch.optim.Adam([x], lr=lr)
+        for _ in range(40):
+            opt.zero_grad()
+            objective(model(x), x).sum().backward()
+            opt.step()
+        return _true_objective(model, x.detach(), objective)
+
+    decorated = input_optimizable(model)
+
+    def jiio(**options):
+        sol = decorated.optimize_input(x0, objective, **options)
+        return _true_objective(model, sol.x, objective)
+
+    return adam, jiio
+
+
+def _masked_inversion_problem():
+    torch.manual_seed(0)
+    model = MultiScaleDecoder(channels=16)
+    model.requires_grad_(False)
+    with torch.no_grad():
+        targets = model(torch.randn(8, 16))
+    gen = torch.Generator().manual_seed(1)
+    mask = (torch.rand(targets.shape, generator=gen) < 0.5).to(targets)
+    observed = mask.flatten(1).mean(1)
+
+    def objective(image, x):
+        miss = (mask * (image - targets).pow(2)).flatten(1).mean(1) / observed
+        return miss + 1e-3 * x.pow(2).flatten(1).mean(1)
 
     x0 = torch.zeros(8, 16)
 
@@ -101,11 +140,22 @@ SECOND = (
 )
 
 
+# third sweep, at the chosen update and budget: objective-driven rate control
+THIRD = (
+    {"backoff": 1.0},  # off
+    {"backoff": 0.7, "recover": 1.05, "rise": 0.0},
+    {"backoff": 0.7, "recover": 1.05, "rise": 0.2},
+    {"backoff": 0.7, "recover": 1.05, "rise": 0.5},
+    {"backoff": 0.5, "recover": 1.1, "rise": 0.2},
+)
+
+
 def main() -> None:
     """Print the sweep tables."""
     problems = {
         "torchdeq MultiScaleDecoder": _torchdeq_problem(),
         "ConvDEQDecoder": _functional_problem(),
+        "masked inversion": _masked_inversion_problem(),
     }
     targets = {}
     for name, (adam, _) in problems.items():
@@ -116,17 +166,26 @@ def main() -> None:
         ratios = []
         for name, (_, jiio) in problems.items():
             start = time.perf_counter()
-            value = jiio(step_size=Adaptive(lr=lr, beta1=beta1), solver=solver)
+            value = jiio(step_size=Adaptive(lr=lr, beta1=beta1, backoff=1.0), solver=solver)
             ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
         print(f"{lr:>5} {beta1:>6} {solver:>9}  " + "  ".join(ratios), flush=True)
-    print("damping and budget at lr 0.1, beta1 0, damped:")
-    for options in SECOND:
+    print("damping and budget at lr 0.1, beta1 0, damped (no rate control):")
+    for options in SECOND if SECOND_SWEEP else ():
         ratios = []
         for name, (_, jiio) in problems.items():
             start = time.perf_counter()
-            value = jiio(**options)
+            value = jiio(step_size=Adaptive(backoff=1.0), **options)
             ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
         print(f"  {options}  " + "  ".join(ratios), flush=True)
+
+    print("objective-driven rate control at lr 0.1, beta1 0, damped, 150 iterations:")
+    for control in THIRD:
+        ratios = []
+        for name, (_, jiio) in problems.items():
+            start = time.perf_counter()
+            value = jiio(step_size=Adaptive(**control), max_iter=150)
+            ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
+        print(f"  {control}  " + "  ".join(ratios), flush=True)
 
 
 if __name__ == "__main__":

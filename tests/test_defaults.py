@@ -179,6 +179,20 @@ def test_a_forward_block_that_never_settles_is_unsettled_not_max_iter():
     assert not bool((short.status == Status.UNSETTLED).any())
 
 
+def test_an_adjoint_that_never_settles_is_unsettled_too():
+    # contractive f, so z settles; the adjoint barely moves (α_μ = 0.01), so the x-steps
+    # follow gradients far from the true ones
+    p = make_problem(seed=49)
+    sol = _solve(p, alpha_mu=0.01, max_iter=40)
+    scale_z = sol.z.pow(2).mean(1).sqrt()
+    scale_mu = sol.mu.pow(2).mean(1).sqrt()
+    assert bool((sol.info["residual_z_joint"] < 0.1 * scale_z).all())
+    assert bool((sol.residuals["mu"] > 0.1 * scale_mu).all())
+    assert bool((sol.status == Status.UNSETTLED).all())
+    # the same budget with the default adjoint damping is not UNSETTLED
+    assert not bool((_solve(p, max_iter=40).status == Status.UNSETTLED).any())
+
+
 def test_progress_bar_shows_the_whole_batch_mean_objective():
     class Bar:
         def __init__(self):
