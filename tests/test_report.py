@@ -291,6 +291,19 @@ def test_one_epoch_training_curves_are_lines_not_a_dot(tmp_path):
     assert blue_pixels(log) < drawn / 4
 
 
+def test_image_grids_take_the_full_width_and_plots_share_a_row(tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    grid, plot = tmp_path / "reconstructions.png", tmp_path / "quality_vs_time.png"
+    matplotlib.image.imsave(grid, np.zeros((59, 104, 3)))  # 8 samples x 4 rows, as the demo's
+    matplotlib.image.imsave(plot, np.zeros((46, 64, 3)))  # a plot
+    page = write_report(make_record(), tmp_path / "run", {"latent": [plot, grid]}).read_text()
+    figures = re.findall(r"<figure([^>]*)><img[^>]*alt=\"([^\"]+)\"", page)
+    assert (' class="wide"', "reconstructions") in figures
+    assert ("", "quality vs time") in figures
+
+
 def test_report_with_empty_record(tmp_path):
     path = write_report({}, tmp_path)
     assert "No tasks ran." in path.read_text(encoding="utf-8")
