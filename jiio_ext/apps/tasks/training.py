@@ -29,8 +29,9 @@ from jiio_ext.apps.runlog import write_json
 
 __all__ = ["CHECKPOINT", "LOG", "open_run", "save_epoch"]
 
-# File names inside a run folder: the checkpoint and the JSON log.
+# File name of a run folder's checkpoint (jiio_ext.apps.checkpoints' format).
 CHECKPOINT = "checkpoint.pt"
+# File name of a run folder's JSON log (jiio_ext.apps.runlog's header, strict JSON).
 LOG = "log.json"
 
 
