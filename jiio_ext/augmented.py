@@ -272,8 +272,10 @@ class AugmentedMap:
     """The damped augmented map over flat per-sample states ``[z; x; μ]``.
 
     Args:
-        f: ``f(z, x) -> z`` (tensor or tuple state, batch first).
-        objective: per-sample losses ``objective(z, x[, targets]) -> (B,)``.
+        f: ``f(z, x) -> z`` (tensor or tuple state, batch first); with ``has_aux``,
+            ``f(z, x) -> (z, aux)``.
+        objective: per-sample losses ``objective(z, x[, targets]) -> (B,)``; with
+            ``has_aux``, ``objective(z, x, aux[, targets])``.
         z_like: a state with the structure of ``z`` (for the layout).
         x_like: a tensor with the shape of ``x``.
         constraint: set for ``x`` or ``None``.
