@@ -41,8 +41,9 @@ PROBLEMS = (
     "deblur-motion",
     "superres",
 )
-# jiio_ext.apps.tasks.meta.TASKS and jiio_ext.apps.tasks.meta_methods.METHODS
+# jiio_ext.apps.tasks.meta.TASKS: the task families of meta-learning
 META_TASKS = ("sinusoid", "digits", "omniglot")
+# jiio_ext.apps.tasks.meta_methods.METHODS: the inner loops and meta-gradients
 META_METHODS = ("jiio", "maml", "fomaml", "imaml")
 
 
