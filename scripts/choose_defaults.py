@@ -147,6 +147,8 @@ THIRD = (
     {"backoff": 0.7, "recover": 1.05, "rise": 0.2},
     {"backoff": 0.7, "recover": 1.05, "rise": 0.5},
     {"backoff": 0.5, "recover": 1.1, "rise": 0.2},
+    {"backoff": 0.7, "recover": 1.02, "rise": 0.2},
+    {"backoff": 0.7, "recover": 1.1, "rise": 0.2},
 )
 
 
