@@ -152,12 +152,16 @@ def _mark_unsettled(
     """``MAX_ITER`` becomes ``UNSETTLED`` where the joint forward or adjoint residual stayed large.
 
     Either one means the input steps followed inexact gradients: a forward state off its fixed
-    point, or an adjoint that had not caught up with the Jacobian (measured on a
-    non-contractive classifier: median adjoint residual 17 % of its RMS, against at most 1 %
-    on contractive ones).
+    point, or an adjoint that had not caught up with the Jacobian. The adjoint's scale is its
+    own RMS, floored at the batch median: a sample whose objective is flat (a saturated loss)
+    has a tiny adjoint, and its relative residual says little about the steps. Measured on the
+    user classifiers' L∞ attacks: 69 of 128 images flagged on the non-contractive one (where
+    JIIO is weaker than PGD), none on the contractive ones.
     """
     unsettled = joint_residual > _UNSETTLED * z_flat.pow(2).mean(dim=1).sqrt()
-    unsettled |= mu_residual > _UNSETTLED * mu_flat.pow(2).mean(dim=1).sqrt()
+    mu_scale = mu_flat.pow(2).mean(dim=1).sqrt()
+    mu_scale = torch.maximum(mu_scale, mu_scale.median())
+    unsettled |= mu_residual > _UNSETTLED * mu_scale
     unsettled &= status == int(Status.MAX_ITER)
     return torch.where(unsettled, int(Status.UNSETTLED), status)
 
