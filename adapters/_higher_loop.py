@@ -34,7 +34,7 @@ from jiio_ext.augmented import damped_step, joint_vjp
 from jiio_ext.layout import Layout
 from jiio_ext.schedules import Schedule, as_schedule
 from jiio_ext.solution import Status
-from jiio_ext.solvers import Anderson, DampedIteration, EngineState, FixedPointEngine, Termination
+from jiio_ext.solvers import Anderson, EngineState, FixedPointEngine, Termination
 
 __all__ = ["META_GRADIENTS", "InnerLoop"]
 
@@ -298,9 +298,10 @@ class InnerLoop:
             if size
         ]
         # the unrolled meta-gradient differentiates plain steps; the implicit one, Anderson's
+        # (the unrolled steps set the engine's proposal themselves: see step)
         self.engine = FixedPointEngine(
             self._evaluated,
-            solver=DampedIteration() if self.unrolled else self.solver,
+            solver=self.solver,
             termination=Termination(
                 rtol=self.rtol,
                 atol=self.atol,
@@ -431,13 +432,13 @@ class InnerLoop:
         # one step of the core engine: residuals, Termination's references, the solver's step
         self._evaluation = (mapped.detach(), {"objective": total.detach()})
         with torch.no_grad():
-            self.run = self.engine.step(self.run)
+            if self.unrolled:  # the plain step itself (with its graph when the graph is kept)
+                self.run = self.engine.evaluate(self.run)
+                self.run.proposal, nxt = mapped.detach(), mapped
+            else:
+                self.run = self.engine.step(self.run)
+                nxt = self.run.proposal
         self._evaluation = None
-        if self.unrolled:  # the plain step itself (with its graph when the graph is kept)
-            nxt = mapped
-            self.run.proposal = mapped.detach()
-        else:
-            nxt = self.run.proposal
         self.step_record = (record, state, mapped)
         self.state = nxt
         self.n_steps += 1

@@ -106,6 +106,7 @@ class EngineState:
         w_norm: its residual norm in the solver's metric ``(b,)``.
         aux: the map's auxiliary outputs there.
         best: the best iterate so far (a :class:`BestSoFar` solver only).
+        frozen: ``subset=False``: whether some sample is frozen (its rows are held fixed).
         outputs: the full-batch results written as samples finish.
         n_calls: batched calls of the map.
         trace_rows: the evaluated rows of every step (``traces=True``).
@@ -135,6 +136,7 @@ class EngineState:
     w_norm: torch.Tensor | None = None
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
     best: BestIterate | None = None
+    frozen: bool = False
     n_calls: int = 0
     trace_rows: list[torch.Tensor] = field(default_factory=list)
     trace_values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -300,16 +302,24 @@ class FixedPointEngine:
             The engine state; the evaluation is in ``mapped``, ``res``, ``aux``, the
             proposal in ``proposal`` (the iterate of the next step).
         """
+        self.evaluate(st)
+        st.proposal = self.propose(st)
+        return st
+
+    def evaluate(self, st: EngineState) -> EngineState:
+        """The first half of :meth:`step`: commit the last proposal, evaluate ``F`` there.
+
+        A caller that sets ``st.proposal`` itself (the higher adapter's unrolled steps, which
+        are the plain map steps) calls this instead of :meth:`step`.
+        """
         if st.proposal is not None:
+            held = not self.subset and st.frozen
             st.state = (
-                st.proposal
-                if self.subset
-                else torch.where(st.active.unsqueeze(1), st.proposal, st.state)
+                torch.where(st.active.unsqueeze(1), st.proposal, st.state) if held else st.proposal
             )
         mapped, aux = self.map_fn(st.state, st.rows, st.k)
         st.n_calls += 1
         self.observe(st, mapped, aux)
-        st.proposal = self.propose(st)
         st.k += 1
         return st
 
@@ -418,6 +428,7 @@ class FixedPointEngine:
         else:
             st.active = st.active.clone()
             st.active[st.rows[done]] = False
+            st.frozen = True
         return st
 
     def _finish(self, st: EngineState, done, code, fs, res, aux) -> None:

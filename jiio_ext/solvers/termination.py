@@ -145,6 +145,7 @@ class Termination:
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        object.__setattr__(self, "_scales", {})
         for name in ("blocks", "block_scale", "tested_blocks", "peak_tests"):
             value = getattr(self, name)
             if value is not None:
@@ -187,7 +188,11 @@ class Termination:
         rms = block_rms(resid, self.sizes(resid.shape[1]))
         if self.block_scale is None:
             return rms, rms
-        return rms, rms / torch.tensor(self.block_scale).to(rms)
+        key = (rms.dtype, rms.device)
+        scale = self._scales.get(key)
+        if scale is None:  # made once per dtype and device, not every iteration
+            scale = self._scales[key] = torch.tensor(self.block_scale).to(rms)
+        return rms, rms / scale
 
     def observe(
         self,
