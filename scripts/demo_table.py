@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("record", type=Path, help="record.json of a jiio demo run")
     parser.add_argument("--write", action="store_true", help="update README.md and the copy")
     args = parser.parse_args(argv)
-    from jiio_ext.apps.report import summary_markdown
+    from jiio_ext.apps.summary import summary_markdown
 
     record = json.loads(args.record.read_text())
     table = summary_markdown(record)

@@ -53,7 +53,7 @@ def test_demo_writes_record_and_report(tmp_path, capsys):
 def test_full_quick_demo_runs_every_task(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("*/record.json")).read_text())
-    from jiio_ext.apps.demo import TASKS
+    from jiio_ext.apps.demo_tasks import TASKS
 
     assert set(record["tasks"]) == set(TASKS)
     assert not [name for name, report in record["tasks"].items() if "error" in report]

@@ -13,7 +13,8 @@ pytest.importorskip("torchdeq")
 pytest.importorskip("torchattacks")
 pytest.importorskip("kornia")
 
-from jiio_ext.apps.demo import TASKS, WEIGHTS, load_weights, run_demo  # noqa: E402
+from jiio_ext.apps.demo import run_demo  # noqa: E402
+from jiio_ext.apps.demo_tasks import TASKS, WEIGHTS, load_weights  # noqa: E402
 
 
 def strict_json(text: str) -> dict:

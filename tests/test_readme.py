@@ -45,7 +45,7 @@ def _ratio(text: str) -> float | None:
 
 
 def test_readme_demo_table_matches_the_stored_record():
-    from jiio_ext.apps.report import time_ratio, verdict
+    from jiio_ext.apps.summary import time_ratio, verdict
 
     root = README.parent
     record = json.loads((root / "docs" / "demo_record.json").read_text())

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jiio_ext.apps.report import convergence_plot, machine_info, summary_table, write_report
+from jiio_ext.apps.figures import convergence_plot
+from jiio_ext.apps.report import machine_info, write_report
+from jiio_ext.apps.summary import summary_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_PNG = "data:image/png;base64,"
@@ -242,7 +244,7 @@ def test_first_screen_says_who_won_in_one_sentence_per_task(report):
 
 
 def test_sentences_say_losses_in_words():
-    from jiio_ext.apps.report import task_sentence, verdict
+    from jiio_ext.apps.summary import task_sentence, verdict
 
     quality = {"name": "test PSNR", "better": "higher", "tolerance": 0.05}
     report = {
@@ -262,7 +264,7 @@ def test_sentences_say_losses_in_words():
 
 
 def test_quality_time_plot(tmp_path):
-    from jiio_ext.apps.report import quality_time_plot
+    from jiio_ext.apps.figures import quality_time_plot
 
     report = make_record()["tasks"]["latent"]
     report["quality"] = {"name": "MSE", "better": "lower", "tolerance": 0.0}
@@ -274,7 +276,7 @@ def test_one_epoch_training_curves_are_lines_not_a_dot(tmp_path):
     import matplotlib.image
     import numpy as np
 
-    from jiio_ext.apps.report import training_curves
+    from jiio_ext.apps.figures import training_curves
 
     steps = [{"step": k, "epoch": 1, "loss": 1.0 / k} for k in range(1, 9)]
     log = {"training_steps": steps, "epochs": [{"epoch": 1, "loss": 0.34}]}

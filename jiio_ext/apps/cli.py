@@ -260,7 +260,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     for name in names:
         dtype = getattr(torch, args.dtype)
         report = run_task(name, device=args.device, quick=args.quick, dtype=dtype)
-        from jiio_ext.apps.report import format_report
+        from jiio_ext.apps.summary import format_report
 
         print(json.dumps(report) if args.json else format_report(report), flush=True)
     return 0

@@ -175,7 +175,7 @@ def _plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jiio_ext.apps.report import training_curves
+    from jiio_ext.apps.figures import training_curves
 
     panels = [
         (

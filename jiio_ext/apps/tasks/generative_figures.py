@@ -1,7 +1,7 @@
 """The output figures of ``jiio train generative|inverse``: curves, reconstructions, samples.
 
 :func:`save_figures` writes a run's figures after every epoch (the training curves through
-:func:`jiio_ext.apps.report.training_curves`, the test reconstructions, JIIO's residual
+:func:`jiio_ext.apps.figures.training_curves`, the test reconstructions, JIIO's residual
 traces); :func:`save_samples` decodes samples from the trained decoder once training ends.
 Both need matplotlib; the samples of a non-VAE run need scikit-learn.
 
@@ -55,7 +55,7 @@ def save_figures(run: Any, folder: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from jiio_ext.apps.report import training_curves
+    from jiio_ext.apps.figures import training_curves
 
     panels = [
         (

@@ -182,7 +182,7 @@ def _plot(folder: Path, log: dict, model, method, sampler, cfg) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jiio_ext.apps.report import training_curves
+    from jiio_ext.apps.figures import training_curves
 
     # regression's metric is its loss (MSE): one panel; classification: loss and accuracy
     names = [("loss", "query loss (MSE)" if cfg.regression else "query loss (cross-entropy)")]

@@ -6,7 +6,7 @@ Every trainer (``jiio train adversarial|generative|inverse|meta``) keeps ``check
 :func:`open_run` decides what a run may do with the folder: resume only from a checkpoint
 written with the same settings, and never replace an earlier run's files unless told to.
 :func:`save_epoch` writes both files at the end of an epoch, on the main rank only. The
-trainers' plots are :func:`jiio_ext.apps.report.training_curves`'.
+trainers' plots are :func:`jiio_ext.apps.figures.training_curves`'.
 
 Example:
     >>> import pathlib, tempfile
