@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     )
     from jiio_ext.forward import solve_forward
     from jiio_ext.grad import EnvelopeGrad, GradMode, ImplicitGrad
+    from jiio_ext.nested import solve_nested
     from jiio_ext.regularize import (
         jacobian_penalty,
         random_trajectory_iteration,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     )
     from jiio_ext.schedules import Constant, Cosine, Schedule, StepSwitch
     from jiio_ext.solution import JointSolution, JointSolveError, Status
-    from jiio_ext.solve import solve_joint, solve_nested
+    from jiio_ext.solve import solve_joint
     from jiio_ext.solvers import Anderson, DampedIteration
 
 # Public names by the module that defines them. They are imported on first use (PEP 562), so
@@ -57,7 +58,8 @@ _ORIGINS = {
     ),
     "jiio_ext.schedules": ("Constant", "Cosine", "Schedule", "StepSwitch"),
     "jiio_ext.solution": ("JointSolution", "JointSolveError", "Status"),
-    "jiio_ext.solve": ("solve_joint", "solve_nested"),
+    "jiio_ext.nested": ("solve_nested",),
+    "jiio_ext.solve": ("solve_joint",),
     "jiio_ext.solvers": ("Anderson", "DampedIteration"),
 }
 _MODULE_OF = {name: module for module, names in _ORIGINS.items() for name in names}

@@ -38,8 +38,9 @@ from jiio_ext.apps.bench.measure import (
     synchronize,
 )
 from jiio_ext.apps.models import ConvDEQDecoder
+from jiio_ext.nested import solve_nested
 from jiio_ext.schedules import StepSwitch
-from jiio_ext.solve import solve_joint, solve_nested
+from jiio_ext.solve import solve_joint
 from jiio_ext.solvers import Anderson, fixed_point
 
 __all__ = [
