@@ -41,38 +41,11 @@ CANDIDATES = {
 }
 
 
-def _torchdeq_problem():
-    torch.manual_seed(0)
-    model = MultiScaleDecoder(channels=16)
-    model.requires_grad_(False)
-    latents = torch.randn(8, 16)
-    with torch.no_grad():
-        targets = model(latents)
+def _torchdeq_problem(masked: bool = False):
+    """Latent inversion through the torchdeq decoder: ``(adam(lr), jiio(**options))``.
 
-    def objective(image, x):
-        return (image - targets).pow(2).flatten(1).mean(1)
-
-    x0 = torch.zeros(8, 16)
-
-    def adam(lr):
-        x = x0.clone().requires_grad_()
-        opt = torch.optim.Adam([x], lr=lr)
-        for _ in range(40):
-            opt.zero_grad()
-            objective(model(x), x).sum().backward()
-            opt.step()
-        return _true_objective(model, x.detach(), objective)
-
-    decorated = input_optimizable(model)
-
-    def jiio(**options):
-        sol = decorated.optimize_input(x0, objective, **options)
-        return _true_objective(model, sol.x, objective)
-
-    return adam, jiio
-
-
-def _masked_inversion_problem():
+    ``masked``: half the pixels observed and a small L2 prior on the latent (MAP inversion).
+    """
     torch.manual_seed(0)
     model = MultiScaleDecoder(channels=16)
     model.requires_grad_(False)
@@ -83,6 +56,8 @@ def _masked_inversion_problem():
     observed = mask.flatten(1).mean(1)
 
     def objective(image, x):
+        if not masked:
+            return (image - targets).pow(2).flatten(1).mean(1)
         miss = (mask * (image - targets).pow(2)).flatten(1).mean(1) / observed
         return miss + 1e-3 * x.pow(2).flatten(1).mean(1)
 
@@ -157,7 +132,7 @@ def main() -> None:
     problems = {
         "torchdeq MultiScaleDecoder": _torchdeq_problem(),
         "ConvDEQDecoder": _functional_problem(),
-        "masked inversion": _masked_inversion_problem(),
+        "masked inversion": _torchdeq_problem(masked=True),
     }
     targets = {}
     for name, (adam, _) in problems.items():

@@ -21,10 +21,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from jiio_ext.apps import train_options
+
 __all__ = ["DATASETS", "load_digits", "load_images"]
 
-# Supported data sets ("digits" is bundled; the others are read from a data folder).
-DATASETS = ("digits", "mnist", "cifar10", "celeba")
+# Supported data sets ("digits" is bundled; the others are read from a data folder),
+# defined with the CLI's options
+DATASETS = train_options.DATASETS
 
 
 def load_digits(device: torch.device, dtype=torch.float32):

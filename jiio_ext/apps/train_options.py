@@ -1,8 +1,8 @@
 """The options of ``jiio train TASK``, defined without importing torch.
 
 ``jiio train TASK --help`` builds these options only, so it answers at once. The name tuples
-below copy the choices of the task modules (which import torch); ``tests/test_cli.py`` checks
-that they agree.
+below are the one definition of the tasks' choices: the task modules (which import torch)
+take theirs from here.
 
 Example:
     >>> import argparse
@@ -27,11 +27,14 @@ __all__ = [
     "add_meta_arguments",
 ]
 
-# jiio_ext.apps.data.DATASETS: the image data sets of the generative and inverse trainers
+# the image data sets of the generative and inverse trainers (jiio_ext.apps.data.DATASETS;
+# "digits" is bundled, the others are read from a data folder)
 DATASETS = ("digits", "mnist", "cifar10", "celeba")
-# jiio_ext.apps.tasks.generative.METHODS: latent inference in the decoder's training loop
+# latent inference in the decoder's training loop (jiio_ext.apps.tasks.generative.METHODS):
+# joint JIIO inference, the nested (Adam) inner loop, a VAE baseline
 GENERATIVE_METHODS = ("jiio", "nested", "vae")
-# jiio_ext.apps.tasks.generative.PROBLEMS: reconstruction, then the inverse problems
+# reconstruction, then the inverse problems of jiio_ext.adapters.kornia
+# (jiio_ext.apps.tasks.generative.PROBLEMS)
 PROBLEMS = (
     "reconstruct",
     "denoise",
@@ -41,9 +44,9 @@ PROBLEMS = (
     "deblur-motion",
     "superres",
 )
-# jiio_ext.apps.tasks.meta.TASKS: the task families of meta-learning
+# the task families of meta-learning (jiio_ext.apps.tasks.meta.TASKS)
 META_TASKS = ("sinusoid", "digits", "omniglot")
-# jiio_ext.apps.tasks.meta_methods.METHODS: the inner loops and meta-gradients
+# the inner loops and meta-gradients (jiio_ext.apps.tasks.meta_methods.METHODS)
 META_METHODS = ("jiio", "maml", "fomaml", "imaml")
 
 

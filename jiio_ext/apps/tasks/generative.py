@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jiio_ext.apps import train_options
 from jiio_ext.apps.data import DATASETS, load_images
 from jiio_ext.apps.distributed import DistContext, init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
@@ -62,18 +63,11 @@ from jiio_ext.regularize import random_trajectory_iteration
 
 __all__ = ["METHODS", "PROBLEMS", "make_problem", "reconstruct", "train_generative"]
 
-# Training methods: joint JIIO inference, the nested (Adam) inner loop, a VAE baseline.
-METHODS = ("jiio", "nested", "vae")
+# Training methods: joint JIIO inference, the nested (Adam) inner loop, a VAE baseline
+# (defined with the CLI's options).
+METHODS = train_options.GENERATIVE_METHODS
 # Problems: plain reconstruction or an inverse problem of jiio_ext.adapters.kornia.
-PROBLEMS = (
-    "reconstruct",
-    "denoise",
-    "inpaint",
-    "inpaint-irregular",
-    "deblur",
-    "deblur-motion",
-    "superres",
-)
+PROBLEMS = train_options.PROBLEMS
 
 
 def make_problem(problem: str, image_size: int, **options: Any):

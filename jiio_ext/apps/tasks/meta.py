@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from jiio_ext.apps import train_options
 from jiio_ext.apps.distributed import DistContext, init_from_env
 from jiio_ext.apps.runlog import log_header, write_json
 from jiio_ext.apps.tasks.meta_data import (
@@ -56,8 +57,8 @@ __all__ = [
     "train_meta",
 ]
 
-# task families of ``jiio train meta``
-TASKS = ("sinusoid", "digits", "omniglot")
+# task families of ``jiio train meta`` (defined with the CLI's options)
+TASKS = train_options.META_TASKS
 # default inner settings of each task family (``jiio train meta`` and ``jiio bench meta``):
 # digits and sinusoid tuned on validation splits (make_meta_problem(validation=True), scored
 # with evaluate_meta(seed=4321); docs/meta.md; the meta-test tasks were never used), omniglot

@@ -36,14 +36,15 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from jiio_ext.apps import train_options
 from jiio_ext.apps.tasks.graph_cycles import boxed_saved_tensors, release_ift_closures
 from jiio_ext.apps.tasks.meta_data import TaskBatch
 from jiio_ext.apps.tasks.meta_models import adapted_parameters
 
 __all__ = ["METHODS", "MetaConfig", "adapt_and_predict", "meta_step", "task_losses"]
 
-# meta-gradient methods: JIIO and the three baselines
-METHODS = ("jiio", "maml", "fomaml", "imaml")
+# meta-gradient methods: JIIO and the three baselines (defined with the CLI's options)
+METHODS = train_options.META_METHODS
 
 
 @dataclass
