@@ -105,7 +105,7 @@ def solve_forward(
             raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
         z0 = torch.zeros_like(x)
     z0 = tuple(z0) if isinstance(z0, list) else z0
-    check_problem(x, z0, None)
+    check_problem(x, z0, None, x_name="x")
     mu0 = None if warm_start is None else _detached(warm_start.mu)
     check_state_like(mu0, z0, "warm_start.mu")
     grad_mode = get_grad_mode(grad)

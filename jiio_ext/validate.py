@@ -36,13 +36,16 @@ def _check_tensor(t: object, name: str) -> torch.Tensor:
     return t
 
 
-def check_problem(x0: torch.Tensor, z0: State, constraint: Constraint | None) -> None:
+def check_problem(
+    x0: torch.Tensor, z0: State, constraint: Constraint | None, *, x_name: str = "x0"
+) -> None:
     """Check that ``x0`` and ``z0`` are float tensors of one dtype, device and batch size.
 
     Args:
         x0: initial input ``(B, ...)``.
         z0: initial state, a tensor or a tuple of tensors ``(B, ...)``.
         constraint: optional constraint whose per-sample tensors must fit ``x0``.
+        x_name: the caller's name of ``x0``, used in the error messages.
 
     Raises:
         TypeError: wrong types or dtypes.
@@ -52,7 +55,7 @@ def check_problem(x0: torch.Tensor, z0: State, constraint: Constraint | None) ->
         >>> import torch
         >>> check_problem(torch.zeros(2, 1), (torch.zeros(2, 3), torch.zeros(2, 5)), None)
     """
-    _check_tensor(x0, "x0")
+    _check_tensor(x0, x_name)
     if isinstance(z0, list):
         z0 = tuple(z0)
     if not isinstance(z0, (torch.Tensor, tuple)) or (isinstance(z0, tuple) and not z0):
@@ -62,12 +65,13 @@ def check_problem(x0: torch.Tensor, z0: State, constraint: Constraint | None) ->
         _check_tensor(part, name)
         if part.shape[0] != x0.shape[0]:
             raise ValueError(
-                f"{name}: batch size {part.shape[0]} does not match x0's batch size {x0.shape[0]}"
+                f"{name}: batch size {part.shape[0]} does not match {x_name}'s batch size "
+                f"{x0.shape[0]}"
             )
         if part.device != x0.device:
-            raise ValueError(f"{name}: on device {part.device}, but x0 is on {x0.device}")
+            raise ValueError(f"{name}: on device {part.device}, but {x_name} is on {x0.device}")
         if part.dtype != x0.dtype:
-            raise TypeError(f"{name}: dtype {part.dtype} differs from x0's dtype {x0.dtype}")
+            raise TypeError(f"{name}: dtype {part.dtype} differs from {x_name}'s dtype {x0.dtype}")
     if constraint is not None:
         if not isinstance(constraint, Constraint):
             raise TypeError(

@@ -210,3 +210,11 @@ def test_solve_forward_envelope_gradient_and_warm_start():
     torch.testing.assert_close((grad * direction).sum(), fd, rtol=1e-6, atol=1e-10)
     with pytest.raises(ValueError, match="envelope"):
         solve_forward(p.layer, joint.x, z0=z0, grad="implicit")
+
+
+def test_solve_forward_names_its_own_arguments_in_errors():
+    f = lambda z, x: 0.5 * z + x  # noqa: E731
+    with pytest.raises(TypeError, match="^x: expected a floating-point tensor"):
+        solve_forward(f, torch.zeros(2, 3, dtype=torch.long), z0=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="does not match x's batch size 2"):
+        solve_forward(f, torch.zeros(2, 3), z0=torch.zeros(3, 3))
