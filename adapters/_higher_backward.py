@@ -3,8 +3,9 @@
 Internal to :mod:`jiio_ext.adapters.higher`. The hook and the adjoint solve are the core's
 one IFT mechanism (:func:`jiio_ext.grad.attach_implicit`, :func:`jiio_ext.grad.
 solve_adjoint`); this module adds the adapter's settings and Neumann first phase
-(:class:`AdjointSolve`), the switch that turns hooks off (:class:`Gate`) and the ``vmap``
-rule.
+(:class:`AdjointSolve`), the switch that turns hooks off (:class:`Gate`), the ``vmap``
+rule and :func:`rank_above`, which keeps each product of an adjoint solve from walking the
+graph of the adapted parameters.
 
 Example:
     >>> import torch
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from jiio_ext.grad import attach_implicit, solve_adjoint
 from jiio_ext.solution import Status
 from jiio_ext.solvers import Anderson
 
-__all__ = ["AdjointSolve", "Gate", "attach_ift", "attach_ift_vmapped"]
+__all__ = ["AdjointSolve", "Gate", "attach_ift", "attach_ift_vmapped", "rank_above"]
 
 
 class Gate:
@@ -195,3 +196,51 @@ def attach_ift_vmapped(
         [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     """
     return _VmappedIFT.apply(len(image), gate, backward, *image, *state)
+
+
+class _RankAbove(torch.autograd.Function):
+    """Identity on ``state`` whose graph node is ranked above ``anchors`` (no gradient to them)."""
+
+    @staticmethod
+    def forward(ctx: Any, state: torch.Tensor, *anchors: torch.Tensor) -> torch.Tensor:
+        ctx.anchors = len(anchors)
+        return state.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        return (grad, *([None] * ctx.anchors))
+
+
+def rank_above(state: torch.Tensor, anchors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``state`` (same values and gradient) as a graph node ranked above ``anchors``' graphs.
+
+    Each product of an adjoint solve is ``torch.autograd.grad(f(state), state, w)``. With
+    ``state`` a leaf, autograd walks the whole graph behind ``f(state)`` before every product,
+    including the adapted parameters' graphs that the DEQ's function captured (after ``K``
+    unrolled steps, ``K`` steps' double-backward graphs: the product's cost grows with ``K``).
+    autograd skips the nodes whose topological number is below that of the inputs, so the
+    same state behind an identity node that also takes the adapted tensors as (gradient-free)
+    inputs makes it skip their graphs. Nothing computed changes.
+
+    Args:
+        state: a DEQ state (a leaf requiring grad).
+        anchors: the tensors whose graphs the products should not walk.
+
+    Returns:
+        ``state`` behind the ranking node (``state`` itself when no anchor has a graph).
+
+    Example:
+        >>> import torch
+        >>> theta = torch.ones(3, requires_grad=True)
+        >>> deep = theta
+        >>> for _ in range(50):  # a long graph behind the parameter
+        ...     deep = deep * 1.0
+        >>> z = rank_above(torch.zeros(3, requires_grad=True), [deep])
+        >>> image = torch.tanh(z) + deep  # f(z) capturing the deep parameter
+        >>> torch.autograd.grad(image, z, torch.ones(3))[0].tolist()
+        [1.0, 1.0, 1.0]
+    """
+    anchors = [a for a in anchors if a.grad_fn is not None]
+    if not anchors:
+        return state
+    return _RankAbove.apply(state, *anchors)

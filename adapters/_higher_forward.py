@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from jiio_ext.adapters._higher_backward import Gate
+from jiio_ext.adapters._higher_backward import Gate, rank_above
 from jiio_ext.adapters._higher_tap import Forward
 from torch.func import functional_call, vmap
 
@@ -175,7 +175,7 @@ def solve_forward(loop: InnerLoop, args: tuple, kwargs: dict, support: Any) -> A
             record.phi.extend(leaves)
             record.values.extend(phi)
         values, call_kwargs = _bind(loop, phi, kwargs)
-        with loop.tap.active("solve", [], record.gate):
+        with loop.tap.active("solve", [], record.gate, phi):
             task_args = _task_args(loop, args, t)
             outputs.append(functional_call(loop.model, values, task_args, call_kwargs))
         record.z.extend(loop.tap.states)
@@ -193,7 +193,9 @@ def _solve_vmapped(loop: InnerLoop, adapted: list, args: tuple, kwargs: dict, su
             with loop.tap.active("probe", [], record.gate):
                 functional_call(loop.model, values, _task_args(loop, args, t), call_kwargs)
             solved.append(loop.tap.states)
-    record.z = [torch.stack(parts).detach().requires_grad_() for parts in zip(*solved)]
+    record.z = [
+        rank_above(torch.stack(parts).detach().requires_grad_(), adapted) for parts in zip(*solved)
+    ]
     phi = adapted
     if loop.n_steps == 0:
         record.phi, phi = _first_leaves(loop, adapted)

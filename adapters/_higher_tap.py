@@ -27,6 +27,7 @@ from jiio_ext.adapters._higher_backward import (
     Gate,
     attach_ift,
     attach_ift_vmapped,
+    rank_above,
 )
 from torch import nn
 
@@ -136,11 +137,22 @@ class Tap:
         self.states: list[torch.Tensor] = []
         self.images: list[torch.Tensor] = []
         self.gate = Gate()
+        self.anchors: list[torch.Tensor] = []
 
     @contextlib.contextmanager
-    def active(self, mode: str, given: list[torch.Tensor], gate: Gate) -> Iterator[None]:
-        """Intercept the DEQ calls in ``mode`` (joint states ``given``) inside this block."""
-        self.mode, self.given, self.gate = mode, list(given), gate
+    def active(
+        self,
+        mode: str,
+        given: list[torch.Tensor],
+        gate: Gate,
+        anchors: Sequence[torch.Tensor] = (),
+    ) -> Iterator[None]:
+        """Intercept the DEQ calls in ``mode`` (joint states ``given``) inside this block.
+
+        ``anchors``: the adapted values of the call; the states of ``solve`` are ranked above
+        their graphs (:func:`~jiio_ext.adapters._higher_backward.rank_above`).
+        """
+        self.mode, self.given, self.gate, self.anchors = mode, list(given), gate, list(anchors)
         self.states, self.images = [], []
 
         def handle(deq, original, func, z_init, args, kwargs):
@@ -165,7 +177,10 @@ class Tap:
         else:
             with torch.no_grad():
                 solved, info = original(func, z_init, *args, **kwargs)
-            state = tuple(t.detach().requires_grad_() for t in as_tuple(_as_state(solved[-1])))
+            state = tuple(
+                rank_above(t.detach().requires_grad_(), self.anchors)
+                for t in as_tuple(_as_state(solved[-1]))
+            )
         if tuple(s.shape for s in state) != tuple(t.shape for t in parts):
             raise RuntimeError(
                 f"model: DEQ state shapes {[tuple(s.shape) for s in state]} differ from the "
