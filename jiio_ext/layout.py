@@ -79,6 +79,8 @@ class Layout:
 
     def unflatten(self, flat: torch.Tensor) -> State:
         """Inverse of :meth:`flatten` (views into ``flat`` where possible)."""
+        if not self.is_tuple:
+            return flat.reshape(flat.shape[0], *self.shapes[0])
         pieces = torch.split(flat, list(self.sizes), dim=1)
         parts = tuple(
             piece.reshape(flat.shape[0], *shape) for piece, shape in zip(pieces, self.shapes)

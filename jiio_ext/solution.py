@@ -86,9 +86,10 @@ class JointSolution:
         z: fixed point of the DEQ at ``x`` (tensor or tuple, like ``z0``).
         x: optimised input, always inside the constraint set.
         mu: adjoint state ``μ = (∂f/∂z)ᵀ μ + ∂L/∂z`` (same structure as ``z``).
-        objective: per-sample objective at each sample's last evaluated iterate ``(B,)`` (the
-            returned ``z``, ``x`` are one map application further; equal within tolerance
-            for converged samples).
+        objective: per-sample objective at the returned ``x`` with ``z`` at its fixed point
+            there ``(B,)`` (:func:`~jiio_ext.solve_joint` re-solves ``z`` for the samples that
+            did not converge, to the relative tolerance ``info["settle_rtol"]``, and keeps the
+            last joint iterate's value in ``info["objective_last_iterate"]``).
         status: per-sample :class:`Status` codes ``(B,)`` (int64).
         nstep: per-sample number of iterations (joint) or outer steps (nested) ``(B,)``.
         residuals: per-block residuals ``{"z", "x", "mu"}`` each ``(B,)``: RMS of

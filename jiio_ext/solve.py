@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -104,9 +105,9 @@ def _objective_score(atol: float):
     """Best-iterate score: the objective where the forward residual is small, else inf."""
 
     def score(res: torch.Tensor, state_rms: torch.Tensor, aux: dict) -> torch.Tensor:
-        eligible = res[:, 0] <= 1e-3 * state_rms[:, 0] + atol
-        objective = aux["objective"]
-        return torch.where(eligible, objective, torch.full_like(objective, float("inf")))
+        bound = 1e-3 * state_rms[:, 0]
+        eligible = res[:, 0] <= (bound + atol if atol else bound)
+        return aux["objective"].masked_fill(~eligible, float("inf"))
 
     return score
 
@@ -159,6 +160,22 @@ def _mark_unsettled(
     return torch.where(unsettled, int(Status.UNSETTLED), status)
 
 
+# relative tolerance of the final settle when the joint solve has none (rtol=0, a fixed
+# budget such as the attacks'): without it the settle ran its whole budget for nothing
+_SETTLE_RTOL = 1e-4
+
+
+def _settle_rtol(rtol: float, dtype: torch.dtype) -> float:
+    """The relative tolerance of the final settle of ``z``.
+
+    ``rtol`` when the solve has one; else 1e-4, or ``√ε`` of the state's dtype where that is
+    smaller (1.5e-8 in float64), so that a float64 objective is still reported to ~1e-8.
+    """
+    if rtol > 0:
+        return rtol
+    return min(_SETTLE_RTOL, math.sqrt(torch.finfo(dtype).eps))
+
+
 def _settle(
     aug: AugmentedMap,
     z: State,
@@ -172,7 +189,8 @@ def _settle(
 
     Converged samples are already there; the others get a forward-only Anderson solve at
     their returned ``x``, warm-started from their last ``z`` (``f`` evaluations only, no VJP:
-    cheap next to the joint iterations). One batched evaluation then gives the objective at
+    cheap next to the joint iterations), to :func:`_settle_rtol` of ``rtol`` (each sample stops
+    as soon as its residual is below it). One batched evaluation then gives the objective at
     ``(z*(x), x)``, the value the solution reports.
 
     Returns:
@@ -196,7 +214,7 @@ def _settle(
             z_flat.index_select(0, todo),
             solver=Anderson(),
             max_iter=max(20, max_iter // 4),
-            rtol=rtol,
+            rtol=_settle_rtol(rtol, z_flat.dtype),
             atol=0.0,
         )
         finite = torch.isfinite(settled.state).all(dim=1)
@@ -274,7 +292,10 @@ def solve_joint(
         rtol: relative tolerance: a sample is ``CONVERGED`` when its forward and adjoint
             residuals are below ``rtol`` times the RMS of ``z`` and ``μ``, and its projected
             gradient (:meth:`~jiio_ext.augmented.AugmentedMap.stationarity`) below ``rtol``
-            times the largest it has been, whatever the step size.
+            times the largest it has been, whatever the step size. The final settle of ``z``
+            at the returned ``x`` (for the reported objective) stops at ``rtol`` too, or,
+            when ``rtol`` is 0 (a fixed budget, as the attacks run), at 1e-4 relative
+            (float32; 1.5e-8 in float64): ``info["settle_rtol"]``.
         atol: absolute floor added to every test (default 0, so that the result does not
             depend on the scale of the objective).
         subset: evaluate only still-active samples (frozen ones cost nothing).
@@ -451,6 +472,7 @@ def solve_joint(
             "stationarity": result.aux.get("stationarity"),
             "stationarity_peak": result.peaks.get("stationarity"),
             "objective_last_iterate": last_objective,
+            "settle_rtol": _settle_rtol(rtol, x.dtype),
             "residual_z_joint": joint_z_residual,
         },
     )

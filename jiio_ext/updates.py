@@ -232,7 +232,7 @@ class Adaptive(InputUpdate):
         previous = self._previous if whole else self._previous[index]
         rose = (value - previous) > self.rise * previous.abs()
         factor = torch.where(rose, factor * self.backoff, (factor * self.recover).clamp_max(1.0))
-        value = torch.where(torch.isfinite(value), value, previous)
+        value = torch.where(value - value == 0, value, previous)  # finite: v - v is 0
         if whole:
             self._factor, self._previous = factor, value
         else:

@@ -374,3 +374,66 @@ def test_best_iterate_never_returns_worse_than_the_last_iterate():
         for best in (True, False)
     ]
     assert bool((runs[0].objective <= runs[1].objective + 1e-7).all())
+
+
+def _fixed_budget(p, max_iter: int, dtype: torch.dtype = DTYPE):
+    """An attack-style solve, no tolerance (rtol = atol = 0): constant sign steps, which keep
+    circling an interior minimum, so no sample ever converges."""
+    W, U, b, target = (t.to(dtype) for t in (p.W, p.U, p.b, p.target))
+
+    def f(z, x):
+        return torch.tanh(z @ W.T + x @ U + b)
+
+    def objective(z, x):
+        return (z - target).pow(2).sum(1) + p.reg * x.pow(2).sum(1)
+
+    x0, z0 = p.x0().to(dtype), p.z0().to(dtype)
+    sol = solve_joint(
+        f,
+        objective,
+        x0,
+        z0=z0,
+        constraint=LinfBall(5.0, center=x0),
+        step_rule="sign",
+        step_size=0.05,
+        solver="damped",
+        alpha_z=0.5,
+        max_iter=max_iter,
+        rtol=0.0,
+        atol=0.0,
+    )
+    return sol, f, objective
+
+
+@pytest.mark.parametrize("dtype, floor", [(torch.float32, 1e-4), (torch.float64, 2**-26)])
+def test_a_fixed_budget_settle_stops_at_its_floor_on_a_contractive_layer(dtype, floor):
+    p = make_problem(batch=6, seed=11)
+    sol, _, _ = _fixed_budget(p, 200, dtype)  # the settle's budget: max(20, 200 // 4) = 50
+    assert not bool((sol.status == Status.CONVERGED).any())  # every sample is settled
+    assert sol.info["settle_rtol"] == pytest.approx(floor)
+    settle_evals = sol.f_evals - sol.vjps  # forward-only evaluations of the settle
+    assert 0 < settle_evals < 25, settle_evals
+    # it stopped because each sample met the floor, relative to the state's RMS
+    z_rms = sol.z.pow(2).mean(dim=1).sqrt()
+    assert bool((sol.residuals["z"] <= floor * z_rms).all()), sol.residuals["z"]
+
+
+def test_a_fixed_budget_reports_the_objective_at_the_returned_x():
+    p = make_problem(batch=6, seed=12)
+    sol, f, objective = _fixed_budget(p, 40, torch.float32)
+    z_star = forward_fixed_point(f, sol.x, sol.z)  # plain iteration to float32 round-off
+    tight = objective(z_star, sol.x)
+    # z within the floor (1e-4 of its RMS, times 1 / (1 - Lipschitz 0.5)) of its fixed point
+    torch.testing.assert_close(sol.z, z_star, rtol=0, atol=5e-4)
+    torch.testing.assert_close(sol.objective, tight, rtol=1e-3, atol=1e-6)
+    # the last joint iterate's value is another number (the test is not vacuous)
+    last = sol.info["objective_last_iterate"]
+    assert not torch.allclose(last, tight, rtol=1e-3, atol=1e-6)
+
+
+def test_the_settle_keeps_the_solve_tolerance_when_there_is_one():
+    p = make_problem(batch=4, seed=13)
+    sol = solve_joint(p.f, p.objective, p.x0(), z0=p.z0(), max_iter=10, rtol=1e-9)
+    assert sol.info["settle_rtol"] == 1e-9
+    z_star = forward_fixed_point(p.f, sol.x, sol.z)
+    torch.testing.assert_close(sol.z, z_star, rtol=0, atol=1e-8)

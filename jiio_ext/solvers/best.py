@@ -98,7 +98,7 @@ class BestIterate:
         aux: dict[str, torch.Tensor],
     ) -> None:
         """Keep ``mapped`` (and its residuals and aux) for the rows whose score improved."""
-        score = torch.where(finite, score, torch.full_like(score, float("inf")))
+        score = score.masked_fill(~finite, float("inf"))
         if self.score is None:
             self.score, self.state, self.res = score, mapped, res
             self.aux = {key: value.detach() for key, value in aux.items()}

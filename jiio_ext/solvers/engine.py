@@ -35,7 +35,12 @@ import torch
 from jiio_ext.solution import Status
 from jiio_ext.solvers.anderson import Anderson, DampedIteration
 from jiio_ext.solvers.best import BestIterate, BestSoFar
-from jiio_ext.solvers.termination import Termination, TerminationState, status_codes
+from jiio_ext.solvers.termination import (
+    Termination,
+    TerminationState,
+    finite_rows,
+    status_codes,
+)
 
 __all__ = ["EngineState", "FixedPointEngine", "FixedPointResult", "MapFn", "Solver"]
 
@@ -266,6 +271,7 @@ class FixedPointEngine:
             torch.tensor(mixed, device=device), torch.tensor(sizes, device=device)
         )
         self._passthrough = None if all(mixed) else ~self._mix_mask
+        self._block_mask = None  # the mixed blocks as a (n_blocks,) mask of the state's dtype
         outputs = {
             "state": state0.clone(),
             "residuals": torch.full(
@@ -330,14 +336,14 @@ class FixedPointEngine:
         s = st.state
         resid = mapped - s
         rms, res = self.termination.residuals(resid)
-        finite = torch.isfinite(rms).all(dim=1)
-        for value in aux.values():
-            finite = finite & torch.isfinite(value)
+        finite = finite_rows(rms, *aux.values())
         # the residual norm in Anderson's metric, from the block norms (no extra pass)
         if self._passthrough is None:
             w_norm = rms.pow(2).sum(dim=1).sqrt() if self.balance else resid.norm(dim=1)
         elif self.balance:
-            w_norm = (rms * self._mix_mask.new_tensor(self._mixed).to(rms)).pow(2).sum(dim=1).sqrt()
+            if self._block_mask is None:
+                self._block_mask = self._mix_mask.new_tensor(self._mixed).to(rms)
+            w_norm = (rms * self._block_mask).pow(2).sum(dim=1).sqrt()
         else:
             w_norm = (resid * self._mix_mask.to(resid)).norm(dim=1)
         if st.good is None:
@@ -357,9 +363,12 @@ class FixedPointEngine:
             st.best.update(self.solver.score(res, ts.state_peak, aux), finite, mapped, res, aux)
         nstep = st.outputs["nstep"]
         rows = st.rows
-        nstep.index_add_(
-            0, rows, st.active[rows].long() if not self.subset else torch.ones_like(rows)
-        )
+        if not self.subset:  # every row is evaluated: the active ones count
+            nstep.add_(st.active.long() if st.frozen else 1)
+        elif rows.numel() == nstep.numel():  # no sample has frozen yet
+            nstep.add_(1)
+        else:
+            nstep.index_add_(0, rows, torch.ones_like(rows))
         if self.traces:
             st.trace_rows.append(rows)
             st.trace_values.setdefault("_residuals", []).append(res)
@@ -395,17 +404,42 @@ class FixedPointEngine:
         Returns:
             The per-row done mask and :class:`~jiio_ext.solution.Status` codes ``(b,)``.
         """
+        done, converged, diverged = self._tests(st, final)
+        return done, status_codes(converged, diverged, st.finite)
+
+    def terminate_and_freeze(
+        self, st: EngineState, final: bool = False
+    ) -> tuple[EngineState, torch.Tensor]:
+        """:meth:`terminate` then :meth:`freeze`, with the status codes made only if needed.
+
+        Args:
+            st: the engine state after a :meth:`step`.
+            final: the budget is spent: every row still iterating is done.
+
+        Returns:
+            The engine state and the per-row done mask of the last evaluation.
+        """
+        done, converged, diverged = self._tests(st, final)
+        if bool(done.any()):
+            st = self.freeze(st, done, status_codes(converged, diverged, st.finite))
+        return st, done
+
+    def _tests(
+        self, st: EngineState, final: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(done, converged, diverged)`` of the rows at the last evaluation."""
         term = self.termination
         ts = st.termination
         converged = term.converged(ts, st.res, st.aux, st.finite)
         diverged = term.diverged(ts, st.w_norm, st.finite)
         done = converged | ~st.finite | diverged
-        active = st.active[st.rows]
-        if not self.subset:
-            done = done & active
-        if final:
-            done = done | (active if not self.subset else torch.ones_like(done))
-        return done, status_codes(converged, diverged, st.finite)
+        if not self.subset:  # rows are the whole batch; frozen ones are not done again
+            done = done & st.active
+            if final:
+                done = done | st.active
+        elif final:
+            done = torch.ones_like(done)
+        return done, converged, diverged
 
     def freeze(self, st: EngineState, done: torch.Tensor, code: torch.Tensor) -> EngineState:
         """Write the ``done`` rows' results and stop iterating them."""

@@ -165,10 +165,9 @@ def fixed_point(
             snapshots[k] = engine.snapshot(st)
         last = k == max_iter - 1
         if (k + 1) % check_every == 0 or last:
-            done, code = engine.terminate(st, final=last)
-            if shown is not None:
-                shown.show(engine, st, done)
-            st = engine.freeze(st, done, code)
+            if shown is not None:  # the postfix shows the rows before they freeze
+                shown.show(engine, st, engine.terminate(st, final=last)[0])
+            st, _ = engine.terminate_and_freeze(st, final=last)
             if not engine.running(st):
                 if progress is not None:
                     progress.update(1)

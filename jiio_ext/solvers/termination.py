@@ -30,7 +30,7 @@ import torch
 
 from jiio_ext.solution import Status
 
-__all__ = ["Termination", "TerminationState", "block_rms", "status_codes"]
+__all__ = ["Termination", "TerminationState", "block_rms", "finite_rows", "status_codes"]
 
 # relative residual below which a block counts as loosely settled (see ``peak_tests``)
 _TRUSTED = 0.1
@@ -44,11 +44,54 @@ def block_rms(v: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         >>> block_rms(torch.tensor([[3.0, 4.0, 2.0]]), (2, 1)).tolist()
         [[3.535533905029297, 2.0]]
     """
+    if len(sizes) == 1:
+        return (torch.linalg.vector_norm(v, dim=1) / math.sqrt(sizes[0])).unsqueeze(1)
     parts = torch.split(v, list(sizes), dim=1)
-    return torch.stack(
-        [torch.linalg.vector_norm(part, dim=1) / math.sqrt(n) for part, n in zip(parts, sizes)],
-        dim=1,
-    )
+    if v.dtype in (torch.float16, torch.bfloat16):  # a scalar divisor is not rounded to v's type
+        return torch.stack(
+            [torch.linalg.vector_norm(p, dim=1) / math.sqrt(n) for p, n in zip(parts, sizes)],
+            dim=1,
+        )
+    norms = torch.stack([torch.linalg.vector_norm(part, dim=1) for part in parts], dim=1)
+    return norms / _root_sizes(sizes, norms)
+
+
+# sqrt of the block sizes, one tensor per (sizes, dtype, device): made once, not per iteration
+_ROOTS: dict[tuple, torch.Tensor] = {}
+
+
+def _root_sizes(sizes: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    key = (tuple(sizes), like.dtype, like.device)
+    roots = _ROOTS.get(key)
+    if roots is None:
+        roots = _ROOTS[key] = torch.tensor([math.sqrt(n) for n in sizes], dtype=torch.float64).to(
+            like
+        )
+    return roots
+
+
+def finite_rows(*values: torch.Tensor) -> torch.Tensor:
+    """Which rows of ``(b,)`` or ``(b, k)`` tensors are finite in every entry ``(b,)``.
+
+    ``v - v`` is zero exactly where ``v`` is finite (NaN for NaN and infinity), so the test is
+    two passes over the values rather than :func:`torch.isfinite`'s four.
+
+    Example:
+        >>> import torch
+        >>> finite_rows(torch.tensor([[1.0, 2.0], [1.0, float("inf")]]),
+        ...             torch.tensor([0.0, 1.0])).tolist()
+        [True, False]
+    """
+    columns = [v if v.dim() == 2 else v.unsqueeze(1) for v in values]
+    dtypes = {c.dtype for c in columns}
+    if len(dtypes) == 1:
+        both = columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)
+        return (both - both == 0).all(dim=1)
+    finite = None
+    for column in columns:  # mixed dtypes: tested one by one (no cast can overflow)
+        ok = (column - column == 0).all(dim=1)
+        finite = ok if finite is None else finite & ok
+    return finite
 
 
 def status_codes(
@@ -63,11 +106,18 @@ def status_codes(
         ...                                             (yes, yes, yes), (yes, yes, no))]
         [0, 1, 2, 3]
     """
-    code = torch.full(converged.shape, int(Status.MAX_ITER), dtype=torch.long)
-    code = code.to(converged.device)
-    code = torch.where(converged, int(Status.CONVERGED), code)
-    code = torch.where(diverged, int(Status.DIVERGED), code)
-    return torch.where(~finite, int(Status.NONFINITE), code)
+    code = torch.full(
+        converged.shape, int(Status.MAX_ITER), dtype=torch.long, device=converged.device
+    )
+    code.masked_fill_(converged, int(Status.CONVERGED))
+    code.masked_fill_(diverged, int(Status.DIVERGED))
+    return code.masked_fill_(~finite, int(Status.NONFINITE))
+
+
+def _within(res: torch.Tensor, scale: torch.Tensor, untested: torch.Tensor | None) -> torch.Tensor:
+    """Rows whose tested blocks are all within ``scale`` ``(b,)``."""
+    below = res <= scale
+    return (below if untested is None else below | untested).all(dim=1)
 
 
 @dataclass
@@ -79,6 +129,8 @@ class TerminationState:
         ref_norm: the first weighted residual norm ``(b,)`` (divergence reference).
         state_peak: the largest RMS each block of the state has had ``(b, n_blocks)``.
         peaks: the trusted peaks of the ``peak_tests`` outputs ``{name: (b,)}``.
+        untested: ``~tested``, or ``None`` when every block is tested.
+        limit: the divergence threshold ``divergence × max(ref_norm, 1)`` ``(b,)``.
 
     Example:
         >>> import torch
@@ -91,14 +143,22 @@ class TerminationState:
     ref_norm: torch.Tensor | None = None
     state_peak: torch.Tensor | None = None
     peaks: dict[str, torch.Tensor] = field(default_factory=dict)
+    untested: torch.Tensor | None = None
+    limit: torch.Tensor | None = None
 
     def select(self, keep: torch.Tensor) -> TerminationState:
         """Keep only the rows ``keep`` (the samples still active)."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, keep)
+
         return TerminationState(
             tested=self.tested,
-            ref_norm=None if self.ref_norm is None else self.ref_norm.index_select(0, keep),
-            state_peak=None if self.state_peak is None else self.state_peak.index_select(0, keep),
+            ref_norm=pick(self.ref_norm),
+            state_peak=pick(self.state_peak),
             peaks={key: value.index_select(0, keep) for key, value in self.peaks.items()},
+            untested=self.untested,
+            limit=pick(self.limit),
         )
 
 
@@ -178,7 +238,8 @@ class Termination:
             device=state.device,
         )
         peaks = {k: v.to(state) for k, v in (peak_start or {}).items()}
-        return TerminationState(tested=tested, peaks=peaks)
+        untested = None if self.tested_blocks is None or all(self.tested_blocks) else ~tested
+        return TerminationState(tested=tested, peaks=peaks, untested=untested)
 
     def residuals(self, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rms, res)`` of a residual ``F(s) - s``: per-block RMS, and RMS over the block scale.
@@ -218,6 +279,8 @@ class Termination:
         """
         if ts.ref_norm is None:
             ts.ref_norm = w_norm
+            if self.divergence is not None:
+                ts.limit = self.divergence * w_norm.clamp_min(1.0)
         state_rms = block_rms(state, self.sizes(state.shape[1]))
         # a block is measured against the largest RMS it has had: a block whose solution is
         # zero (the adjoint of a loss that reaches zero) still converges without an atol
@@ -227,7 +290,7 @@ class Termination:
         if self.peak_tests:
             # peaks count only iterates whose tested blocks are loosely settled, so that a
             # transient excursion of an unsettled block cannot inflate the reference
-            trusted = ((res <= self.atol + _TRUSTED * ts.state_peak) | ~ts.tested).all(dim=1)
+            trusted = _within(res, self.atol + _TRUSTED * ts.state_peak, ts.untested)
             if finite is not None:
                 trusted = trusted & finite
             for key in self.peak_tests:
@@ -245,8 +308,7 @@ class Termination:
         finite: torch.Tensor,
     ) -> torch.Tensor:
         """Which rows meet every tolerance at the last observed iterate ``(b,)``."""
-        scale = self.atol + self.rtol * ts.state_peak
-        converged = ((res <= scale) | ~ts.tested).all(dim=1) & finite
+        converged = _within(res, self.atol + self.rtol * ts.state_peak, ts.untested) & finite
         for key in self.peak_tests:
             converged = converged & (aux[key] <= self.atol + self.rtol * ts.peaks[key])
         return converged
@@ -257,7 +319,9 @@ class Termination:
         """Which finite rows' residual grew past ``divergence ×`` its first value ``(b,)``."""
         if self.divergence is None:
             return torch.zeros_like(finite)
-        return finite & (w_norm > self.divergence * ts.ref_norm.clamp_min(1.0))
+        if ts.limit is None:  # a state made before the first observe
+            ts.limit = self.divergence * ts.ref_norm.clamp_min(1.0)
+        return finite & (w_norm > ts.limit)
 
     def codes(
         self,
