@@ -259,9 +259,8 @@ def test_make_problem_reconstruct_is_noiseless_identity():
 def test_test_time_solver_settings_are_used():
     from jiio_ext.adapters.kornia import make_degradation
 
-    from jiio_ext.apps.bench.inverse import compare_reconstruction
+    from jiio_ext.apps.bench.inverse import TUNED, compare_reconstruction
     from jiio_ext.apps.tasks.latent import build_decoder
-    from jiio_ext.schedules import StepSwitch
 
     torch.manual_seed(0)
     decoder = build_decoder(latent_dim=4, channels=8, image_size=8)
@@ -269,15 +268,23 @@ def test_test_time_solver_settings_are_used():
     clean = torch.rand(3, 1, 8, 8)
     kwargs = dict(latent_dim=4, steps=2, max_iter=6)
     default = compare_reconstruction(decoder, operator, clean, **kwargs)
-    explicit = compare_reconstruction(
-        decoder, operator, clean, anderson_kind="II", step_size=StepSwitch(6.0, 2.0), **kwargs
+    both = compare_reconstruction(
+        decoder, operator, clean, alternatives={"jiio_tuned": TUNED}, **kwargs
     )
+    explicit = compare_reconstruction(decoder, operator, clean, **TUNED, **kwargs)
     other = compare_reconstruction(
-        decoder, operator, clean, anderson_kind="I", step_size=1.0, **kwargs
+        decoder, operator, clean, solver="anderson", step_size=1.0, **kwargs
     )
-    assert "type II" in default["jiio"]["name"] and "first=6.0" in default["jiio"]["name"]
-    assert default["traces"]["jiio"][1] == explicit["traces"]["jiio"][1]
-    assert "type I," in other["jiio"]["name"]
-    assert other["traces"]["jiio"][1] != default["traces"]["jiio"][1]
-    with pytest.raises(ValueError, match="kind"):
-        compare_reconstruction(decoder, operator, clean, anderson_kind="III", **kwargs)
+    assert default["jiio"]["name"].startswith("JIIO with default options")
+    assert both["jiio"]["name"] == default["jiio"]["name"]
+    assert both["traces"]["jiio"][1] == default["traces"]["jiio"][1]
+    tuned = both["jiio_tuned"]
+    assert "first=6.0" in tuned["name"] and "speedup_time" in tuned and "full_run" in tuned
+    assert both["traces"]["jiio_tuned"][1] == explicit["traces"]["jiio"][1]
+    assert both["traces"]["jiio_tuned"][1] != default["traces"]["jiio"][1]
+    assert "step_size=1.0" in other["jiio"]["name"]
+    assert other["traces"]["jiio"][1] != explicit["traces"]["jiio"][1]
+    with pytest.raises(ValueError, match="solver"):
+        compare_reconstruction(decoder, operator, clean, solver="nonsense", **kwargs)
+    with pytest.raises(ValueError, match="alternatives"):
+        compare_reconstruction(decoder, operator, clean, alternatives={"jiio": {}}, **kwargs)
