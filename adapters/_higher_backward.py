@@ -70,16 +70,28 @@ class AdjointSolve:
     atol: float
     method: str = "anderson"
 
-    def solve(self, vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, what: str):
+    def solve(
+        self,
+        vjp: Callable[[torch.Tensor], torch.Tensor],
+        v: torch.Tensor,
+        what: str,
+        floor: torch.Tensor | None = None,
+    ):
         """Solve ``w = vjp(w) + v`` row by row; warn about rows that did not converge.
 
         ``method="neumann"`` iterates ``w ← vjp(w) + v`` (the Neumann series: no mixing
         overhead, fast for a contractive DEQ) and hands over to Anderson, warm-started, when
         a step does not shrink the residual or the budget's first half is spent.
+
+        ``floor`` (per row): a relative tolerance below which the rows need not go, the
+        relative residual of the forward fixed point they belong to (:func:`attach_ift`): an
+        implicit gradient at a fixed point known to that accuracy is no more accurate for a
+        tighter adjoint, so each row stops at ``max(rtol, floor)``.
         """
+        rtol = self.rtol if floor is None else floor.to(v).clamp_min(self.rtol)
         start = v
         if self.method == "neumann":
-            start, done = self._neumann(vjp, v)
+            start, done = self._neumann(vjp, v, rtol)
             if done:
                 return start
         result = solve_adjoint(
@@ -88,7 +100,7 @@ class AdjointSolve:
             start,
             solver=Anderson(memory=5, kind="II"),
             max_iter=self.max_iter,
-            rtol=self.rtol,
+            rtol=self.rtol if floor is None else float(rtol.min()),
             atol=self.atol,
         )
         failed = int((result.status != Status.CONVERGED).sum())
@@ -101,7 +113,9 @@ class AdjointSolve:
             )
         return result.state
 
-    def _neumann(self, vjp, v: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def _neumann(
+        self, vjp, v: torch.Tensor, rtol: float | torch.Tensor
+    ) -> tuple[torch.Tensor, bool]:
         """Plain iteration; a row is frozen once converged (as the Anderson solve does)."""
         w, previous = v, None
         active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
@@ -109,7 +123,7 @@ class AdjointSolve:
             nxt = vjp(w) + v
             resid = (nxt - w).norm(dim=1)
             w = torch.where(active[:, None], nxt, w)
-            done = resid <= self.atol * math.sqrt(w.shape[1]) + self.rtol * nxt.norm(dim=1)
+            done = resid <= self.atol * math.sqrt(w.shape[1]) + rtol * nxt.norm(dim=1)
             if previous is not None and bool((active & ~done & (resid > 0.9 * previous)).any()):
                 return w, False  # too slow a contraction for the plain series: Anderson next
             active &= ~done
@@ -129,21 +143,28 @@ def attach_ift(
     """``image = f(state)`` at a fixed point, with an implicit (IFT) backward per DEQ sample.
 
     The first ``lead`` dimensions of every tensor index the samples (2 under ``vmap``: tasks
-    and the DEQ's batch); each sample is one row of the adjoint solve.
+    and the DEQ's batch); each sample is one row of the adjoint solve, which stops at the
+    relative tolerance ``max(backward.rtol, r)``, ``r`` the sample's relative fixed-point
+    residual ``||f(state) − state|| / ||f(state)||`` (see :meth:`AdjointSolve.solve`).
 
     Example:
         >>> import torch
-        >>> z = torch.zeros(1, 2, requires_grad=True)
+        >>> z = torch.full((1, 2), 2.0, requires_grad=True)  # at the fixed point z* = 2 θ
         >>> theta = torch.ones(1, 2, requires_grad=True)
-        >>> image = (0.5 * z + theta,)  # fixed point z* = 2 θ
+        >>> image = (0.5 * z + theta,)
         >>> out = attach_ift((z,), image, Gate(), AdjointSolve(50, 1e-10, 1e-12))
         >>> out[0].sum().backward()
         >>> theta.grad  # dz*/dθ = 2
         tensor([[2., 2.]])
     """
+    samples = math.prod(image[0].shape[:lead])
+    with torch.no_grad():  # the fixed point's own accuracy: the adjoint need not exceed it
+        gap = torch.cat([(i - z).reshape(samples, -1) for i, z in zip(image, state)], dim=1)
+        size = torch.cat([i.reshape(samples, -1) for i in image], dim=1).norm(dim=1)
+        residual = gap.norm(dim=1) / size.clamp_min(torch.finfo(size.dtype).tiny)
 
     def solve(vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor | None:
-        return backward.solve(vjp, v, "DEQ backward") if gate.active else None
+        return backward.solve(vjp, v, "DEQ backward", residual) if gate.active else None
 
     return attach_implicit(state, image, solve, lead=lead)
 
@@ -186,7 +207,7 @@ def attach_ift_vmapped(
     Example:
         >>> import torch
         >>> from torch.func import vmap
-        >>> z = torch.zeros(3, 1, 2, requires_grad=True)  # 3 tasks, 1 sample each
+        >>> z = torch.full((3, 1, 2), 2.0, requires_grad=True)  # 3 tasks, 1 sample each, at z*
         >>> theta = torch.ones(3, 1, 2, requires_grad=True)
         >>> solve = AdjointSolve(50, 1e-10, 1e-12)
         >>> def task(z, theta):

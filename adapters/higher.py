@@ -225,7 +225,7 @@ def innerloop_ctx(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     backward_max_iter: int = 100,
-    backward_rtol: float = 1e-6,
+    backward_rtol: float = 1e-5,
     backward_atol: float = 1e-10,
     backward_solver: str = "neumann",
     vectorize: bool = True,
@@ -276,7 +276,10 @@ def innerloop_ctx(
         rtol: relative tolerance of the per-task status.
         atol: absolute tolerance of the per-task status.
         backward_max_iter: budget of the adjoint fixed points of backward passes.
-        backward_rtol: their relative tolerance.
+        backward_rtol: their relative tolerance (default ``1e-5``: the loosest at which the
+            unrolled meta-gradient keeps matching finite differences to ``1e-4`` with a
+            margin, docs/meta.md); a DEQ's adjoint stops no tighter than its forward fixed
+            point's relative residual.
         backward_atol: their absolute tolerance.
         backward_solver: ``"neumann"`` (default: the plain series ``w ← Jᵀw + v``, handing
             over to Anderson, warm-started, when it contracts too slowly; measured cheaper

@@ -284,6 +284,26 @@ def test_backward_solvers_agree():
             pass
 
 
+def test_deq_adjoint_stops_at_the_accuracy_of_its_forward_fixed_point():
+    """A DEQ's adjoint solve is not taken tighter than its fixed point's relative residual."""
+    from jiio_ext.adapters._higher_backward import AdjointSolve, Gate, attach_ift
+
+    solve = AdjointSolve(200, 1e-12, 0.0, "neumann")
+
+    def grad_of_fixed_point(eps):  # f(z) = z/2 + θ, z* = 2θ; the state is z*(1 + eps)
+        theta = torch.ones(1, 3, dtype=D, requires_grad=True)
+        z = (2 * (1 + eps) * theta).detach().requires_grad_()
+        (out,) = attach_ift((z,), (0.5 * z + theta,), Gate(), solve)
+        out.sum().backward()
+        return theta.grad  # exactly 2 for a converged adjoint
+
+    exact = grad_of_fixed_point(0.0)
+    torch.testing.assert_close(exact, torch.full_like(exact, 2.0), rtol=1e-11, atol=0.0)
+    loose = grad_of_fixed_point(2e-3)  # relative residual 1e-3: the adjoint stops there
+    error = float((loose - 2.0).abs().max() / 2.0)
+    assert 1e-6 < error < 2e-3
+
+
 def test_jacobian_penalty_estimates_the_deq_jacobian_at_the_trajectory_point():
     torch.manual_seed(0)
     net = FiLMDEQ(tol=1e-12)
