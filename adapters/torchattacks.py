@@ -17,6 +17,15 @@ weaker attacks (measured: robust accuracy 31 % against 25 % for the damped itera
 PGD-10, on the test classifier). Among the iterates whose DEQ state is converged, the strongest
 (highest loss) is returned, re-projected onto the ε-ball and ``[0, 1]``.
 
+Safeguard (``safeguard=True``, the default): on a layer that the damped joint iteration does
+not settle (a non-contractive cell), the state or the adjoint lags behind the moving input and
+the steps follow inexact gradients; such images end ``Status.UNSETTLED``. Those images only
+are solved once more, from where they ended (input, state and adjoint), with the same budget
+and steps of ``alpha / 3``, and each keeps the new point only where its objective at the
+settled state is no worse. Images that settle are untouched, so a contractive model runs
+exactly as without the safeguard and pays nothing. The attack warns for the images still
+unsettled after it.
+
 Example:
     >>> import torch
     >>> from torchdeq import get_deq
@@ -57,6 +66,7 @@ except ImportError as err:  # the attacks run on torchdeq models: both extras ar
     ) from err
 
 from jiio_ext.constraints import Box, ComposedProjection, L2Ball, LinfBall
+from jiio_ext.layout import as_tuple
 from jiio_ext.schedules import Cosine, StepSwitch
 from jiio_ext.solution import Status
 
@@ -71,6 +81,8 @@ __all__ = ["JIIOPGD", "JIIOPGDL2", "adversarial_logits"]
 
 # How far outside [0, 1] input values may lie (float rounding of a normalisation round trip)
 _RANGE_SLACK = 1e-5
+# the safeguard's step, a fraction of alpha (chosen on scripts/attack_safeguard_dev.py)
+_SAFEGUARD_STEP = 1.0 / 3.0
 
 
 class _AttackedModel(nn.Module):
@@ -112,16 +124,20 @@ class _JIIOAttack(Attack):
         steps: int,
         random_start: bool,
         iterations_per_step: int = 4,
+        safeguard: bool = True,
         **solve_options: Any,
     ) -> None:
         _check_number(eps, "eps")
         _check_number(alpha, "alpha")
         _check_number(steps, "steps", integer=True)
         _check_number(iterations_per_step, "iterations_per_step", integer=True)
+        if not isinstance(safeguard, bool):
+            raise ValueError(f"safeguard: expected True or False, got {safeguard!r}")
         super().__init__(name, model)
         self.eps, self.alpha, self.steps = float(eps), float(alpha), steps
         self.random_start = bool(random_start)
         self.iterations_per_step = iterations_per_step
+        self.safeguard = safeguard
         self.solve_options = solve_options
         self.projection = "exact"
         self.eps_for_division = 1e-10
@@ -159,6 +175,99 @@ class _JIIOAttack(Attack):
         norms = grad.flatten(1).norm(dim=1).view(-1, *([1] * (grad.dim() - 1)))
         return grad / (norms + self.eps_for_division)
 
+    def _threat(self, images: torch.Tensor) -> Any:
+        """The threat model around ``images``: the ε-ball intersected with ``[0, 1]``."""
+        if self.norm == "linf":  # L∞ ball ∩ box: sequential clamps are exact
+            return LinfBall(self.eps, center=images) & Box(0.0, 1.0)
+        if self.projection == "exact":
+            return L2Ball(self.eps, center=images) & Box(0.0, 1.0)
+        return ComposedProjection(L2Ball(self.eps, center=images), Box(0.0, 1.0))
+
+    def _solve(
+        self,
+        start: torch.Tensor,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        sign: float,
+        step_size: Any,
+        max_iter: int,
+        **warm: Any,
+    ) -> Any:
+        """One joint solve of the attack from ``start`` (``warm``: ``z0`` and ``mu0``)."""
+
+        def objective(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return sign * F.cross_entropy(logits, targets, reduction="none")
+
+        options = {
+            "solver": "damped",
+            "step_rule": "sign" if self.norm == "linf" else self._l2_direction,
+            "step_size": step_size,
+            "max_iter": max_iter,
+            "rtol": 0.0,
+            "atol": 0.0,
+            **self.solve_options,
+        }
+        return self._view.optimize_input(
+            start, objective, constraint=self._threat(images), **warm, **options
+        )
+
+    def _resolve_unsettled(
+        self,
+        solution: Any,
+        adversarial: torch.Tensor,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        sign: float,
+        budget: int,
+    ) -> torch.Tensor:
+        """The safeguard: solve the UNSETTLED samples again from where they ended.
+
+        The second joint solve covers those samples only, warm-started from their input,
+        state and adjoint, with the same budget and steps of ``alpha / 3`` (targeted:
+        decaying to ``alpha / 20``); the smaller steps let the state and adjoint catch up
+        with the input. A sample takes the new point (and its status and residuals) only
+        where its objective at the settled state is no worse, so the attack loss never ends
+        worse. ``solution`` is updated in place; the first solve's statuses stay in
+        ``info["status_joint"]`` and the re-solved rows in ``info["resolved"]``.
+
+        Returns:
+            The adversarial images with the re-solved rows replaced where they improved.
+        """
+        rows = torch.nonzero(solution.status == Status.UNSETTLED).flatten()
+        step = self.alpha * _SAFEGUARD_STEP
+        again = self._solve(
+            adversarial[rows],
+            images[rows],
+            targets[rows],
+            sign,
+            Cosine(step, self.alpha / 20) if self.targeted else step,
+            budget,
+            z0=[t[rows] for t in as_tuple(solution.z)],
+            mu0=tuple(t[rows] for t in as_tuple(solution.mu)),
+        )
+        x_again = self._threat(images[rows]).project(again.x.detach()).clamp(0.0, 1.0)
+        better = again.objective <= solution.objective[rows]
+        keep = rows[better]
+        x_again = x_again[better]
+        solution.info["status_joint"] = solution.status
+        solution.info["resolved"] = rows
+        solution.status = solution.status.index_copy(0, keep, again.status[better])
+        solution.objective = solution.objective.index_copy(0, keep, again.objective[better])
+        solution.x = solution.x.index_copy(0, keep, x_again)
+        joint_z = again.info["residual_z_joint"][better]
+        solution.info["residual_z_joint"] = solution.info["residual_z_joint"].index_copy(
+            0, keep, joint_z
+        )
+        for name, residual in again.residuals.items():
+            solution.residuals[name] = solution.residuals[name].index_copy(
+                0, keep, residual[better]
+            )
+        solution.z, solution.mu = (
+            tuple(t.index_copy(0, keep, u[better]) for t, u in zip(as_tuple(a), as_tuple(b)))
+            for a, b in ((solution.z, again.z), (solution.mu, again.mu))
+        )
+        return adversarial.index_copy(0, keep, x_again)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial images for ``images`` in ``[0, 1]`` with integer ``labels`` ``(B,)``."""
         if not isinstance(images, torch.Tensor) or not torch.is_floating_point(images):
@@ -181,48 +290,40 @@ class _JIIOAttack(Attack):
         targets = self.get_target_label(images, labels) if self.targeted else labels
         sign = 1.0 if self.targeted else -1.0  # minimise: -CE (untargeted), CE (targeted)
 
-        def objective(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return sign * F.cross_entropy(logits, targets, reduction="none")
-
-        if self.norm == "linf":  # L∞ ball ∩ box: sequential clamps are exact
-            threat = LinfBall(self.eps, center=images) & Box(0.0, 1.0)
-        elif self.projection == "exact":
-            threat = L2Ball(self.eps, center=images) & Box(0.0, 1.0)
-        else:
-            threat = ComposedProjection(L2Ball(self.eps, center=images), Box(0.0, 1.0))
         start = self._random_start(images) if self.random_start else images
-        options = {
-            "solver": "damped",
-            "step_rule": "sign" if self.norm == "linf" else self._l2_direction,
-            # a targeted loss has its minimum inside the ball: steps decay so the iterate
-            # settles there (constant steps kept bouncing off it: hit rate 0.89 against
-            # stock's 1.00); an untargeted loss keeps climbing to the boundary at full steps
-            "step_size": (
-                Cosine(self.alpha, self.alpha / 20)
-                if self.targeted
-                else StepSwitch(self.alpha, self.alpha / 3)
-            ),
-            "max_iter": self.iterations_per_step * self.steps,
-            "rtol": 0.0,
-            "atol": 0.0,
-            **self.solve_options,
-        }
-        solution = self._view.optimize_input(start, objective, constraint=threat, **options)
+        budget = self.iterations_per_step * self.steps
+        # a targeted loss has its minimum inside the ball: steps decay so the iterate
+        # settles there (constant steps kept bouncing off it: hit rate 0.89 against
+        # stock's 1.00); an untargeted loss keeps climbing to the boundary at full steps
+        step_size = (
+            Cosine(self.alpha, self.alpha / 20)
+            if self.targeted
+            else StepSwitch(self.alpha, self.alpha / 3)
+        )
+        solution = self._solve(start, images, targets, sign, step_size, budget)
         self._last_solution = solution
+        threat = self._threat(images)
+        adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
         unsettled = solution.status == Status.UNSETTLED
+        if self.safeguard and bool(unsettled.any()):
+            adversarial = self._resolve_unsettled(
+                solution, adversarial, images, targets, sign, budget
+            )
+            unsettled = solution.status == Status.UNSETTLED
         if bool(unsettled.any()):
             worst = float(solution.info["residual_z_joint"][unsettled].max())
             worst_mu = float(solution.residuals["mu"][unsettled].max())
+            again = " even after the safeguard's second solve" if self.safeguard else ""
             warnings.warn(
                 f"{type(self).__name__}: the DEQ state or its adjoint did not settle for "
-                f"{int(unsettled.sum())} of {unsettled.numel()} images (joint forward residual up "
-                f"to {worst:.2e}, adjoint residual up to {worst_mu:.2e}); their perturbations "
-                "followed inexact gradients and the attack may be weaker than PGD there: raise "
-                "iterations_per_step or lower alpha_z (last_solution.status says UNSETTLED)",
+                f"{int(unsettled.sum())} of {unsettled.numel()} images{again} (joint forward "
+                f"residual up to {worst:.2e}, adjoint residual up to {worst_mu:.2e}); their "
+                "perturbations followed inexact gradients and the attack may be weaker than PGD "
+                "there: raise iterations_per_step or lower alpha_z (last_solution.status says "
+                "UNSETTLED)",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
         return adversarial
 
 
@@ -236,6 +337,9 @@ class JIIOPGD(_JIIOAttack):
         steps: PGD-equivalent budget (``iterations_per_step × steps`` joint iterations).
         random_start: start from a uniform random point of the ball.
         iterations_per_step: joint iterations per PGD step of budget.
+        safeguard: solve the images whose DEQ state or adjoint did not settle
+            (``Status.UNSETTLED``) once more from where they ended, at smaller steps (see the
+            module docstring); a model on which every image settles pays nothing.
         **solve_options: further options of :func:`jiio_ext.solve_joint`.
 
     Example:
@@ -253,10 +357,20 @@ class JIIOPGD(_JIIOAttack):
         steps: int = 10,
         random_start: bool = True,
         iterations_per_step: int = 4,
+        *,
+        safeguard: bool = True,
         **solve_options: Any,
     ) -> None:
         super().__init__(
-            "JIIOPGD", model, eps, alpha, steps, random_start, iterations_per_step, **solve_options
+            "JIIOPGD",
+            model,
+            eps,
+            alpha,
+            steps,
+            random_start,
+            iterations_per_step,
+            safeguard,
+            **solve_options,
         )
 
 
@@ -274,6 +388,7 @@ class JIIOPGDL2(_JIIOAttack):
             the positional signature is PGDL2's).
         projection: ``"composed"`` (default; ball then pixel box, as torchattacks' PGDL2
             does — feasible, cheaper) or ``"exact"`` (the nearest point of ball ∩ box).
+        safeguard: re-solve the UNSETTLED images (as in :class:`JIIOPGD`).
         **solve_options: further options of :func:`jiio_ext.solve_joint`.
 
     Example:
@@ -294,6 +409,7 @@ class JIIOPGDL2(_JIIOAttack):
         *,
         iterations_per_step: int = 4,
         projection: str = "composed",
+        safeguard: bool = True,
         **solve_options: Any,
     ) -> None:
         if projection not in ("composed", "exact"):
@@ -307,6 +423,7 @@ class JIIOPGDL2(_JIIOAttack):
             steps,
             random_start,
             iterations_per_step,
+            safeguard,
             **solve_options,
         )
         self.projection = projection

@@ -153,6 +153,8 @@ def test_bad_arguments():
         atk(images, labels[:3])
     with pytest.raises(TypeError, match="torchattacks.PGD"):
         JIIOPGD(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    with pytest.raises(ValueError, match="safeguard"):
+        JIIOPGD(model, safeguard="yes")
 
 
 def test_adversarial_logits_give_the_training_gradient_at_x_adv():
@@ -216,6 +218,61 @@ def test_an_unsettled_deq_state_warns_and_is_reported():
         warnings.simplefilter("error", RuntimeWarning)
         attack(images, labels)
     assert not bool((attack.last_solution.status == Status.UNSETTLED).any())
+
+
+@pytest.mark.parametrize("cls,eps", [(JIIOPGD, 0.1), (JIIOPGDL2, 0.5)])
+def test_the_safeguard_resolves_unsettled_images_and_never_lowers_the_loss(cls, eps):
+    from jiio_ext import Status
+    from jiio_ext.apps.bench.user_classifiers import _ANDERSON_IFT, UserClassifier
+
+    # relu(conv(z) + u), conv at spectral norm 1.5: the damped joint iteration does not settle
+    torch.manual_seed(3)
+    model = UserClassifier(cell="relu", spectral_norm=1.5, deq_options=_ANDERSON_IFT, seed=3)
+    model = model.double().eval()
+    images, labels = torch.rand(8, 1, 8, 8, dtype=torch.float64), torch.arange(8)
+    runs = {}
+    for safeguard in (False, True):
+        attack = cls(
+            model, eps=eps, alpha=eps / 4, steps=5, random_start=False, safeguard=safeguard
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            adv = attack(images, labels)
+        with torch.no_grad():
+            loss = F.cross_entropy(model(adv), labels, reduction="none")
+        runs[safeguard] = (attack.last_solution, loss, [str(w.message) for w in caught])
+    (off, off_loss, off_warned), (on, on_loss, on_warned) = runs[False], runs[True]
+    flagged = on.info["status_joint"] == Status.UNSETTLED
+    assert torch.equal(on.info["status_joint"], off.status) and bool(flagged.any())
+    assert torch.equal(on.info["resolved"], torch.nonzero(flagged).flatten())
+    # the attack's loss (the objective at the settled state) never ends lower, per image ...
+    assert bool((on.objective <= off.objective + 1e-12).all())
+    assert bool((on.objective < off.objective - 1e-6).any())
+    # ... and the model's own cross-entropy at the adversarial images is at least as high
+    assert float(on_loss.sum()) >= float(off_loss.sum()) - 1e-9
+    # the warning counts only the images still unsettled after the safeguard
+    left = int((on.status == Status.UNSETTLED).sum())
+    assert left <= int(flagged.sum()) and bool((on.status[~flagged] == off.status[~flagged]).all())
+    assert f"for {int(flagged.sum())} of 8" in off_warned[0]
+    assert (f"for {left} of 8" in on_warned[0]) if left else not on_warned
+
+
+@pytest.mark.parametrize("cls,eps", [(JIIOPGD, 0.1), (JIIOPGDL2, 0.5)])
+def test_the_safeguard_never_triggers_on_a_contractive_model(cls, eps):
+    model = DEQClassifier().double().eval()
+    images, labels = _data(8)
+    images = images.double()
+    runs = []
+    for safeguard in (False, True):
+        attack = cls(
+            model, eps=eps, alpha=eps / 4, steps=5, random_start=False, safeguard=safeguard
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            runs.append((attack(images, labels), attack.last_solution))
+    (adv_off, off), (adv_on, on) = runs
+    assert torch.equal(adv_on, adv_off) and torch.equal(on.x, off.x)  # the same iterates
+    assert on.f_evals == off.f_evals and "resolved" not in on.info
 
 
 def test_without_torchdeq_the_import_names_both_extras():

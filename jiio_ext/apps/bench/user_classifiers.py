@@ -116,6 +116,17 @@ def _hit_rate(model: nn.Module, adv: torch.Tensor, wanted: torch.Tensor) -> floa
         return float((model(adv).argmax(1) == wanted).float().mean())
 
 
+def _unsettled_counts(solution) -> dict[str, int]:
+    """Images UNSETTLED after the joint solve and after the attack's safeguard re-solve."""
+    from jiio_ext import Status
+
+    first = solution.info.get("status_joint", solution.status)
+    return {
+        "unsettled": int((first == Status.UNSETTLED).sum()),
+        "unsettled_after": int((solution.status == Status.UNSETTLED).sum()),
+    }
+
+
 def bench_user_attacks(
     device: torch.device, *, quick: bool = False, dtype: torch.dtype = torch.float32
 ) -> dict:
@@ -175,8 +186,17 @@ def bench_user_attacks(
                     adv = attack(test_x, targets if targeted else test_y)
                     elapsed = time.perf_counter() - start
                     row[label] = {"rate": _hit_rate(model, adv, wanted), "time_s": elapsed}
+                    if cls is jiio_cls:
+                        row[label].update(_unsettled_counts(attack.last_solution))
                 rows.append(row)
     return {"task": "adversarial-user-models", "device": str(device), "rows": rows}
+
+
+def _unsettled_cell(cell: dict) -> str:
+    """``"joint->after safeguard"`` counts of UNSETTLED images, or ``"-"`` if not recorded."""
+    if "unsettled" not in cell:
+        return "-"
+    return f"{cell['unsettled']}->{cell['unsettled_after']}"
 
 
 def format_user_attacks(report: dict) -> str:
@@ -193,7 +213,7 @@ def format_user_attacks(report: dict) -> str:
         "user-written classifiers (untargeted: robust accuracy, lower is stronger; "
         "targeted: hit rate, higher is stronger)",
         f"  {'model':<16}{'norm':<6}{'mode':<12}{'PGD-10':>14}{'PGD-20':>14}{'JIIO-10':>14}"
-        f"{'speed-up vs PGD-10':>20}",
+        f"{'speed-up vs PGD-10':>20}{'unsettled':>12}",
     ]
     for row in report["rows"]:
         cells = [
@@ -205,5 +225,6 @@ def format_user_attacks(report: dict) -> str:
             f"  {row['model']:<16}{row['norm']:<6}{mode:<12}"
             + "".join(f"{c:>14}" for c in cells)
             + f"{speed:>19.1f}x"
+            + f"{_unsettled_cell(row['jiio10']):>12}"
         )
     return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Choose the JIIO attacks' safeguard for non-contractive DEQ layers on development classifiers.
+
+The user classifiers of ``jiio_ext.apps.bench.user_classifiers`` are held out; the rule is
+chosen here, on classifiers of the same kind built only for this purpose (other cells, widths
+and spectral norms), attacked on held-out digits the user rows do not use (test digits
+128-255). Each variant runs JIIOPGD / JIIOPGDL2 with ``steps=10`` next to torchattacks'
+PGD-10, L∞ (ε 0.1) and L2 (ε 1), α = ε / 4, untargeted and targeted.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python scripts/attack_safeguard_dev.py [--count 128] [--json out.json]
+
+Example:
+    >>> sorted(DEV_CLASSIFIERS)
+    ['dev-relu-16ch-1.3', 'dev-relu-8ch-1.7', 'dev-tanh-8ch-6']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from jiio_ext.apps.bench.user_classifiers import UserClassifier
+
+__all__ = ["DEV_CLASSIFIERS", "VARIANTS", "main", "run_dev"]
+
+_ANDERSON_IFT = {
+    "f_solver": "anderson",
+    "f_max_iter": 40,
+    "f_tol": 1e-4,
+    "ift": True,
+    "b_solver": "anderson",
+    "b_max_iter": 40,
+    "b_tol": 1e-4,
+}
+
+# development classifiers: non-contractive cells the user rows do not contain
+DEV_CLASSIFIERS: dict[str, Callable[[], UserClassifier]] = {
+    # a wider ReLU cell, milder spectral norm, another seed
+    "dev-relu-16ch-1.3": lambda: UserClassifier(
+        cell="relu", spectral_norm=1.3, channels=16, seed=1, deq_options=_ANDERSON_IFT
+    ),
+    # a ReLU cell like the user's, stronger, another seed
+    "dev-relu-8ch-1.7": lambda: UserClassifier(
+        cell="relu", spectral_norm=1.7, channels=8, seed=4, deq_options=_ANDERSON_IFT
+    ),
+    # a tanh cell tanh(0.3 conv(z) + u) with conv spectral norm 6 (1.8 after the 0.3)
+    "dev-tanh-8ch-6": lambda: UserClassifier(
+        cell="tanh", spectral_norm=6.0, channels=8, seed=2, deq_options=_ANDERSON_IFT
+    ),
+}
+
+# variant name -> keyword arguments of JIIOPGD / JIIOPGDL2 (the default is "safeguard")
+VARIANTS: dict[str, dict] = {
+    "no-safeguard": {"safeguard": False},
+    "safeguard": {},
+    "no-safeguard-ips8": {"safeguard": False, "iterations_per_step": 8},
+    "no-safeguard-alpha_mu-1": {"safeguard": False, "alpha_mu": 1.0},
+}
+
+
+def _rate(model: torch.nn.Module, adv: torch.Tensor, wanted: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == wanted).float().mean())
+
+
+def run_dev(count: int = 128, variants: list[str] | None = None) -> list[dict]:
+    """Rows ``{model, norm, targeted, pgd10, <variant>...}`` of rate, time and flags.
+
+    Example:
+        >>> import inspect
+        >>> list(inspect.signature(run_dev).parameters)
+        ['count', 'variants']
+    """
+    import torchattacks
+    from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
+
+    from jiio_ext import Status
+    from jiio_ext.apps.data import load_digits
+    from jiio_ext.apps.models import train_classifier
+
+    device = torch.device("cpu")
+    train_x, train_y, test_x, test_y = load_digits(device)
+    test_x, test_y = test_x[128 : 128 + count], test_y[128 : 128 + count]
+    gen = torch.Generator().manual_seed(1)
+    targets = (test_y + torch.randint(1, 10, test_y.shape, generator=gen)) % 10
+    rows = []
+    for name, factory in DEV_CLASSIFIERS.items():
+        model = factory()
+        train_classifier(model, train_x, train_y, epochs=4)
+        clean = _rate(model, test_x, test_y)
+        print(f"{name}: clean {clean:.3f}", flush=True)
+        for norm, eps, stock_cls, jiio_cls in (
+            ("linf", 0.1, torchattacks.PGD, JIIOPGD),
+            ("l2", 1.0, torchattacks.PGDL2, JIIOPGDL2),
+        ):
+            for targeted in (False, True):
+                row = {"model": name, "norm": norm, "targeted": targeted, "clean": clean}
+                wanted = targets if targeted else test_y
+                labels = targets if targeted else test_y
+                attack = stock_cls(model, eps=eps, alpha=eps / 4, steps=10, random_start=False)
+                attack.set_model_training_mode(model_training=True)
+                if targeted:
+                    attack.set_mode_targeted_by_label(quiet=True)
+                start = time.perf_counter()
+                adv = attack(test_x, labels)
+                elapsed = time.perf_counter() - start
+                row["pgd10"] = {"rate": _rate(model, adv, wanted), "time_s": elapsed}
+                for variant in variants or list(VARIANTS):
+                    attack = jiio_cls(
+                        model,
+                        eps=eps,
+                        alpha=eps / 4,
+                        steps=10,
+                        random_start=False,
+                        **VARIANTS[variant],
+                    )
+                    if targeted:
+                        attack.set_mode_targeted_by_label(quiet=True)
+                    start = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        adv = attack(test_x, labels)
+                    elapsed = time.perf_counter() - start
+                    info = attack.last_solution.info
+                    first = info.get("status_joint", attack.last_solution.status)
+                    flagged = int((first == Status.UNSETTLED).sum())
+                    left = int((attack.last_solution.status == Status.UNSETTLED).sum())
+                    row[variant] = {
+                        "rate": _rate(model, adv, wanted),
+                        "time_s": elapsed,
+                        "unsettled": flagged,
+                        "unsettled_after": left,
+                    }
+                rows.append(row)
+                print(_format(row), flush=True)
+    return rows
+
+
+def _format(row: dict) -> str:
+    mode = "targeted" if row["targeted"] else "untargeted"
+    pgd = row["pgd10"]
+    cells = [f"{row['model']} {row['norm']} {mode}: pgd10 {pgd['rate']:.3f} ({pgd['time_s']:.2f}s)"]
+    for key, cell in row.items():
+        if isinstance(cell, dict) and key != "pgd10":
+            speed = pgd["time_s"] / max(cell["time_s"], 1e-9)
+            flags = f"u{cell['unsettled']}->{cell['unsettled_after']}"
+            cells.append(f"{key} {cell['rate']:.3f} {speed:.1f}x {flags}")
+    return " | ".join(cells)
+
+
+def main() -> None:
+    """Command line: run the development sweep, print rows, optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=128)
+    parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rows = run_dev(args.count, args.variants)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
