@@ -46,5 +46,6 @@ def test_one_tiny_run_reports_both_methods(tmp_path):
         assert 0.0 <= result["test_accuracy"] <= 100.0
         assert len(result["per_seed"]["0"]["loss_curve"]) == 1
         assert result["time_per_meta_step_s"] > 0
+        assert result["cpu_time_per_meta_step_s"] > 0
     assert (tmp_path / "meta_example_losses.png").stat().st_size > 0
     json.dumps(report)
