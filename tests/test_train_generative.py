@@ -279,7 +279,8 @@ def test_test_time_solver_settings_are_used():
     assert both["jiio"]["name"] == default["jiio"]["name"]
     assert both["traces"]["jiio"][1] == default["traces"]["jiio"][1]
     tuned = both["jiio_tuned"]
-    assert "first=6.0" in tuned["name"] and "speedup_time" in tuned and "full_run" in tuned
+    assert "first=6.0" in tuned["name"] and "kind='II'" in tuned["name"]
+    assert "speedup_time" in tuned and "full_run" in tuned
     assert both["traces"]["jiio_tuned"][1] == explicit["traces"]["jiio"][1]
     assert both["traces"]["jiio_tuned"][1] != default["traces"]["jiio"][1]
     assert "step_size=1.0" in other["jiio"]["name"]

@@ -84,7 +84,11 @@ def _setting_name(options: dict[str, Any]) -> str:
     """How a JIIO side was run, for its report's ``name``."""
     if options.get("step_size") is None and options.get("solver") is None:
         return "JIIO with default options (no step size, no solver setting), fixed budget"
-    parts = [f"{key}={value}" for key, value in options.items() if value is not None]
+    parts = []
+    for key, value in options.items():
+        if isinstance(value, Anderson):
+            value = f"Anderson(memory={value.memory}, kind={value.kind!r})"
+        parts.append(f"{key}={value}")
     return "optimize_input (torchdeq adapter), fixed budget, " + ", ".join(parts)
 
 
