@@ -403,7 +403,9 @@ def format_report(report: dict) -> str:
     lines = [f"jiio bench {report['task']} on {report['device']}"]
     header = f"  {'side':<9}{'time (s)':>10}{'f evals':>9}{'objective':>12}{'peak MB':>9}  method"
     lines.append(header)
-    for key in ("baseline", "jiio"):
+    for key in ("baseline", "jiio", "jiio_tuned"):
+        if key not in report:
+            continue
         side = report[key]
         lines.append(
             f"  {key:<9}{_short(side.get('time_s')):>10}{_short(side.get('f_evals')):>9}"
