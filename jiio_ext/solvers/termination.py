@@ -252,7 +252,7 @@ class Termination:
         key = (rms.dtype, rms.device)
         scale = self._scales.get(key)
         if scale is None:  # made once per dtype and device, not every iteration
-            scale = self._scales[key] = torch.tensor(self.block_scale).to(rms)
+            scale = self._scales[key] = rms.new_tensor(self.block_scale)  # in rms's dtype
         return rms, rms / scale
 
     def observe(
