@@ -3,12 +3,14 @@
 The user classifiers of ``jiio_ext.apps.bench.user_classifiers`` are held out; the rule is
 chosen here, on classifiers of the same kind built only for this purpose (other cells, widths
 and spectral norms), attacked on held-out digits the user rows do not use (test digits
-128-255). Each variant runs JIIOPGD / JIIOPGDL2 with ``steps=10`` next to torchattacks'
-PGD-10, L∞ (ε 0.1) and L2 (ε 1), α = ε / 4, untargeted and targeted.
+128-255). Each variant runs JIIOPGD / JIIOPGDL2 with ``steps=10`` (or ``--steps``) next to
+torchattacks' PGD with the same steps, L∞ (ε 0.1) and L2 (ε 1), α = ε / 4, untargeted and
+targeted. The ``ips2`` / ``ips3`` / ``ips4`` variants sweep ``iterations_per_step``.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python scripts/attack_safeguard_dev.py [--count 128] [--json out.json]
+    OMP_NUM_THREADS=1 python scripts/attack_safeguard_dev.py [--count 128] [--steps 10 20]
+        [--variants ips2 ips3 ips4] [--json out.json]
 
 Example:
     >>> sorted(DEV_CLASSIFIERS)
@@ -61,6 +63,9 @@ VARIANTS: dict[str, dict] = {
     "safeguard": {},
     "no-safeguard-ips8": {"safeguard": False, "iterations_per_step": 8},
     "no-safeguard-alpha_mu-1": {"safeguard": False, "alpha_mu": 1.0},
+    "ips2": {"iterations_per_step": 2},
+    "ips3": {"iterations_per_step": 3},
+    "ips4": {"iterations_per_step": 4},
 }
 
 
@@ -70,13 +75,15 @@ def _rate(model: torch.nn.Module, adv: torch.Tensor, wanted: torch.Tensor) -> fl
         return float((model(adv).argmax(1) == wanted).float().mean())
 
 
-def run_dev(count: int = 128, variants: list[str] | None = None) -> list[dict]:
-    """Rows ``{model, norm, targeted, pgd10, <variant>...}`` of rate, time and flags.
+def run_dev(
+    count: int = 128, variants: list[str] | None = None, steps: tuple[int, ...] = (10,)
+) -> list[dict]:
+    """Rows ``{model, norm, targeted, steps, pgd, <variant>...}`` of rate, time and flags.
 
     Example:
         >>> import inspect
         >>> list(inspect.signature(run_dev).parameters)
-        ['count', 'variants']
+        ['count', 'variants', 'steps']
     """
     import torchattacks
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
@@ -100,24 +107,32 @@ def run_dev(count: int = 128, variants: list[str] | None = None) -> list[dict]:
             ("linf", 0.1, torchattacks.PGD, JIIOPGD),
             ("l2", 1.0, torchattacks.PGDL2, JIIOPGDL2),
         ):
-            for targeted in (False, True):
-                row = {"model": name, "norm": norm, "targeted": targeted, "clean": clean}
+            for targeted, step_count in [(t, k) for k in steps for t in (False, True)]:
+                row = {
+                    "model": name,
+                    "norm": norm,
+                    "targeted": targeted,
+                    "steps": step_count,
+                    "clean": clean,
+                }
                 wanted = targets if targeted else test_y
                 labels = targets if targeted else test_y
-                attack = stock_cls(model, eps=eps, alpha=eps / 4, steps=10, random_start=False)
+                attack = stock_cls(
+                    model, eps=eps, alpha=eps / 4, steps=step_count, random_start=False
+                )
                 attack.set_model_training_mode(model_training=True)
                 if targeted:
                     attack.set_mode_targeted_by_label(quiet=True)
                 start = time.perf_counter()
                 adv = attack(test_x, labels)
                 elapsed = time.perf_counter() - start
-                row["pgd10"] = {"rate": _rate(model, adv, wanted), "time_s": elapsed}
+                row["pgd"] = {"rate": _rate(model, adv, wanted), "time_s": elapsed}
                 for variant in variants or list(VARIANTS):
                     attack = jiio_cls(
                         model,
                         eps=eps,
                         alpha=eps / 4,
-                        steps=10,
+                        steps=step_count,
                         random_start=False,
                         **VARIANTS[variant],
                     )
@@ -145,10 +160,11 @@ def run_dev(count: int = 128, variants: list[str] | None = None) -> list[dict]:
 
 def _format(row: dict) -> str:
     mode = "targeted" if row["targeted"] else "untargeted"
-    pgd = row["pgd10"]
-    cells = [f"{row['model']} {row['norm']} {mode}: pgd10 {pgd['rate']:.3f} ({pgd['time_s']:.2f}s)"]
+    pgd, steps = row["pgd"], row["steps"]
+    head = f"{row['model']} {row['norm']} {mode}: pgd{steps} {pgd['rate']:.3f}"
+    cells = [f"{head} ({pgd['time_s']:.2f}s)"]
     for key, cell in row.items():
-        if isinstance(cell, dict) and key != "pgd10":
+        if isinstance(cell, dict) and key != "pgd":
             speed = pgd["time_s"] / max(cell["time_s"], 1e-9)
             flags = f"u{cell['unsettled']}->{cell['unsettled_after']}"
             cells.append(f"{key} {cell['rate']:.3f} {speed:.1f}x {flags}")
@@ -160,9 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=128)
     parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS))
+    parser.add_argument("--steps", nargs="*", type=int, default=[10])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    rows = run_dev(args.count, args.variants)
+    rows = run_dev(args.count, args.variants, tuple(args.steps))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
