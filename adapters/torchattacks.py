@@ -242,7 +242,7 @@ class _JIIOAttack(Attack):
             sign,
             Cosine(step, self.alpha / 20) if self.targeted else step,
             budget,
-            z0=[t[rows] for t in as_tuple(solution.z)],
+            z0=tuple(t[rows] for t in as_tuple(solution.z)),
             mu0=tuple(t[rows] for t in as_tuple(solution.mu)),
         )
         x_again = self._threat(images[rows]).project(again.x.detach()).clamp(0.0, 1.0)

@@ -27,19 +27,9 @@ from collections.abc import Callable
 
 import torch
 
-from jiio_ext.apps.bench.user_classifiers import UserClassifier
+from jiio_ext.apps.bench.user_classifiers import _ANDERSON_IFT, UserClassifier
 
 __all__ = ["DEV_CLASSIFIERS", "VARIANTS", "main", "run_dev"]
-
-_ANDERSON_IFT = {
-    "f_solver": "anderson",
-    "f_max_iter": 40,
-    "f_tol": 1e-4,
-    "ift": True,
-    "b_solver": "anderson",
-    "b_max_iter": 40,
-    "b_tol": 1e-4,
-}
 
 # development classifiers: non-contractive cells the user rows do not contain
 DEV_CLASSIFIERS: dict[str, Callable[[], UserClassifier]] = {
