@@ -30,7 +30,14 @@ from jiio_ext.grad import attach_implicit, solve_adjoint
 from jiio_ext.solution import Status
 from jiio_ext.solvers import Anderson
 
-__all__ = ["AdjointSolve", "Gate", "attach_ift", "attach_ift_vmapped", "rank_above"]
+__all__ = [
+    "AdjointSolve",
+    "Gate",
+    "ModelBackward",
+    "attach_ift",
+    "attach_ift_vmapped",
+    "rank_above",
+]
 
 
 class Gate:
@@ -56,6 +63,55 @@ class Gate:
             self.active = True
 
 
+@dataclass(frozen=True)
+class ModelBackward:
+    """A DEQ's own backward settings: torchdeq's ``b_max_iter``, ``b_tol`` and ``b_stop_mode``.
+
+    The adjoint of that DEQ is solved no tighter than the model's own IFT backward would
+    solve it: at most ``max_iter`` products, and a row may stop once its residual
+    ``||w⁺ − w||`` is below ``tol`` (``relative``: below ``tol · ||w⁺||``), torchdeq's
+    per-sample test. The defaults loosen nothing.
+
+    Example:
+        >>> from torchdeq import get_deq
+        >>> ModelBackward.of(get_deq(b_max_iter=20, b_tol=1e-3))
+        ModelBackward(max_iter=20, tol=0.001, relative=False)
+    """
+
+    max_iter: int | None = None
+    tol: float = 0.0
+    relative: bool = False
+
+    @classmethod
+    def of(cls, deq: Any) -> ModelBackward:
+        """The settings of a torchdeq ``DEQBase`` (the defaults for anything else)."""
+        max_iter, tol = getattr(deq, "b_max_iter", None), getattr(deq, "b_tol", None)
+        mode = getattr(deq, "b_stop_mode", "abs")
+        valid_iter = isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter > 0
+        valid_tol = isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0
+        return cls(
+            max_iter if valid_iter else None,
+            float(tol) if valid_tol and mode in ("abs", "rel") else 0.0,
+            mode == "rel",
+        )
+
+    @staticmethod
+    def tightest(settings: Sequence[ModelBackward]) -> ModelBackward:
+        """One adjoint system over several DEQs' states: the largest budget, the tightest test.
+
+        Example:
+            >>> ModelBackward.tightest([ModelBackward(20, 1e-3), ModelBackward(40, 1e-4)])
+            ModelBackward(max_iter=40, tol=0.0001, relative=False)
+        """
+        if not settings:
+            return ModelBackward()
+        budgets = [s.max_iter for s in settings]
+        budget = None if None in budgets else max(budgets)
+        if len({s.relative for s in settings}) > 1:
+            return ModelBackward(budget)
+        return ModelBackward(budget, min(s.tol for s in settings), settings[0].relative)
+
+
 @dataclass
 class AdjointSolve:
     """Settings of the adjoint fixed points solved in backward passes.
@@ -76,6 +132,7 @@ class AdjointSolve:
         v: torch.Tensor,
         what: str,
         floor: torch.Tensor | None = None,
+        model: ModelBackward | None = None,
     ):
         """Solve ``w = vjp(w) + v`` row by row; warn about rows that did not converge.
 
@@ -87,50 +144,76 @@ class AdjointSolve:
         relative residual of the forward fixed point they belong to (:func:`attach_ift`): an
         implicit gradient at a fixed point known to that accuracy is no more accurate for a
         tighter adjoint, so each row stops at ``max(rtol, floor)``.
+
+        ``model``: the DEQ's own backward settings (:class:`ModelBackward`); the solve then
+        takes at most ``min(max_iter, model.max_iter)`` products in all, and a row also stops
+        once it meets the model's own test.
         """
-        rtol = self.rtol if floor is None else floor.to(v).clamp_min(self.rtol)
-        start = v
+        model = model or ModelBackward()
+        budget = self.max_iter if model.max_iter is None else min(self.max_iter, model.max_iter)
+        rtol = v.new_full((v.shape[0],), self.rtol)
+        if floor is not None:
+            rtol = torch.maximum(rtol, floor.to(v))
+        if model.relative:
+            rtol = rtol.clamp_min(model.tol)
+        # absolute test in norm units (the Neumann phase) and in RMS units (Anderson's)
+        atol = max(self.atol * math.sqrt(v.shape[1]), 0.0 if model.relative else model.tol)
+        start, used, active = v, 0, v.shape[0]
         if self.method == "neumann":
-            start, done = self._neumann(vjp, v, rtol)
-            if done:
+            start, active, used = self._neumann(vjp, v, rtol, atol, budget)
+            if not active:
                 return start
-        result = solve_adjoint(
-            vjp,
-            v,
-            start,
-            solver=Anderson(memory=5, kind="II"),
-            max_iter=self.max_iter,
-            rtol=self.rtol if floor is None else float(rtol.min()),
-            atol=self.atol,
-        )
-        failed = int((result.status != Status.CONVERGED).sum())
-        if failed:
+        failed = active
+        if used < budget:
+            result = solve_adjoint(
+                vjp,
+                v,
+                start,
+                solver=Anderson(memory=5, kind="II"),
+                max_iter=budget - used,
+                rtol=float(rtol.min()),
+                atol=atol / math.sqrt(max(1, v.shape[1])),
+            )
+            start = result.state
+            failed = int((result.status != Status.CONVERGED).sum())
+        if failed and budget < self.max_iter:  # the model's own budget: one constant message
             warnings.warn(
-                f"{what}: adjoint fixed point did not converge for {failed} row(s) in "
-                f"{self.max_iter} iterations",
+                f"{what}: the adjoint stopped at the DEQ's own b_max_iter ({budget} products) "
+                "before its tolerance, as the model's own backward would",
                 RuntimeWarning,
                 stacklevel=4,
             )
-        return result.state
+        elif failed:
+            warnings.warn(
+                f"{what}: adjoint fixed point did not converge for {failed} row(s) in "
+                f"{budget} products",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return start
 
     def _neumann(
-        self, vjp, v: torch.Tensor, rtol: float | torch.Tensor
-    ) -> tuple[torch.Tensor, bool]:
-        """Plain iteration; a row is frozen once converged (as the Anderson solve does)."""
+        self, vjp, v: torch.Tensor, rtol: torch.Tensor, atol: float, budget: int
+    ) -> tuple[torch.Tensor, int, int]:
+        """Plain iteration; a row is frozen once converged (as the Anderson solve does).
+
+        Returns ``(w, rows still active, products taken)``; it stops early when a step shrinks
+        an active row's residual by less than 10 % (Anderson should take over).
+        """
         w, previous = v, None
         active = torch.ones(v.shape[0], dtype=torch.bool, device=v.device)
-        for _ in range(max(1, self.max_iter // 2)):
+        steps = max(1, budget // 2)
+        for k in range(steps):
             nxt = vjp(w) + v
             resid = (nxt - w).norm(dim=1)
             w = torch.where(active[:, None], nxt, w)
-            done = resid <= self.atol * math.sqrt(w.shape[1]) + rtol * nxt.norm(dim=1)
-            if previous is not None and bool((active & ~done & (resid > 0.9 * previous)).any()):
-                return w, False  # too slow a contraction for the plain series: Anderson next
+            done = resid <= atol + rtol * nxt.norm(dim=1)
+            slow = previous is not None and bool((active & ~done & (resid > 0.9 * previous)).any())
             active &= ~done
-            if not bool(active.any()):
-                return w, True
+            if slow or not bool(active.any()):
+                return w, int(active.sum()), k + 1
             previous = resid
-        return w, False
+        return w, int(active.sum()), steps
 
 
 def attach_ift(
@@ -139,13 +222,15 @@ def attach_ift(
     gate: Gate,
     backward: AdjointSolve,
     lead: int = 1,
+    model: ModelBackward | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """``image = f(state)`` at a fixed point, with an implicit (IFT) backward per DEQ sample.
 
     The first ``lead`` dimensions of every tensor index the samples (2 under ``vmap``: tasks
     and the DEQ's batch); each sample is one row of the adjoint solve, which stops at the
     relative tolerance ``max(backward.rtol, r)``, ``r`` the sample's relative fixed-point
-    residual ``||f(state) − state|| / ||f(state)||`` (see :meth:`AdjointSolve.solve`).
+    residual ``||f(state) − state|| / ||f(state)||``, or once it meets the DEQ's own backward
+    test ``model``, within the DEQ's own budget (see :meth:`AdjointSolve.solve`).
 
     Example:
         >>> import torch
@@ -164,7 +249,9 @@ def attach_ift(
         residual = gap.norm(dim=1) / size.clamp_min(torch.finfo(size.dtype).tiny)
 
     def solve(vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor | None:
-        return backward.solve(vjp, v, "DEQ backward", residual) if gate.active else None
+        if not gate.active:
+            return None
+        return backward.solve(vjp, v, "DEQ backward", residual, model)
 
     return attach_implicit(state, image, solve, lead=lead)
 
@@ -173,7 +260,7 @@ class _VmappedIFT(torch.autograd.Function):
     """:func:`attach_ift` inside ``torch.func.vmap``: applied once to the physical batch."""
 
     @staticmethod
-    def forward(count: int, gate: Gate, backward: AdjointSolve, *tensors: torch.Tensor):
+    def forward(count: int, gate: Gate, backward: AdjointSolve, model, *tensors: torch.Tensor):
         return tuple(t.clone() for t in tensors[:count])
 
     @staticmethod
@@ -185,14 +272,14 @@ class _VmappedIFT(torch.autograd.Function):
         raise RuntimeError("attach_ift_vmapped: only valid inside torch.func.vmap")
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple, count: int, gate: Gate, backward: AdjointSolve, *tensors):
-        dims = in_dims[3:]
+    def vmap(info: Any, in_dims: tuple, count: int, gate: Gate, backward, model, *tensors):
+        dims = in_dims[4:]
         if any(d != 0 for d in dims[count:]):
             raise RuntimeError("attach_ift_vmapped: the DEQ states must be batched along dim 0")
         if any(d is None for d in dims[:count]):
             raise RuntimeError("attach_ift_vmapped: the DEQ images must be batched")
         image = tuple(t.movedim(d, 0) for t, d in zip(tensors[:count], dims[:count]))
-        out = attach_ift(tuple(tensors[count:]), image, gate, backward, lead=2)
+        out = attach_ift(tuple(tensors[count:]), image, gate, backward, 2, model)
         return out, (0,) * count
 
 
@@ -201,6 +288,7 @@ def attach_ift_vmapped(
     image: tuple[torch.Tensor, ...],
     gate: Gate,
     backward: AdjointSolve,
+    model: ModelBackward | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`attach_ift` for per-task tensors inside ``torch.func.vmap`` (one batched solve).
 
@@ -216,7 +304,7 @@ def attach_ift_vmapped(
         >>> theta.grad.flatten().tolist()
         [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     """
-    return _VmappedIFT.apply(len(image), gate, backward, *image, *state)
+    return _VmappedIFT.apply(len(image), gate, backward, model, *image, *state)
 
 
 class _RankAbove(torch.autograd.Function):

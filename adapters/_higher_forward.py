@@ -131,6 +131,8 @@ def joint_forward(loop: InnerLoop, args: tuple, kwargs: dict, support: Any) -> A
         # one step's graph: the state enters as leaves (the unrolled mode keeps the chain)
         record.z = [t.detach().requires_grad_() for t in record.z]
         record.phi = [t.detach().requires_grad_() for t in record.phi]
+    else:  # the chain: the step restarts from these blocks, not from the re-joined parts
+        record.z_rows, record.phi_rows = z_rows, phi_rows
     output = _try_vmapped(loop, lambda: _vmapped(loop, "joint", record, record.phi, args, kwargs))
     if output is None:
         outputs, images = [], []
@@ -180,6 +182,7 @@ def solve_forward(loop: InnerLoop, args: tuple, kwargs: dict, support: Any) -> A
             outputs.append(functional_call(loop.model, values, task_args, call_kwargs))
         record.z.extend(loop.tap.states)
         record.images.extend(loop.tap.images)
+        record.limits.extend(loop.tap.limits)
     loop.last = record
     return _stack(loop, outputs)
 
@@ -201,5 +204,6 @@ def _solve_vmapped(loop: InnerLoop, adapted: list, args: tuple, kwargs: dict, su
         record.phi, phi = _first_leaves(loop, adapted)
         record.values = list(phi)
     output = _vmapped(loop, "solved", record, phi, args, kwargs)
+    record.limits = list(loop.tap.limits)
     loop.last = record
     return output

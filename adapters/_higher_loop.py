@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jiio_ext.adapters._higher_backward import AdjointSolve, Gate, attach_ift
+from jiio_ext.adapters._higher_backward import AdjointSolve, Gate, ModelBackward, attach_ift
 from jiio_ext.adapters._higher_forward import joint_forward, solve_forward
 from jiio_ext.adapters._higher_slots import make_slots
 from jiio_ext.adapters._higher_tap import Forward, Tap, find_deqs
@@ -389,8 +389,11 @@ class InnerLoop:
         first = self.n_steps == 0
         like = total
         with torch.enable_grad():
-            z = record.flat(record.z, like)
-            phi = record.flat(record.values if first else record.phi, like)
+            z = record.flat(record.z, like) if record.z_rows is None else record.z_rows
+            if first:
+                phi = record.flat(record.values, like)
+            else:
+                phi = record.flat(record.phi, like) if record.phi_rows is None else record.phi_rows
             mu = self.split_state(self.state)[2]
             g_z, g_phi, image = self._grads(record, total, mu, create_graph=True)
             mapped = self._apply(z, phi, mu, image, g_z, g_phi, self._lr(self.n_steps), True)
@@ -531,16 +534,20 @@ def _prox_per_group(
 
 
 def _attach_per_task(record: Forward, backward: AdjointSolve) -> list[torch.Tensor]:
-    """The first forward's ``f(z*)`` with the DEQ's implicit backward, one row per task."""
+    """The first forward's ``f(z*)`` with the DEQ's implicit backward, one row per task.
+
+    The adjoint is solved as the model's own backward would solve it (its DEQs' settings,
+    :class:`~jiio_ext.adapters._higher_backward.ModelBackward`), no tighter than its forward.
+    """
+    model = ModelBackward.tightest(record.limits)
     if record.batched:
-        return list(attach_ift(tuple(record.z), tuple(record.images), Gate(), backward, 1))
+        return list(attach_ift(tuple(record.z), tuple(record.images), Gate(), backward, 1, model))
     per = len(record.z) // record.rows
     fixed: list[torch.Tensor] = []
     for r in range(record.rows):
         part = slice(r * per, (r + 1) * per)
-        fixed.extend(
-            attach_ift(tuple(record.z[part]), tuple(record.images[part]), Gate(), backward, 0)
-        )
+        state, image = tuple(record.z[part]), tuple(record.images[part])
+        fixed.extend(attach_ift(state, image, Gate(), backward, 0, model))
     return fixed
 
 

@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 from jiio_ext.adapters._deq_intercept import find_deqs, intercept, state_parts
+from jiio_ext.adapters._higher_anderson import anderson_solve, plain_anderson_budget
 from jiio_ext.adapters._higher_backward import (
     AdjointSolve,
     Gate,
+    ModelBackward,
     attach_ift,
     attach_ift_vmapped,
     rank_above,
@@ -63,13 +65,19 @@ class Forward:
     images: list[torch.Tensor] = field(default_factory=list)
     phi: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)  # φ as used (first forward)
+    limits: list[ModelBackward] = field(default_factory=list)  # each DEQ call's own backward
     total: torch.Tensor | None = None
+    # the (rows, n) blocks that z and φ were split from (a joint forward): flat() of them
+    z_rows: torch.Tensor | None = None
+    phi_rows: torch.Tensor | None = None
 
     def flat(self, tensors: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """``(rows, n)``: one row per task, the tensors flattened in order (``like``: dtype)."""
         rows = self.rows
         if not tensors:
             return like.new_zeros(rows, 0)
+        if self.batched and len(tensors) == 1:
+            return tensors[0].reshape(rows, -1)
         if self.batched:
             return torch.cat([t.reshape(rows, -1) for t in tensors], dim=1)
         per = len(tensors) // rows
@@ -136,6 +144,7 @@ class Tap:
         self.given: list[torch.Tensor] = []
         self.states: list[torch.Tensor] = []
         self.images: list[torch.Tensor] = []
+        self.limits: list[ModelBackward] = []
         self.gate = Gate()
         self.anchors: list[torch.Tensor] = []
 
@@ -153,16 +162,25 @@ class Tap:
         their graphs (:func:`~jiio_ext.adapters._higher_backward.rank_above`).
         """
         self.mode, self.given, self.gate, self.anchors = mode, list(given), gate, list(anchors)
-        self.states, self.images = [], []
+        self.states, self.images, self.limits = [], [], []
 
         def handle(deq, original, func, z_init, args, kwargs):
-            return self.handle(original, func, z_init, args, kwargs)
+            self.limits.append(ModelBackward.of(deq))
+            return self.handle(original, func, z_init, args, kwargs, deq)
 
         with intercept(self.deqs, handle):
             yield
 
-    def handle(self, original: Callable, func: Callable, z_init: Any, args, kwargs):
-        """One intercepted DEQ call: ``[f(state)]`` (``[z*]`` when probing) and the solver info."""
+    def handle(
+        self, original: Callable, func: Callable, z_init: Any, args, kwargs, deq: Any = None
+    ):
+        """One intercepted DEQ call: ``[f(state)]`` (``[z*]`` when probing) and the solver info.
+
+        A solve runs the DEQ's own forward, or, when that is one plain torchdeq Anderson solve,
+        the same algorithm with the same settings in :mod:`~jiio_ext.adapters._higher_anderson`
+        (cheaper per iteration; the state is torchdeq's ``z*``, so the returned image
+        ``f(z*)`` is what torchdeq's IFT forward returns).
+        """
         parts, is_tuple = state_parts(z_init)
         count = len(parts)
         info: dict[str, Any] = {}
@@ -175,11 +193,16 @@ class Tap:
                 )
             state = tuple(self.given[start : start + count])
         else:
+            budget = plain_anderson_budget(deq, z_init, args, kwargs)
             with torch.no_grad():
-                solved, info = original(func, z_init, *args, **kwargs)
+                if budget is None:
+                    solved, info = original(func, z_init, *args, **kwargs)
+                    solved = solved[-1]
+                else:
+                    solved, info = anderson_solve(func, z_init, budget, deq.f_tol, deq.f_stop_mode)
             state = tuple(
                 rank_above(t.detach().requires_grad_(), self.anchors)
-                for t in as_tuple(_as_state(solved[-1]))
+                for t in as_tuple(_as_state(solved))
             )
         if tuple(s.shape for s in state) != tuple(t.shape for t in parts):
             raise RuntimeError(
@@ -192,10 +215,11 @@ class Tap:
         with torch.enable_grad():
             image = as_tuple(_as_state(func(*state) if is_tuple else func(state[0])))
         self.images.extend(image)
+        model = self.limits[-1] if self.limits else None
         if self.mode == "solve":
-            image = attach_ift(state, image, self.gate, self.backward)
+            image = attach_ift(state, image, self.gate, self.backward, 1, model)
         elif self.mode == "solved":
-            image = attach_ift_vmapped(state, image, self.gate, self.backward)
+            image = attach_ift_vmapped(state, image, self.gate, self.backward, model)
         out = list(image) if is_tuple else image[0]
         return [out], info
 

@@ -22,7 +22,8 @@ step of the augmented map ``z ← z + α_z (f(z) − z)``, ``μ ← μ + α_μ (
 iterations, each costing one ``f`` evaluation and one VJP on the support set (the first support
 forward also solves the DEQ once, with the model's own solver, as a warm start). The query
 forward ``fnet(x_qry)`` solves the DEQ with the model's solver at the adapted ``φ`` and
-differentiates it implicitly.
+differentiates it implicitly. (A torchdeq DEQ whose solver is torchdeq's Anderson is solved
+with the same algorithm and settings, re-implemented at a lower cost per iteration.)
 
 **Meta-gradient** (``meta_gradient=``). ``"unrolled"`` (default): the steps are plain (damped,
 not Anderson-mixed) joint iterations and backward from the query loss is the exact gradient of
@@ -275,11 +276,14 @@ def innerloop_ctx(
         memory: Anderson memory of the joint iteration.
         rtol: relative tolerance of the per-task status.
         atol: absolute tolerance of the per-task status.
-        backward_max_iter: budget of the adjoint fixed points of backward passes.
+        backward_max_iter: budget of the adjoint fixed points of backward passes; a torchdeq
+            DEQ's adjoint also takes no more products than the DEQ's own ``b_max_iter``.
         backward_rtol: their relative tolerance (default ``1e-5``: the loosest at which the
             unrolled meta-gradient keeps matching finite differences to ``1e-4`` with a
-            margin, docs/meta.md); a DEQ's adjoint stops no tighter than its forward fixed
-            point's relative residual.
+            margin, docs/meta.md). A DEQ's adjoint is solved as the model's own backward would
+            solve it, no tighter than its forward: a row also stops at the forward fixed
+            point's relative residual, or once it meets the DEQ's ``b_tol`` test (torchdeq's
+            ``b_stop_mode``, per sample).
         backward_atol: their absolute tolerance.
         backward_solver: ``"neumann"`` (default: the plain series ``w ← Jᵀw + v``, handing
             over to Anderson, warm-started, when it contracts too slowly; measured cheaper

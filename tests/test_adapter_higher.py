@@ -304,6 +304,66 @@ def test_deq_adjoint_stops_at_the_accuracy_of_its_forward_fixed_point():
     assert 1e-6 < error < 2e-3
 
 
+def test_deq_adjoint_is_solved_as_the_models_own_backward_would():
+    """A DEQ's adjoint takes at most the DEQ's b_max_iter products and stops at its b_tol."""
+    from jiio_ext.adapters._higher_backward import AdjointSolve, Gate, ModelBackward, attach_ift
+
+    deq = get_deq(f_solver="anderson", b_max_iter=7, b_tol=1e-3, b_stop_mode="rel")
+    assert ModelBackward.of(deq) == ModelBackward(7, 1e-3, True)
+    assert ModelBackward.of(get_deq(b_tol=1e-4)) == ModelBackward(40, 1e-4, False)
+    assert ModelBackward.of(nn.Linear(1, 1)) == ModelBackward()
+
+    def adjoint(model, contraction, method="neumann"):
+        """The relative error of dz*/dθ for z = c z + θ (exactly 1/(1 − c) per element)."""
+        theta = torch.ones(2, 3, dtype=D, requires_grad=True)
+        z = (theta / (1 - contraction)).detach().requires_grad_()
+        solve = AdjointSolve(100, 1e-12, 0.0, method)
+        (out,) = attach_ift((z,), (contraction * z + theta,), Gate(), solve, 1, model)
+        grad = torch.autograd.grad(out.sum(), theta)[0]
+        return float((grad * (1 - contraction) - 1).abs().max())
+
+    assert adjoint(None, 0.5) < 1e-11
+    # the series stops at the model's relative test (its error then is about the tolerance),
+    # not at backward_rtol's 1e-12; Anderson (exact on a linear map) is only bounded by it
+    assert 1e-6 < adjoint(ModelBackward(100, 1e-3, True), 0.5) < 2e-3
+    assert adjoint(ModelBackward(100, 1e-3, True), 0.5, "anderson") < 2e-3
+    # absolute: the k-th product leaves ||w⁺ − w|| = 0.5^k √3 per row, < 1e-2 at k = 8
+    assert adjoint(ModelBackward(100, 1e-2, False), 0.5) == pytest.approx(0.5**9, rel=1e-9)
+    assert adjoint(ModelBackward(100, 1e-2, False), 0.5, "anderson") < 1e-2
+    with pytest.warns(RuntimeWarning, match="stopped at the DEQ's own b_max_iter \\(3 products"):
+        capped = adjoint(ModelBackward(3, 0.0), 0.9)
+    assert capped == pytest.approx(0.9**4, rel=1e-9)  # w = v + Jᵀv + … + (Jᵀ)³v: 3 products
+
+
+def test_deq_solves_are_torchdeqs_anderson_and_return_what_torchdeq_returns():
+    """The adapter's Anderson forward is torchdeq's algorithm; fnet(x) before any step is net(x)."""
+    from jiio_ext.adapters._higher_anderson import anderson_solve, plain_anderson_budget
+    from torchdeq.solver.anderson import anderson_solver
+
+    gen = torch.Generator().manual_seed(0)
+    weight = 0.9 * torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=D))[0]
+    u = torch.randn(5, 8, generator=gen, dtype=D)
+
+    def f(z):  # a barely contractive map: the budget binds at the tighter tolerances
+        return torch.tanh(z @ weight.T + u)
+
+    for tol, mode, budget in ((1e-3, "abs", 40), (1e-10, "rel", 40), (1e-12, "abs", 9)):
+        ours, info = anderson_solve(f, torch.zeros_like(u), budget, tol, mode)
+        theirs, _, their_info = anderson_solver(
+            f, torch.zeros_like(u), max_iter=budget, tol=tol, stop_mode=mode
+        )
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+        for key in ("nstep", "abs_lowest", "rel_lowest", "abs_trace", "rel_trace"):
+            torch.testing.assert_close(info[key].to(D), their_info[key].to(D), msg=key)
+    net = FiLMDEQ(tol=1e-6)
+    assert plain_anderson_budget(net.deq, u, (), {}) == 200
+    assert plain_anderson_budget(net.deq, u, (), {"solver_kwargs": {}}) is None
+    assert plain_anderson_budget(get_deq(f_solver="broyden"), u, (), {}) is None
+    xs, ys, xq, _ = _data()
+    with innerloop_ctx(net, torch.optim.SGD(net.parameters(), lr=LR)) as (fnet, _):
+        torch.testing.assert_close(fnet(xq), net(xq), rtol=1e-12, atol=1e-12)
+
+
 def test_jacobian_penalty_estimates_the_deq_jacobian_at_the_trajectory_point():
     torch.manual_seed(0)
     net = FiLMDEQ(tol=1e-12)
