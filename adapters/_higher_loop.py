@@ -188,6 +188,8 @@ class InnerLoop:
         self.engine: FixedPointEngine | None = None
         self.run: EngineState | None = None
         self._evaluation: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        # the unrolled mode's steps not yet observed by the engine (see _observe)
+        self._unobserved: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
         self.last: Forward | None = None
         self.step_record: tuple[Forward, torch.Tensor, torch.Tensor] | None = None
         self.final: tuple[int, list[torch.Tensor]] | None = None
@@ -433,15 +435,17 @@ class InnerLoop:
                 lr = self._lr(self.n_steps)
                 mapped = self._apply(z, phi, mu, image, g_z, g_phi, lr, False)
         # one step of the core engine: residuals, Termination's references, the solver's step
-        self._evaluation = (mapped.detach(), {"objective": total.detach()})
-        with torch.no_grad():
-            if self.unrolled:  # the plain step itself (with its graph when the graph is kept)
-                self.run = self.engine.evaluate(self.run)
-                self.run.proposal, nxt = mapped.detach(), mapped
-            else:
+        evaluation = (mapped.detach(), {"objective": total.detach()})
+        if self.unrolled:  # the plain step itself (with its graph when the graph is kept)
+            # the engine only reports on plain steps: it observes them when the status is read
+            self._unobserved.append(evaluation)
+            nxt = mapped
+        else:
+            self._evaluation = evaluation
+            with torch.no_grad():
                 self.run = self.engine.step(self.run)
-                nxt = self.run.proposal
-        self._evaluation = None
+            self._evaluation = None
+            nxt = self.run.proposal
         self.step_record = (record, state, mapped)
         self.state = nxt
         self.n_steps += 1
@@ -489,9 +493,25 @@ class InnerLoop:
         )
 
     # ----- status (computed when read, by the engine's Termination) -----
+    def _observe(self) -> None:
+        """Let the engine observe the plain steps taken since the status was last read.
+
+        The unrolled steps are the map's own steps (the engine proposes nothing), so the
+        engine's residuals and Termination references only serve the status: they are
+        computed when it is read, step by step as if observed at each step.
+        """
+        with torch.no_grad():
+            for evaluation in self._unobserved:
+                self._evaluation = evaluation
+                self.run = self.engine.evaluate(self.run)
+                self.run.proposal = evaluation[0]
+        self._evaluation = None
+        self._unobserved.clear()
+
     @property
     def status(self) -> torch.Tensor:
         """Per-task status codes after the latest step ``(T,)`` (on the CPU)."""
+        self._observe()
         if self.run is None or self.run.res is None:
             return torch.full((self.rows,), int(Status.MAX_ITER), dtype=torch.long)
         return self.engine.terminate(self.run)[1].cpu()
@@ -499,6 +519,7 @@ class InnerLoop:
     @property
     def residuals(self) -> dict[str, torch.Tensor]:
         """Per-task RMS residuals of the ``z``, ``x`` and ``mu`` blocks after the latest step."""
+        self._observe()
         if self.run is None or self.run.res is None:
             return {}
         return {name: self.run.res[:, i] for i, name in enumerate(self.engine.block_names)}
