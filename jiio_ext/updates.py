@@ -7,8 +7,10 @@ constraints); the update only decides how fast the iteration gets there.
 * :class:`Adaptive` (the default): an Adam-style diagonal preconditioner kept per sample in
   the map's state, so the step does not depend on the scale of the objective; its learning
   rate is relative to the scale of ``x`` (its RMS at the start, or the constraint's radius),
-  so rescaling the units of ``x`` changes nothing either; the rate decays over the budget
-  (cosine), so the iteration settles instead of oscillating at the rate.
+  so rescaling the units of ``x`` changes nothing either; the rate decays on a half cosine over
+  a fixed number of iterations (``horizon``, not the budget), so the iteration settles instead
+  of oscillating at the rate, and reaches a given quality at the same iteration whatever
+  ``max_iter`` is.
 * :class:`GradientStep`: the raw step ``α_x · step_rule(g)`` with a hand-set schedule, as in
   the reference code (attacks use it with the ``sign`` / ``l2`` rules, whose steps are
   already scale-free).
@@ -137,7 +139,10 @@ class Adaptive(InputUpdate):
     Per sample, ``m`` and ``v`` are exponential moving averages of ``g`` and ``g²`` (bias
     corrected), and the step is ``lr(k) · unit · m̂ / (√v̂ + ε)``, where ``unit`` is the
     sample's scale of ``x`` (the constraint's radius, else the RMS of ``x0``, else 1) and
-    ``lr(k)`` decays from ``lr`` to ``lr · final`` on a half cosine over the budget. With a
+    ``lr(k)`` decays from ``lr`` to ``lr · final`` on a half cosine over the first ``horizon``
+    iterations (or the budget ``max_iter``, when that is shorter or ``horizon`` is ``None``),
+    then stays at ``lr · final``. A fixed horizon makes the iterates independent of the
+    budget: a larger ``max_iter`` only runs further at the floor rate. With a
     non-separable constraint (an L2 ball) the preconditioner is the per-sample mean of ``v̂``,
     a scalar, so that the fixed point is still projected stationarity. Multiplying the
     objective by any constant leaves every step unchanged.
@@ -152,6 +157,8 @@ class Adaptive(InputUpdate):
     Args:
         lr: initial step, relative to the scale of ``x``.
         final: final step as a fraction of ``lr`` (the cosine decay's floor).
+        horizon: iterations over which the rate decays (``None``: over the whole budget
+            ``max_iter``, as a cosine schedule in training does).
         beta1: momentum of the first moment.
         beta2: averaging of the second moment.
         eps: relative floor of ``√v̂`` (against its per-sample mean).
@@ -172,7 +179,8 @@ class Adaptive(InputUpdate):
     """
 
     lr: float = 0.1
-    final: float = 0.01
+    final: float = 0.2
+    horizon: int | None = 80
     beta1: float = 0.0
     beta2: float = 0.999
     eps: float = 1e-3
@@ -195,6 +203,12 @@ class Adaptive(InputUpdate):
                 raise TypeError(f"Adaptive.{name}: expected a number, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"Adaptive.{name}: expected a finite number, got {value!r}")
+        if self.horizon is not None and (
+            isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1
+        ):
+            raise ValueError(
+                f"Adaptive.horizon: expected an integer >= 1 or None, got {self.horizon!r}"
+            )
         if self.lr <= 0:
             raise ValueError(f"Adaptive.lr: expected a number > 0, got {self.lr!r}")
         if not 0 < self.final <= 1:
@@ -243,11 +257,16 @@ class Adaptive(InputUpdate):
         """The relative step at iteration ``k`` of ``max_iter`` (half-cosine decay).
 
         Example:
-            >>> update = Adaptive(lr=0.1, final=0.01)
-            >>> round(update.rate(0, 100), 4), round(update.rate(99, 100), 4)
-            (0.1, 0.001)
+            >>> update = Adaptive(lr=0.1, final=0.2, horizon=80)
+            >>> [round(update.rate(k, 300), 4) for k in (0, 79, 299)]  # flat after 80
+            [0.1, 0.02, 0.02]
+            >>> round(update.rate(39, 40), 4)  # a shorter budget decays within it
+            0.02
+            >>> round(Adaptive(final=0.01, horizon=None).rate(99, 100), 4)  # over the budget
+            0.001
         """
-        progress = min(k / max(max_iter - 1, 1), 1.0)
+        span = max_iter if self.horizon is None else min(self.horizon, max_iter)
+        progress = min(k / max(span - 1, 1), 1.0)
         floor = self.lr * self.final
         return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
 

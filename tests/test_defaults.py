@@ -106,6 +106,9 @@ def test_adaptive_rejects_bad_settings_by_name():
         Adaptive(recover=0.5)
     with pytest.raises(ValueError, match="Adaptive.rise"):
         Adaptive(rise=-1.0)
+    for horizon in (0, 2.5, True):
+        with pytest.raises(ValueError, match="Adaptive.horizon"):
+            Adaptive(horizon=horizon)
     p = make_problem(seed=46)
     with pytest.raises(ValueError, match="step_size"):
         _solve(p, step_rule="sign")  # PGD-style rules need a hand-set alpha
@@ -137,6 +140,33 @@ def test_rate_backs_off_per_sample_when_its_objective_rises():
     off(grad, None, 0, 100, objective=torch.tensor([1.0, 1.0, 1.0], dtype=DTYPE))
     plain = off(grad, None, 0, 100, objective=torch.tensor([9.0, 9.0, 9.0], dtype=DTYPE))
     torch.testing.assert_close(plain, torch.full((3, 2), 0.1, dtype=DTYPE), rtol=1e-3, atol=0)
+
+
+def test_default_iterates_do_not_depend_on_the_budget():
+    # the rate decays over a fixed horizon, not over max_iter: a larger budget runs the same
+    # iterates, then goes on at the floor rate (the benches time JIIO to a quality, so a
+    # schedule stretched over the budget would reach it later the larger the budget)
+    p = make_problem(seed=47)
+    horizon = Adaptive().horizon
+    traces = []
+    for budget in (horizon + 20, 3 * horizon):
+        steps: list[torch.Tensor] = []
+        record = steps.append
+        _solve(
+            p,
+            max_iter=budget,
+            rtol=0.0,
+            callback=lambda k, s, keep=record: keep(s["state"].clone()),
+        )
+        traces.append(steps)
+    short, long = traces
+    assert len(short) == horizon + 20 and len(long) == 3 * horizon
+    for k in range(horizon + 20):
+        assert torch.equal(short[k], long[k]), k
+    # a budget within the horizon decays within it, and a budget-wide cosine stretches
+    assert Adaptive().rate(horizon // 2 - 1, horizon // 2) == pytest.approx(0.1 * Adaptive().final)
+    stretched = Adaptive(horizon=None)
+    assert stretched.rate(horizon, 3 * horizon) > Adaptive().rate(horizon, 3 * horizon)
 
 
 def test_hand_set_step_is_still_available():
