@@ -141,8 +141,11 @@ class Adaptive(InputUpdate):
     sample's scale of ``x`` (the constraint's radius, else the RMS of ``x0``, else 1) and
     ``lr(k)`` decays from ``lr`` to ``lr · final`` on a half cosine over the first ``horizon``
     iterations (or the budget ``max_iter``, when that is shorter or ``horizon`` is ``None``),
-    then stays at ``lr · final``. A fixed horizon makes the iterates independent of the
-    budget: a larger ``max_iter`` only runs further at the floor rate. With a
+    then stays at ``lr · final``; over the last ``tail`` of the budget it anneals once more,
+    on a half cosine down to ``lr · end``, so that ``z`` and the adjoint catch up with an
+    ``x`` that slows down before the budget ends. A fixed horizon makes the iterates until
+    that closing anneal independent of the budget: a larger ``max_iter`` runs further at the
+    floor rate before it. With a
     non-separable constraint (an L2 ball) the preconditioner is the per-sample mean of ``v̂``,
     a scalar, so that the fixed point is still projected stationarity. Multiplying the
     objective by any constant leaves every step unchanged.
@@ -159,6 +162,9 @@ class Adaptive(InputUpdate):
         final: final step as a fraction of ``lr`` (the cosine decay's floor).
         horizon: iterations over which the rate decays (``None``: over the whole budget
             ``max_iter``, as a cosine schedule in training does).
+        tail: fraction of the budget, at its end, over which the rate anneals to
+            ``lr · end`` (0: no closing anneal).
+        end: the rate at the last iteration, as a fraction of ``lr`` (at most ``final``).
         beta1: momentum of the first moment.
         beta2: averaging of the second moment.
         eps: relative floor of ``√v̂`` (against its per-sample mean).
@@ -181,6 +187,8 @@ class Adaptive(InputUpdate):
     lr: float = 0.1
     final: float = 0.2
     horizon: int | None = 80
+    tail: float = 0.2
+    end: float = 0.01
     beta1: float = 0.0
     beta2: float = 0.999
     eps: float = 1e-3
@@ -197,7 +205,18 @@ class Adaptive(InputUpdate):
     _previous: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("lr", "final", "beta1", "beta2", "eps", "backoff", "recover", "rise"):
+        for name in (
+            "lr",
+            "final",
+            "tail",
+            "end",
+            "beta1",
+            "beta2",
+            "eps",
+            "backoff",
+            "recover",
+            "rise",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Adaptive.{name}: expected a number, got {value!r}")
@@ -213,6 +232,12 @@ class Adaptive(InputUpdate):
             raise ValueError(f"Adaptive.lr: expected a number > 0, got {self.lr!r}")
         if not 0 < self.final <= 1:
             raise ValueError(f"Adaptive.final: expected a number in (0, 1], got {self.final!r}")
+        if not 0 <= self.tail < 1:
+            raise ValueError(f"Adaptive.tail: expected a number in [0, 1), got {self.tail!r}")
+        if not 0 < self.end <= self.final:
+            raise ValueError(
+                f"Adaptive.end: expected a number in (0, final={self.final!r}], got {self.end!r}"
+            )
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"Adaptive.{name}: expected a number in [0, 1)")
@@ -257,18 +282,26 @@ class Adaptive(InputUpdate):
         """The relative step at iteration ``k`` of ``max_iter`` (half-cosine decay).
 
         Example:
-            >>> update = Adaptive(lr=0.1, final=0.2, horizon=80)
-            >>> [round(update.rate(k, 300), 4) for k in (0, 79, 299)]  # flat after 80
-            [0.1, 0.02, 0.02]
-            >>> round(update.rate(39, 40), 4)  # a shorter budget decays within it
-            0.02
-            >>> round(Adaptive(final=0.01, horizon=None).rate(99, 100), 4)  # over the budget
+            >>> update = Adaptive(lr=0.1, final=0.2, horizon=80, tail=0.2, end=0.01)
+            >>> [round(update.rate(k, 300), 4) for k in (0, 79, 239, 299)]  # flat, then anneal
+            [0.1, 0.02, 0.02, 0.001]
+            >>> round(update.rate(31, 40), 4)  # a shorter budget decays within it
+            0.028
+            >>> round(Adaptive(final=0.01, horizon=None, tail=0).rate(99, 100), 4)  # the budget
             0.001
         """
         span = max_iter if self.horizon is None else min(self.horizon, max_iter)
         progress = min(k / max(span - 1, 1), 1.0)
         floor = self.lr * self.final
-        return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
+        rate = floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
+        length = round(self.tail * max_iter)
+        start = max_iter - length
+        if length < 1 or k < start:
+            return rate
+        # the closing anneal: a half cosine from the rate down to lr · end at the last iteration
+        closing = min((k - start + 1) / length, 1.0)
+        low = self.end * self.lr
+        return low + 0.5 * (rate - low) * (1.0 + math.cos(math.pi * closing))
 
     def __call__(self, grad, index, k, max_iter, *, frozen=False, objective=None):
         """The step for gradient ``grad`` of the rows ``index`` at iteration ``k``."""

@@ -21,7 +21,10 @@ The fourth sweep (the rate's decay: over a fixed ``horizon`` or over the budget,
 ratio, and the first iteration whose iterate reaches Adam-40's objective (at a tight fixed
 point). The benches time JIIO to that iteration, so it is the number the decay is chosen on,
 with the final ratio at the default budget no worse than before. ``--fourth-only`` runs it
-alone; the other modes run it after their own sweeps.
+(and the fifth) alone; the other modes run both after their own sweeps.
+
+The fifth sweep (a closing anneal of the rate over the last ``tail`` of the budget) adds the
+number of samples that end ``UNSETTLED``; ``--fifth-only`` runs it alone.
 """
 
 from __future__ import annotations
@@ -33,16 +36,17 @@ import time
 import torch
 from jiio_ext.adapters.torchdeq import input_optimizable
 
-from jiio_ext import solve_joint
+from jiio_ext import Status, solve_joint
 from jiio_ext.apps.bench.latent import make_latent_problem
 from jiio_ext.apps.bench.measure import IterateRecorder, first_reaching
 from jiio_ext.apps.bench.torchdeq_task import _true_objective
 from jiio_ext.apps.models import MultiScaleDecoder
 from jiio_ext.updates import Adaptive
 
-FOURTH_ONLY = "--fourth-only" in sys.argv
-FIRST = not {"--second-only", "--third-only", "--fourth-only"} & set(sys.argv)
-SECOND_SWEEP = not {"--third-only", "--fourth-only"} & set(sys.argv)
+FIFTH_ONLY = "--fifth-only" in sys.argv
+FOURTH_ONLY = "--fourth-only" in sys.argv or FIFTH_ONLY
+FIRST = not {"--second-only", "--third-only", "--fourth-only", "--fifth-only"} & set(sys.argv)
+SECOND_SWEEP = not {"--third-only", "--fourth-only", "--fifth-only"} & set(sys.argv)
 CANDIDATES = {
     "lr": (0.05, 0.1, 0.2),
     "beta1": (0.0, 0.5, 0.9),
@@ -89,7 +93,8 @@ def _torchdeq_problem(masked: bool = False):
         return _true_objective(model, x, objective)
 
     def jiio(**options):
-        return measure(decorated.optimize_input(x0, objective, **options).x)
+        solution = decorated.optimize_input(x0, objective, **options)
+        return measure(solution.x), solution
 
     return adam, jiio, measure, x0
 
@@ -114,7 +119,7 @@ def _functional_problem():
         sol = solve_joint(
             problem.decoder.f, problem.objective, problem.x0, z0=problem.z0(), **options
         )
-        return problem.true_objective(sol.x)
+        return problem.true_objective(sol.x), sol
 
     return adam, jiio, problem.true_objective, problem.x0
 
@@ -162,16 +167,27 @@ FOURTH = (
     {"horizon": 100, "final": 0.3},
 )
 
+# fifth sweep, at the chosen decay: a closing anneal over the last ``tail`` of the budget down
+# to lr · end, so that the adjoint catches up with a slowing x before the budget ends
+FIFTH = (
+    {"tail": 0.0},
+    {"tail": 0.1},
+    {"tail": 0.2},
+    {"tail": 0.3},
+    {"tail": 0.2, "end": 0.002},
+)
+
 
 def _decay_row(problems: dict, targets: dict, decay: dict, budget: int) -> str:
     """One row of the fourth sweep: per problem the final ratio and the first reaching iteration."""
     cells = []
     for name, (_, jiio, measure, x0) in problems.items():
         recorder = IterateRecorder(x0, torch.device("cpu"))
-        value = jiio(step_size=Adaptive(**decay), max_iter=budget, callback=recorder)
+        value, solution = jiio(step_size=Adaptive(**decay), max_iter=budget, callback=recorder)
         first = first_reaching(measure, recorder.snapshots, targets[name])
         reached = "-" if first is None else first + 1
-        cells.append(f"{value / targets[name]:>8.3f} {reached:>4}")
+        unsettled = int((solution.status == Status.UNSETTLED).sum())
+        cells.append(f"{value / targets[name]:>8.3f} {reached:>4} {unsettled:>2}")
     return f"  {budget:>4} {decay}  " + "  ".join(cells)
 
 
@@ -194,7 +210,7 @@ def main() -> None:
         for name, (_, jiio, *_) in problems.items():
             start = time.perf_counter()
             update = Adaptive(lr=lr, beta1=beta1, backoff=1.0, **BUDGET_COSINE)
-            value = jiio(step_size=update, solver=solver)
+            value, _ = jiio(step_size=update, solver=solver)
             ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
         print(f"{lr:>5} {beta1:>6} {solver:>9}  " + "  ".join(ratios), flush=True)
     if SECOND_SWEEP:
@@ -203,7 +219,7 @@ def main() -> None:
         ratios = []
         for name, (_, jiio, *_) in problems.items():
             start = time.perf_counter()
-            value = jiio(step_size=Adaptive(backoff=1.0, **BUDGET_COSINE), **options)
+            value, _ = jiio(step_size=Adaptive(backoff=1.0, **BUDGET_COSINE), **options)
             ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
         print(f"  {options}  " + "  ".join(ratios), flush=True)
 
@@ -213,13 +229,20 @@ def main() -> None:
         ratios = []
         for name, (_, jiio, *_) in problems.items():
             start = time.perf_counter()
-            value = jiio(step_size=Adaptive(**control, **BUDGET_COSINE), max_iter=150)
+            value, _ = jiio(step_size=Adaptive(**control, **BUDGET_COSINE), max_iter=150)
             ratios.append(f"{value / targets[name]:>14.3f} ({time.perf_counter() - start:4.1f}s)")
         print(f"  {control}  " + "  ".join(ratios), flush=True)
 
-    print("rate decay (final ratio, first iteration at Adam-40's objective, per problem):")
+    print(
+        "rate decay (per problem: final ratio, first iteration at Adam-40's objective,"
+        " samples UNSETTLED):"
+    )
     for budget in (150, 300):
-        for decay in FOURTH:
+        for decay in () if FIFTH_ONLY else FOURTH:
+            print(_decay_row(problems, targets, decay, budget), flush=True)
+    print("closing anneal at horizon 80, final 0.2 (the same columns):")
+    for budget in (150, 300):
+        for decay in FIFTH:
             print(_decay_row(problems, targets, decay, budget), flush=True)
 
 

@@ -109,6 +109,10 @@ def test_adaptive_rejects_bad_settings_by_name():
     for horizon in (0, 2.5, True):
         with pytest.raises(ValueError, match="Adaptive.horizon"):
             Adaptive(horizon=horizon)
+    with pytest.raises(ValueError, match="Adaptive.tail"):
+        Adaptive(tail=1.0)
+    with pytest.raises(ValueError, match="Adaptive.end"):
+        Adaptive(end=0.5)  # above final
     p = make_problem(seed=46)
     with pytest.raises(ValueError, match="step_size"):
         _solve(p, step_rule="sign")  # PGD-style rules need a hand-set alpha
@@ -144,12 +148,14 @@ def test_rate_backs_off_per_sample_when_its_objective_rises():
 
 def test_default_iterates_do_not_depend_on_the_budget():
     # the rate decays over a fixed horizon, not over max_iter: a larger budget runs the same
-    # iterates, then goes on at the floor rate (the benches time JIIO to a quality, so a
-    # schedule stretched over the budget would reach it later the larger the budget)
+    # iterates until the closing anneal of its last `tail` (the benches time JIIO to a
+    # quality, so a schedule stretched over the budget would reach it later the larger the
+    # budget)
     p = make_problem(seed=47)
-    horizon = Adaptive().horizon
+    default = Adaptive()
+    short_budget, long_budget = default.horizon + 40, 3 * default.horizon
     traces = []
-    for budget in (horizon + 20, 3 * horizon):
+    for budget in (short_budget, long_budget):
         steps: list[torch.Tensor] = []
         record = steps.append
         _solve(
@@ -160,13 +166,53 @@ def test_default_iterates_do_not_depend_on_the_budget():
         )
         traces.append(steps)
     short, long = traces
-    assert len(short) == horizon + 20 and len(long) == 3 * horizon
-    for k in range(horizon + 20):
+    assert len(short) == short_budget and len(long) == long_budget
+    anneal_start = short_budget - round(default.tail * short_budget)
+    assert anneal_start > default.horizon
+    for k in range(anneal_start + 1):  # the rate of step k acts on iterate k + 1
         assert torch.equal(short[k], long[k]), k
-    # a budget within the horizon decays within it, and a budget-wide cosine stretches
-    assert Adaptive().rate(horizon // 2 - 1, horizon // 2) == pytest.approx(0.1 * Adaptive().final)
+    assert not torch.equal(short[-1], long[short_budget - 1])  # the anneal did start
+    # a budget within the horizon decays within it, and ends at lr · end
+    assert default.rate(default.horizon // 2 - 1, default.horizon // 2) == pytest.approx(
+        default.lr * default.end
+    )
     stretched = Adaptive(horizon=None)
-    assert stretched.rate(horizon, 3 * horizon) > Adaptive().rate(horizon, 3 * horizon)
+    assert stretched.rate(default.horizon, long_budget) > default.rate(default.horizon, long_budget)
+
+
+def test_closing_anneal_leaves_the_adjoint_settled():
+    # docs/latent.md's decoder: without the closing anneal the input still moves at the floor
+    # rate when the budget ends, and the adjoint of the nearly-solved objective lags it, so
+    # samples end UNSETTLED; the anneal slows x down and the adjoint catches up
+    from jiio_ext.adapters.torchdeq import input_optimizable
+    from torchdeq import get_deq
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inject, self.cell = torch.nn.Linear(8, 32), torch.nn.Linear(32, 32)
+            self.head = torch.nn.Linear(32, 64)
+            self.deq = get_deq(f_solver="anderson", f_max_iter=40, f_tol=1e-4)
+
+        def forward(self, x):
+            u = self.inject(x)
+            z, _ = self.deq(lambda z: torch.tanh(0.5 * self.cell(z) + u), torch.zeros_like(u))
+            return self.head(z[-1])
+
+    torch.manual_seed(0)
+    model = input_optimizable(Decoder())
+    with torch.no_grad():
+        target = model(torch.randn(16, 8))
+    objective = lambda out, x: (out - target).pow(2).mean(1)  # noqa: E731
+    runs = {
+        tail: model.optimize_input(
+            torch.zeros(16, 8), objective, constraint=Box(-3.0, 3.0), step_size=Adaptive(tail=tail)
+        )
+        for tail in (0.0, Adaptive().tail)
+    }
+    assert int((runs[0.0].status == Status.UNSETTLED).sum()) >= 4
+    assert not bool((runs[Adaptive().tail].status == Status.UNSETTLED).any())
+    assert float(runs[Adaptive().tail].objective.mean()) < 1e-5
 
 
 def test_hand_set_step_is_still_available():
