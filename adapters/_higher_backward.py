@@ -145,9 +145,10 @@ class AdjointSolve:
         implicit gradient at a fixed point known to that accuracy is no more accurate for a
         tighter adjoint, so each row stops at ``max(rtol, floor)``.
 
-        ``model``: the DEQ's own backward settings (:class:`ModelBackward`); the solve then
-        takes at most ``min(max_iter, model.max_iter)`` products in all, and a row also stops
-        once it meets the model's own test.
+        ``model``: the DEQ's own backward settings (:class:`ModelBackward`); a row also stops
+        once it meets the model's own test, and where the model's budget is below
+        ``max_iter`` the solve takes at most that many products in all (otherwise, as
+        before, the Anderson phase has ``max_iter`` of its own).
         """
         model = model or ModelBackward()
         budget = self.max_iter if model.max_iter is None else min(self.max_iter, model.max_iter)
@@ -164,19 +165,21 @@ class AdjointSolve:
             if not active:
                 return start
         failed = active
-        if used < budget:
+        capped = budget < self.max_iter  # the DEQ's own budget counts every product
+        left = budget - used if capped else self.max_iter
+        if left > 0:
             result = solve_adjoint(
                 vjp,
                 v,
                 start,
                 solver=Anderson(memory=5, kind="II"),
-                max_iter=budget - used,
+                max_iter=left,
                 rtol=float(rtol.min()),
                 atol=atol / math.sqrt(max(1, v.shape[1])),
             )
             start = result.state
             failed = int((result.status != Status.CONVERGED).sum())
-        if failed and budget < self.max_iter:  # the model's own budget: one constant message
+        if failed and capped:  # the model's own budget: one constant message
             warnings.warn(
                 f"{what}: the adjoint stopped at the DEQ's own b_max_iter ({budget} products) "
                 "before its tolerance, as the model's own backward would",
@@ -186,7 +189,7 @@ class AdjointSolve:
         elif failed:
             warnings.warn(
                 f"{what}: adjoint fixed point did not converge for {failed} row(s) in "
-                f"{budget} products",
+                f"{self.max_iter} iterations",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -277,7 +277,8 @@ def innerloop_ctx(
         rtol: relative tolerance of the per-task status.
         atol: absolute tolerance of the per-task status.
         backward_max_iter: budget of the adjoint fixed points of backward passes; a torchdeq
-            DEQ's adjoint also takes no more products than the DEQ's own ``b_max_iter``.
+            DEQ's adjoint takes no more products in all than the DEQ's own ``b_max_iter``
+            when that is smaller.
         backward_rtol: their relative tolerance (default ``1e-5``: the loosest at which the
             unrolled meta-gradient keeps matching finite differences to ``1e-4`` with a
             margin, docs/meta.md). A DEQ's adjoint is solved as the model's own backward would
