@@ -167,7 +167,8 @@ def infer_jiio(
     The library's default solve (``step_size=None``: the scale-free
     :class:`~jiio_ext.updates.Adaptive` update with the damped iteration; the best iterate
     per sample) over a fixed budget: ``rtol=atol=0`` unless given, so that every batch costs
-    ``max_iter`` iterations and the adaptive rate's cosine decay spans them. The tuned
+    ``max_iter`` iterations (the adaptive rate's cosine decay spans its first 80, or all of
+    them when the budget is shorter). The tuned
     schedule used before, ``step_size=StepSwitch(3.0, 1.0), solver=Anderson(memory=5,
     kind="II")``, is an explicit option (docs/solver-options.md has both measured).
 
