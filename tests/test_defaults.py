@@ -288,3 +288,31 @@ def test_progress_bar_shows_the_whole_batch_mean_objective():
     trace = sol.traces["objective"]  # (T, B), NaN after a sample froze
     last = torch.stack([trace[: int(n), i][-1] for i, n in enumerate(sol.nstep)])
     assert bar.shown[-1] == pytest.approx(float(last.mean()), rel=1e-3)
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3])
+def test_zoo_mdeq_result_does_not_depend_on_the_objective_scale(factor):
+    # jiio bench zoo's MDEQ (weight norm, Broyden, list state, an absolute backward tolerance
+    # b_tol=1e-3 of its own): its Adam baseline's IFT gradient changes with the objective's
+    # scale, JIIO through optimize_input must not (docs/results.md, the zoo section)
+    pytest.importorskip("torchdeq")
+    from jiio_ext.adapters.torchdeq import input_optimizable
+
+    from jiio_ext.apps.bench.zoo_models import MultiResolutionDEQ
+
+    torch.manual_seed(0)
+    model = MultiResolutionDEQ(channels=4, size=6).to(DTYPE).requires_grad_(False)
+    x_true = 0.5 * torch.randn(2, 1, 6, 6, dtype=DTYPE)
+    with torch.no_grad():
+        targets = model(x_true)
+
+    def solve(scale):
+        objective = lambda out, x: scale * (out - targets).pow(2).mean(1)  # noqa: E731
+        return input_optimizable(model).optimize_input(
+            torch.zeros_like(x_true), objective, max_iter=40
+        )
+
+    base, scaled = solve(1.0), solve(factor)
+    assert float(base.x.abs().amax()) > 1e-2  # x moved from x0 = 0
+    torch.testing.assert_close(scaled.x, base.x, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(scaled.objective, factor * base.objective, rtol=1e-5, atol=0)
