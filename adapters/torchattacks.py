@@ -26,6 +26,18 @@ settled state is no worse. Images that settle are untouched, so a contractive mo
 exactly as without the safeguard and pays nothing. The attack warns for the images still
 unsettled after it.
 
+Model check (``model_check=True``, the default): on the same layers, the settled state at
+the returned image can disagree with the model's own forward solve near the decision
+boundary, and an earlier iterate may have been adversarial where the last one is not. The
+attack's objective sees the logits at every joint iterate and keeps, per image, the iterate
+whose logits are the most adversarial (untargeted: the largest margin of the best wrong class
+over the true one; targeted: of the target over the best other class). When the joint solve
+left any image ``UNSETTLED``, the model itself then judges the returned images whose settled
+margin is below one logit (one batched forward of those), and an image it does not call
+adversarial, but one of whose iterates looked so, takes that iterate where the model's own
+output calls it adversarial (a second forward, of those images only). A model on which every
+image settles pays nothing and runs exactly as without the check.
+
 Example:
     >>> import torch
     >>> from torchdeq import get_deq
@@ -83,6 +95,9 @@ __all__ = ["JIIOPGD", "JIIOPGDL2", "adversarial_logits"]
 _RANGE_SLACK = 1e-5
 # the safeguard's step, a fraction of alpha (chosen on scripts/attack_safeguard_dev.py)
 _SAFEGUARD_STEP = 1.0 / 3.0
+# model check: a returned image whose settled-state margin is below this many logits is
+# judged by the model itself (chosen on scripts/attack_safeguard_dev.py)
+_MODEL_CHECK_BAND = 1.0
 
 
 class _AttackedModel(nn.Module):
@@ -110,6 +125,41 @@ def _check_number(value: float, name: str, *, integer: bool = False) -> None:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
 
 
+def _margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Per-sample adversarial margin, positive where the attack succeeds.
+
+    Untargeted: the best wrong logit minus the true one; targeted: the target's logit minus
+    the best other one.
+    """
+    own = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    others = logits.scatter(1, labels.unsqueeze(1), float("-inf")).amax(dim=1)
+    return own - others if targeted else others - own
+
+
+class _Candidates:
+    """Per image, the most adversarial iterate the joint solves evaluated, and the last margin.
+
+    ``observe`` is called with the logits of every objective evaluation (at the joint state
+    during the iterations, at the settled state in the final evaluation of each solve, so
+    that ``last`` ends as the margin at the returned point's settled state).
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, targeted: bool) -> None:
+        self.targets, self.targeted = targets, targeted
+        self.best = torch.full_like(targets, float("-inf"), dtype=images.dtype)
+        self.x = images.clone()
+        self.last = torch.full_like(self.best, float("nan"))
+
+    def observe(self, rows: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> None:
+        """Record one evaluation of the images ``rows``."""
+        margin = _margin(logits.detach(), self.targets[rows], self.targeted).to(self.best)
+        better = margin > self.best[rows]
+        if bool(better.any()):
+            self.best[rows[better]] = margin[better]
+            self.x[rows[better]] = x.detach()[better].to(self.x)
+        self.last[rows] = margin
+
+
 class _JIIOAttack(Attack):
     """Shared machinery of the JIIO attacks (``norm`` is ``"linf"`` or ``"l2"``)."""
 
@@ -125,6 +175,7 @@ class _JIIOAttack(Attack):
         random_start: bool,
         iterations_per_step: int = 4,
         safeguard: bool = True,
+        model_check: bool = True,
         **solve_options: Any,
     ) -> None:
         _check_number(eps, "eps")
@@ -133,16 +184,20 @@ class _JIIOAttack(Attack):
         _check_number(iterations_per_step, "iterations_per_step", integer=True)
         if not isinstance(safeguard, bool):
             raise ValueError(f"safeguard: expected True or False, got {safeguard!r}")
+        if not isinstance(model_check, bool):
+            raise ValueError(f"model_check: expected True or False, got {model_check!r}")
         super().__init__(name, model)
         self.eps, self.alpha, self.steps = float(eps), float(alpha), steps
         self.random_start = bool(random_start)
         self.iterations_per_step = iterations_per_step
         self.safeguard = safeguard
+        self.model_check = model_check
         self.solve_options = solve_options
         self.projection = "exact"
         self.eps_for_division = 1e-10
         self.supported_mode = ["default", "targeted"]
         self._last_solution = None
+        self._candidates: _Candidates | None = None
 
     @property
     def last_solution(self) -> Any:
@@ -191,11 +246,20 @@ class _JIIOAttack(Attack):
         sign: float,
         step_size: Any,
         max_iter: int,
+        rows: torch.Tensor | None = None,
         **warm: Any,
     ) -> Any:
-        """One joint solve of the attack from ``start`` (``warm``: ``z0`` and ``mu0``)."""
+        """One joint solve of the attack from ``start`` (``warm``: ``z0`` and ``mu0``).
+
+        ``rows``: the images of the batch being solved (default all), for the model check.
+        """
+        if rows is None:
+            rows = torch.arange(start.shape[0], device=start.device)
+        candidates = self._candidates
 
         def objective(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            if candidates is not None:
+                candidates.observe(rows, logits, x)
             return sign * F.cross_entropy(logits, targets, reduction="none")
 
         options = {
@@ -234,6 +298,7 @@ class _JIIOAttack(Attack):
             The adversarial images with the re-solved rows replaced where they improved.
         """
         rows = torch.nonzero(solution.status == Status.UNSETTLED).flatten()
+        last_margin = None if self._candidates is None else self._candidates.last.clone()
         step = self.alpha * _SAFEGUARD_STEP
         again = self._solve(
             adversarial[rows],
@@ -242,12 +307,15 @@ class _JIIOAttack(Attack):
             sign,
             Cosine(step, self.alpha / 20) if self.targeted else step,
             budget,
+            rows=rows,
             z0=tuple(t[rows] for t in as_tuple(solution.z)),
             mu0=tuple(t[rows] for t in as_tuple(solution.mu)),
         )
         x_again = self._threat(images[rows]).project(again.x.detach()).clamp(0.0, 1.0)
         better = again.objective <= solution.objective[rows]
         keep = rows[better]
+        if last_margin is not None:  # the rows not kept return their first point
+            self._candidates.last[rows[~better]] = last_margin[rows[~better]]
         x_again = x_again[better]
         solution.info["status_joint"] = solution.status
         solution.info["resolved"] = rows
@@ -267,6 +335,44 @@ class _JIIOAttack(Attack):
             for a, b in ((solution.z, again.z), (solution.mu, again.mu))
         )
         return adversarial.index_copy(0, keep, x_again)
+
+    def _check_with_model(self, adversarial: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The model check: swap in an iterate that the model itself calls adversarial.
+
+        A returned image counts as adversarial where its margin at the settled state is
+        positive; where that margin is below ``_MODEL_CHECK_BAND`` (near the decision
+        boundary, where the model's own forward solve can disagree with the settled state)
+        the model judges it instead, with one batched forward of those images. The images
+        not adversarial, but one of whose iterates was at the joint state, are evaluated at
+        that iterate with a second forward of those images only, and each takes the iterate
+        where the model's output is adversarial there. Both forwards run under ``no_grad``
+        in the attack's model mode. The replaced images are in
+        ``last_solution.info["model_checked"]`` (their ``z`` and ``objective`` stay those of
+        the joint solve's point).
+
+        Returns:
+            The adversarial images with those rows replaced.
+        """
+        found = self._candidates
+        fooled = found.last > 0
+        near = torch.nonzero(fooled & (found.last < _MODEL_CHECK_BAND)).flatten()
+        if near.numel():
+            with torch.no_grad():
+                logits = self.get_logits(adversarial[near])
+            fooled[near] = _margin(logits, found.targets[near], self.targeted) > 0
+        rows = torch.nonzero(~fooled & (found.best > 0)).flatten()
+        replaced = rows[:0]
+        if rows.numel():
+            candidate = self._threat(images[rows]).project(found.x[rows]).clamp(0.0, 1.0)
+            with torch.no_grad():
+                logits = self.get_logits(candidate)
+            hit = _margin(logits, found.targets[rows], self.targeted) > 0
+            replaced = rows[hit]
+            adversarial = adversarial.index_copy(0, replaced, candidate[hit])
+            solution = self._last_solution
+            solution.x = solution.x.index_copy(0, replaced, candidate[hit].to(solution.x))
+        self._last_solution.info["model_checked"] = replaced
+        return adversarial
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial images for ``images`` in ``[0, 1]`` with integer ``labels`` ``(B,)``."""
@@ -292,6 +398,7 @@ class _JIIOAttack(Attack):
 
         start = self._random_start(images) if self.random_start else images
         budget = self.iterations_per_step * self.steps
+        self._candidates = _Candidates(images, targets, self.targeted) if self.model_check else None
         # a targeted loss has its minimum inside the ball: steps decay so the iterate
         # settles there (constant steps kept bouncing off it: hit rate 0.89 against
         # stock's 1.00); an untargeted loss keeps climbing to the boundary at full steps
@@ -305,11 +412,15 @@ class _JIIOAttack(Attack):
         threat = self._threat(images)
         adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
         unsettled = solution.status == Status.UNSETTLED
-        if self.safeguard and bool(unsettled.any()):
+        flagged = bool(unsettled.any())
+        if self.safeguard and flagged:
             adversarial = self._resolve_unsettled(
                 solution, adversarial, images, targets, sign, budget
             )
             unsettled = solution.status == Status.UNSETTLED
+        if self._candidates is not None and flagged:
+            adversarial = self._check_with_model(adversarial, images)
+        self._candidates = None
         if bool(unsettled.any()):
             worst = float(solution.info["residual_z_joint"][unsettled].max())
             worst_mu = float(solution.residuals["mu"][unsettled].max())
@@ -340,6 +451,10 @@ class JIIOPGD(_JIIOAttack):
         safeguard: solve the images whose DEQ state or adjoint did not settle
             (``Status.UNSETTLED``) once more from where they ended, at smaller steps (see the
             module docstring); a model on which every image settles pays nothing.
+        model_check: when some image is UNSETTLED, judge the returned images near the
+            decision boundary with the model itself and, where one is not adversarial but
+            an earlier iterate looked so at the joint state, take that iterate if the model
+            calls it adversarial (see the module docstring).
         **solve_options: further options of :func:`jiio_ext.solve_joint`.
 
     Example:
@@ -359,6 +474,7 @@ class JIIOPGD(_JIIOAttack):
         iterations_per_step: int = 4,
         *,
         safeguard: bool = True,
+        model_check: bool = True,
         **solve_options: Any,
     ) -> None:
         super().__init__(
@@ -370,6 +486,7 @@ class JIIOPGD(_JIIOAttack):
             random_start,
             iterations_per_step,
             safeguard,
+            model_check=model_check,
             **solve_options,
         )
 
@@ -389,6 +506,7 @@ class JIIOPGDL2(_JIIOAttack):
         projection: ``"composed"`` (default; ball then pixel box, as torchattacks' PGDL2
             does — feasible, cheaper) or ``"exact"`` (the nearest point of ball ∩ box).
         safeguard: re-solve the UNSETTLED images (as in :class:`JIIOPGD`).
+        model_check: check earlier iterates with the model (as in :class:`JIIOPGD`).
         **solve_options: further options of :func:`jiio_ext.solve_joint`.
 
     Example:
@@ -410,6 +528,7 @@ class JIIOPGDL2(_JIIOAttack):
         iterations_per_step: int = 4,
         projection: str = "composed",
         safeguard: bool = True,
+        model_check: bool = True,
         **solve_options: Any,
     ) -> None:
         if projection not in ("composed", "exact"):
@@ -424,6 +543,7 @@ class JIIOPGDL2(_JIIOAttack):
             random_start,
             iterations_per_step,
             safeguard,
+            model_check=model_check,
             **solve_options,
         )
         self.projection = projection

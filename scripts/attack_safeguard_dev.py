@@ -5,12 +5,15 @@ chosen here, on classifiers of the same kind built only for this purpose (other 
 and spectral norms), attacked on held-out digits the user rows do not use (test digits
 128-255). Each variant runs JIIOPGD / JIIOPGDL2 with ``steps=10`` (or ``--steps``) next to
 torchattacks' PGD with the same steps, L∞ (ε 0.1) and L2 (ε 1), α = ε / 4, untargeted and
-targeted. The ``ips2`` / ``ips3`` / ``ips4`` variants sweep ``iterations_per_step``.
+targeted. The ``ips2`` / ``ips3`` / ``ips4`` variants sweep ``iterations_per_step``;
+``no-model-check`` is ``model_check=False``. ``--held-out`` runs the same loop on the user
+classifiers instead (test digits 0-127, the targets of ``jiio bench adversarial``): only for a
+candidate already measured here.
 
 Usage::
 
     OMP_NUM_THREADS=1 python scripts/attack_safeguard_dev.py [--count 128] [--steps 10 20]
-        [--variants ips2 ips3 ips4] [--json out.json]
+        [--variants ips2 ips3 ips4] [--held-out | --bench] [--json out.json]
 
 Example:
     >>> sorted(DEV_CLASSIFIERS)
@@ -51,6 +54,7 @@ DEV_CLASSIFIERS: dict[str, Callable[[], UserClassifier]] = {
 VARIANTS: dict[str, dict] = {
     "no-safeguard": {"safeguard": False},
     "safeguard": {},
+    "no-model-check": {"model_check": False},
     "no-safeguard-ips8": {"safeguard": False, "iterations_per_step": 8},
     "no-safeguard-alpha_mu-1": {"safeguard": False, "alpha_mu": 1.0},
     "ips2": {"iterations_per_step": 2},
@@ -66,31 +70,45 @@ def _rate(model: torch.nn.Module, adv: torch.Tensor, wanted: torch.Tensor) -> fl
 
 
 def run_dev(
-    count: int = 128, variants: list[str] | None = None, steps: tuple[int, ...] = (10,)
+    count: int = 128,
+    variants: list[str] | None = None,
+    steps: tuple[int, ...] = (10,),
+    held_out: bool = False,
+    bench: bool = False,
 ) -> list[dict]:
     """Rows ``{model, norm, targeted, steps, pgd, <variant>...}`` of rate, time and flags.
+
+    ``held_out``: attack the user classifiers on their own digits instead. ``bench``: attack
+    the ``jiio bench adversarial`` classifier (``DEQClassifier``, trained 6 epochs as the
+    bench does) on all 397 test digits (a development classifier too; ``count`` unused).
 
     Example:
         >>> import inspect
         >>> list(inspect.signature(run_dev).parameters)
-        ['count', 'variants', 'steps']
+        ['count', 'variants', 'steps', 'held_out', 'bench']
     """
     import torchattacks
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
 
     from jiio_ext import Status
+    from jiio_ext.apps.bench.user_classifiers import USER_CLASSIFIERS
     from jiio_ext.apps.data import load_digits
-    from jiio_ext.apps.models import train_classifier
+    from jiio_ext.apps.models import DEQClassifier, train_classifier
 
     device = torch.device("cpu")
     train_x, train_y, test_x, test_y = load_digits(device)
-    test_x, test_y = test_x[128 : 128 + count], test_y[128 : 128 + count]
-    gen = torch.Generator().manual_seed(1)
+    first = 0 if held_out else 128  # the user rows' digits and target seed, or the dev ones
+    if not bench:
+        test_x, test_y = test_x[first : first + count], test_y[first : first + count]
+    gen = torch.Generator().manual_seed(0 if held_out else 1)
     targets = (test_y + torch.randint(1, 10, test_y.shape, generator=gen)) % 10
+    models = USER_CLASSIFIERS if held_out else DEV_CLASSIFIERS
+    if bench:
+        models = {"bench": DEQClassifier}
     rows = []
-    for name, factory in DEV_CLASSIFIERS.items():
+    for name, factory in models.items():
         model = factory()
-        train_classifier(model, train_x, train_y, epochs=4)
+        train_classifier(model, train_x, train_y, epochs=6 if bench else 4)
         clean = _rate(model, test_x, test_y)
         print(f"{name}: clean {clean:.3f}", flush=True)
         for norm, eps, stock_cls, jiio_cls in (
@@ -167,9 +185,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=128)
     parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS))
     parser.add_argument("--steps", nargs="*", type=int, default=[10])
+    parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--bench", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    rows = run_dev(args.count, args.variants, tuple(args.steps))
+    rows = run_dev(args.count, args.variants, tuple(args.steps), args.held_out, args.bench)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

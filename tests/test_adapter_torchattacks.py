@@ -285,3 +285,50 @@ def test_without_torchdeq_the_import_names_both_extras():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'jiio-ext[deq,attacks]'" in done.stdout, done.stderr[-2000:]
+
+
+def _briefly_trained_relu_cell(seed: int):
+    """A non-contractive ReLU cell (spectral norm 1.5, Anderson/IFT) fit to a random batch."""
+    from jiio_ext.apps.bench.user_classifiers import _ANDERSON_IFT, UserClassifier
+
+    model = UserClassifier(cell="relu", spectral_norm=1.5, seed=seed, deq_options=_ANDERSON_IFT)
+    images, labels = _data(32, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        opt.step()
+    return model.eval(), images, labels
+
+
+def test_the_model_check_takes_iterates_the_model_calls_adversarial():
+    from jiio_ext.adapters.torchattacks import _margin
+
+    model, images, labels = _briefly_trained_relu_cell(seed=2)
+    runs = {}
+    for model_check in (False, True):
+        attack = JIIOPGD(
+            model, eps=0.1, alpha=0.025, steps=2, random_start=False, model_check=model_check
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            adv = attack(images, labels)
+        with torch.no_grad():
+            fooled = _margin(model(adv), labels, targeted=False) > 0
+        runs[model_check] = (adv, fooled, attack.last_solution)
+    (adv_off, fooled_off, off), (adv_on, fooled_on, on) = runs[False], runs[True]
+    replaced = on.info["model_checked"]
+    assert "model_checked" not in off.info and replaced.numel() > 0
+    # each replacement is adversarial for the model itself, and no image is lost
+    assert bool(fooled_on[replaced].all()) and bool((fooled_on | ~fooled_off).all())
+    assert int(fooled_on.sum()) > int(fooled_off.sum())
+    kept = torch.ones(len(images), dtype=torch.bool)
+    kept[replaced] = False
+    assert torch.equal(adv_on[kept], adv_off[kept]) and torch.equal(
+        on.x[replaced], adv_on[replaced]
+    )
+    # the replacements lie in the threat model
+    assert bool(((adv_on - images).abs().amax(dim=(1, 2, 3)) <= 0.1 + 1e-6).all())
+    assert adv_on.min() >= 0 and adv_on.max() <= 1
+    with pytest.raises(ValueError, match="model_check"):
+        JIIOPGD(model, model_check="yes")
