@@ -273,6 +273,7 @@ def test_the_safeguard_never_triggers_on_a_contractive_model(cls, eps):
     (adv_off, off), (adv_on, on) = runs
     assert torch.equal(adv_on, adv_off) and torch.equal(on.x, off.x)  # the same iterates
     assert on.f_evals == off.f_evals and "resolved" not in on.info
+    assert "model_checked" not in on.info  # nor does the model check: no image is unsettled
 
 
 def test_without_torchdeq_the_import_names_both_extras():

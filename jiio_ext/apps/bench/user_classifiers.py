@@ -117,13 +117,17 @@ def _hit_rate(model: nn.Module, adv: torch.Tensor, wanted: torch.Tensor) -> floa
 
 
 def _unsettled_counts(solution) -> dict[str, int]:
-    """Images UNSETTLED after the joint solve and after the attack's safeguard re-solve."""
+    """Images UNSETTLED after the joint solve and after the safeguard, and model-checked ones.
+
+    ``model_checked``: the images the attack's model check replaced by an earlier iterate.
+    """
     from jiio_ext import Status
 
     first = solution.info.get("status_joint", solution.status)
     return {
         "unsettled": int((first == Status.UNSETTLED).sum()),
         "unsettled_after": int((solution.status == Status.UNSETTLED).sum()),
+        "model_checked": len(solution.info.get("model_checked", ())),
     }
 
 
