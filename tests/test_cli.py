@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -27,8 +28,9 @@ def test_bench_latent_json_schema(capsys):
 
 
 def test_bench_overhead_json_schema():
-    report = run_task("overhead", quick=True, repeats=8)  # 2 repeats: noise can go below 0
-    assert report["overhead"] > 0
+    report = run_task("overhead", quick=True, repeats=8)
+    # a ratio of two timings: its value is the bench's to print, not a test's to assert
+    assert isinstance(report["overhead"], float) and math.isfinite(report["overhead"])
     assert report["baseline"]["f_evals"] == report["jiio"]["f_evals"] == 1
     json.dumps(report, allow_nan=False)
 
