@@ -347,8 +347,9 @@ class _JIIOAttack(Attack):
         that iterate with a second forward of those images only, and each takes the iterate
         where the model's output is adversarial there. Both forwards run under ``no_grad``
         in the attack's model mode. The replaced images are in
-        ``last_solution.info["model_checked"]`` (their ``z`` and ``objective`` stay those of
-        the joint solve's point).
+        ``last_solution.info["model_checked"]``; their ``objective`` is the attack loss of
+        the model's own output at the returned image (their ``z`` stays the joint solve's
+        state, which belongs to the image they replaced).
 
         Returns:
             The adversarial images with those rows replaced.
@@ -371,6 +372,11 @@ class _JIIOAttack(Attack):
             adversarial = adversarial.index_copy(0, replaced, candidate[hit])
             solution = self._last_solution
             solution.x = solution.x.index_copy(0, replaced, candidate[hit].to(solution.x))
+            loss = F.cross_entropy(logits[hit], found.targets[replaced], reduction="none")
+            sign = 1.0 if self.targeted else -1.0  # the attack's objective (see _solve)
+            solution.objective = solution.objective.index_copy(
+                0, replaced, (sign * loss).to(solution.objective)
+            )
         self._last_solution.info["model_checked"] = replaced
         return adversarial
 

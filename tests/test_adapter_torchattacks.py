@@ -328,6 +328,10 @@ def test_the_model_check_takes_iterates_the_model_calls_adversarial():
     assert torch.equal(adv_on[kept], adv_off[kept]) and torch.equal(
         on.x[replaced], adv_on[replaced]
     )
+    # the objective reported for a replacement is the attack loss at the returned image
+    with torch.no_grad():
+        loss = F.cross_entropy(model(adv_on[replaced]), labels[replaced], reduction="none")
+    torch.testing.assert_close(on.objective[replaced], -loss, rtol=1e-4, atol=1e-5)
     # the replacements lie in the threat model
     assert bool(((adv_on - images).abs().amax(dim=(1, 2, 3)) <= 0.1 + 1e-6).all())
     assert adv_on.min() >= 0 and adv_on.max() <= 1
