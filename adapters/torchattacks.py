@@ -153,10 +153,12 @@ class _Candidates:
     def observe(self, rows: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> None:
         """Record one evaluation of the images ``rows``."""
         margin = _margin(logits.detach(), self.targets[rows], self.targeted).to(self.best)
-        better = margin > self.best[rows]
-        if bool(better.any()):
-            self.best[rows[better]] = margin[better]
-            self.x[rows[better]] = x.detach()[better].to(self.x)
+        best = self.best[rows]
+        better = margin > best
+        # no host sync in the attack's inner loop: masked writes instead of a branch
+        self.best[rows] = torch.where(better, margin, best)
+        keep = better.view(-1, *([1] * (x.dim() - 1)))
+        self.x[rows] = torch.where(keep, x.detach().to(self.x), self.x[rows])
         self.last[rows] = margin
 
 
@@ -238,12 +240,16 @@ class _JIIOAttack(Attack):
             return L2Ball(self.eps, center=images) & Box(0.0, 1.0)
         return ComposedProjection(L2Ball(self.eps, center=images), Box(0.0, 1.0))
 
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The per-image objective the attack minimises: ``-CE`` (untargeted) or ``CE``."""
+        sign = 1.0 if self.targeted else -1.0
+        return sign * F.cross_entropy(logits, targets, reduction="none")
+
     def _solve(
         self,
         start: torch.Tensor,
         images: torch.Tensor,
         targets: torch.Tensor,
-        sign: float,
         step_size: Any,
         max_iter: int,
         rows: torch.Tensor | None = None,
@@ -260,7 +266,7 @@ class _JIIOAttack(Attack):
         def objective(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             if candidates is not None:
                 candidates.observe(rows, logits, x)
-            return sign * F.cross_entropy(logits, targets, reduction="none")
+            return self._loss(logits, targets)
 
         options = {
             "solver": "damped",
@@ -281,7 +287,6 @@ class _JIIOAttack(Attack):
         adversarial: torch.Tensor,
         images: torch.Tensor,
         targets: torch.Tensor,
-        sign: float,
         budget: int,
     ) -> torch.Tensor:
         """The safeguard: solve the UNSETTLED samples again from where they ended.
@@ -304,7 +309,6 @@ class _JIIOAttack(Attack):
             adversarial[rows],
             images[rows],
             targets[rows],
-            sign,
             Cosine(step, self.alpha / 20) if self.targeted else step,
             budget,
             rows=rows,
@@ -372,10 +376,9 @@ class _JIIOAttack(Attack):
             adversarial = adversarial.index_copy(0, replaced, candidate[hit])
             solution = self._last_solution
             solution.x = solution.x.index_copy(0, replaced, candidate[hit].to(solution.x))
-            loss = F.cross_entropy(logits[hit], found.targets[replaced], reduction="none")
-            sign = 1.0 if self.targeted else -1.0  # the attack's objective (see _solve)
+            loss = self._loss(logits[hit], found.targets[replaced])
             solution.objective = solution.objective.index_copy(
-                0, replaced, (sign * loss).to(solution.objective)
+                0, replaced, loss.to(solution.objective)
             )
         self._last_solution.info["model_checked"] = replaced
         return adversarial
@@ -400,7 +403,6 @@ class _JIIOAttack(Attack):
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         targets = self.get_target_label(images, labels) if self.targeted else labels
-        sign = 1.0 if self.targeted else -1.0  # minimise: -CE (untargeted), CE (targeted)
 
         start = self._random_start(images) if self.random_start else images
         budget = self.iterations_per_step * self.steps
@@ -413,16 +415,14 @@ class _JIIOAttack(Attack):
             if self.targeted
             else StepSwitch(self.alpha, self.alpha / 3)
         )
-        solution = self._solve(start, images, targets, sign, step_size, budget)
+        solution = self._solve(start, images, targets, step_size, budget)
         self._last_solution = solution
         threat = self._threat(images)
         adversarial = threat.project(solution.x.detach()).clamp(0.0, 1.0).detach()
         unsettled = solution.status == Status.UNSETTLED
         flagged = bool(unsettled.any())
         if self.safeguard and flagged:
-            adversarial = self._resolve_unsettled(
-                solution, adversarial, images, targets, sign, budget
-            )
+            adversarial = self._resolve_unsettled(solution, adversarial, images, targets, budget)
             unsettled = solution.status == Status.UNSETTLED
         if self._candidates is not None and flagged:
             adversarial = self._check_with_model(adversarial, images)
