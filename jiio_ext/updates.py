@@ -184,8 +184,8 @@ class Adaptive(InputUpdate):
         True
     """
 
-    lr: float = 0.1
-    final: float = 0.2
+    lr: float = 0.15
+    final: float = 2 / 15  # the floor lr · final = 0.02
     horizon: int | None = 80
     tail: float = 0.2
     end: float = 0.01
@@ -287,7 +287,7 @@ class Adaptive(InputUpdate):
             [0.1, 0.02, 0.02, 0.001]
             >>> round(update.rate(31, 40), 4)  # a shorter budget decays within it
             0.028
-            >>> round(Adaptive(final=0.01, horizon=None, tail=0).rate(99, 100), 4)  # the budget
+            >>> round(Adaptive(lr=0.1, final=0.01, horizon=None, tail=0).rate(99, 100), 4)  # budget
             0.001
         """
         span = max_iter if self.horizon is None else min(self.horizon, max_iter)
