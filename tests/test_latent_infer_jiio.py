@@ -23,15 +23,17 @@ def test_infer_jiio_defaults_to_the_adaptive_update_and_reaches_the_optimum():
     decoder, objective, truth, target = _problem()
     x0 = torch.zeros_like(truth)
     with torch.no_grad():
-        solution = infer_jiio(decoder, objective, x0, max_iter=60)
+        # budget 80 (the rate's horizon): at 60 the default's larger start (lr 0.15) leaves the
+        # third sample 2.5 % above the truth's objective (lr 0.1: 6 % below), see solver-options.md
+        solution = infer_jiio(decoder, objective, x0, max_iter=80)
         explicit = decoder.optimize_input(
-            x0, objective, max_iter=60, step_size=Adaptive(), rtol=0.0, atol=0.0
+            x0, objective, max_iter=80, step_size=Adaptive(), rtol=0.0, atol=0.0
         )
         start = objective(decoder(x0), x0)
         at_truth = objective(target, truth)
     assert solution.info["solver"] == "damped"  # a hand-set step would run Anderson
     assert torch.equal(solution.x, explicit.x)  # the same iterates as Adaptive() set by hand
-    assert torch.equal(solution.nstep, torch.full((3,), 60))  # fixed budget
+    assert torch.equal(solution.nstep, torch.full((3,), 80))  # fixed budget
     # the true latent bounds the optimum from above; the start is 7-19x above it
     assert bool((solution.objective < at_truth).all()), (solution.objective, at_truth)
     assert bool((solution.objective < 0.2 * start).all())
