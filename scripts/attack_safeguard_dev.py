@@ -8,12 +8,14 @@ torchattacks' PGD with the same steps, L∞ (ε 0.1) and L2 (ε 1), α = ε / 4,
 targeted. The ``ips2`` / ``ips3`` / ``ips4`` variants sweep ``iterations_per_step``;
 ``no-model-check`` is ``model_check=False``. ``--held-out`` runs the same loop on the user
 classifiers instead (test digits 0-127, the targets of ``jiio bench adversarial``): only for a
-candidate already measured here.
+candidate already measured here. ``--held-out-wide`` attacks the user classifiers on every test
+digit the development rows do not use (0-127 and 256-396, 269 images; the targets of the first
+128 are the bench's), to tell a gap of two or three images from the sample's noise.
 
 Usage::
 
     OMP_NUM_THREADS=1 python scripts/attack_safeguard_dev.py [--count 128] [--steps 10 20]
-        [--variants ips2 ips3 ips4] [--held-out | --bench] [--json out.json]
+        [--variants ips2 ips3 ips4] [--held-out | --held-out-wide | --bench] [--json out.json]
 
 Example:
     >>> sorted(DEV_CLASSIFIERS)
@@ -75,17 +77,19 @@ def run_dev(
     steps: tuple[int, ...] = (10,),
     held_out: bool = False,
     bench: bool = False,
+    wide: bool = False,
 ) -> list[dict]:
     """Rows ``{model, norm, targeted, steps, pgd, <variant>...}`` of rate, time and flags.
 
     ``held_out``: attack the user classifiers on their own digits instead. ``bench``: attack
     the ``jiio bench adversarial`` classifier (``DEQClassifier``, trained 6 epochs as the
     bench does) on all 397 test digits (a development classifier too; ``count`` unused).
+    ``wide``: the user classifiers on test digits 0-127 and 256-396 (``count`` unused).
 
     Example:
         >>> import inspect
         >>> list(inspect.signature(run_dev).parameters)
-        ['count', 'variants', 'steps', 'held_out', 'bench']
+        ['count', 'variants', 'steps', 'held_out', 'bench', 'wide']
     """
     import torchattacks
     from jiio_ext.adapters.torchattacks import JIIOPGD, JIIOPGDL2
@@ -97,11 +101,18 @@ def run_dev(
 
     device = torch.device("cpu")
     train_x, train_y, test_x, test_y = load_digits(device)
+    held_out = held_out or wide
     first = 0 if held_out else 128  # the user rows' digits and target seed, or the dev ones
-    if not bench:
-        test_x, test_y = test_x[first : first + count], test_y[first : first + count]
     gen = torch.Generator().manual_seed(0 if held_out else 1)
-    targets = (test_y + torch.randint(1, 10, test_y.shape, generator=gen)) % 10
+    if wide:  # every test digit but the development rows' 128-255; targets drawn over all
+        # the test digits, so that digits 0-127 get the bench's targets
+        targets = (test_y + torch.randint(1, 10, test_y.shape, generator=gen)) % 10
+        rows_used = torch.cat([torch.arange(128), torch.arange(256, test_x.shape[0])])
+        test_x, test_y, targets = test_x[rows_used], test_y[rows_used], targets[rows_used]
+    else:
+        if not bench:
+            test_x, test_y = test_x[first : first + count], test_y[first : first + count]
+        targets = (test_y + torch.randint(1, 10, test_y.shape, generator=gen)) % 10
     models = USER_CLASSIFIERS if held_out else DEV_CLASSIFIERS
     if bench:
         models = {"bench": DEQClassifier}
@@ -186,10 +197,18 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS))
     parser.add_argument("--steps", nargs="*", type=int, default=[10])
     parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--held-out-wide", action="store_true")
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    rows = run_dev(args.count, args.variants, tuple(args.steps), args.held_out, args.bench)
+    rows = run_dev(
+        args.count,
+        args.variants,
+        tuple(args.steps),
+        args.held_out,
+        args.bench,
+        args.held_out_wide,
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

@@ -37,6 +37,11 @@ The seventh sweep (``--seventh-only``, alone) separates the rate's start ``lr`` 
 L2-ball problem, 600 iterations) oscillating at the floor, so each candidate here keeps the
 floor at 0.02 and is scored on the six problems and by how many of that example's 16 samples
 end other than ``CONVERGED``; then the same candidates at training's inner budget of 40.
+
+The budget check (``--budget-only``, alone) runs the default update at budgets 150 and 300 on
+the six problems and prints each run's final ratio and its wall time next to Adam-40's (the
+best rate's), the full run's price of a longer budget; it was run after the zoo showed that
+MDEQ's rows need about 190-280 iterations.
 """
 
 from __future__ import annotations
@@ -294,8 +299,31 @@ def _decay_row(problems: dict, targets: dict, decay: dict, budget: int) -> str:
     return f"  {budget:>4} {decay}  " + "  ".join(cells)
 
 
+def _budget_check() -> None:
+    """The default update at budgets 150 and 300: final ratio and full-run time vs Adam-40."""
+    for name, (adam, jiio, *_) in _six_problems().items():
+        runs = {}
+        for lr in (0.03, 0.1, 0.3):
+            start = time.perf_counter()
+            runs[lr] = (adam(lr), time.perf_counter() - start)
+        best = min(runs, key=lambda lr: runs[lr][0])
+        target, adam_time = runs[best]
+        cells = [f"{name[:30]:<30} Adam-40 lr {best} {adam_time:5.2f}s"]
+        for budget in (150, 300):
+            start = time.perf_counter()
+            value, _ = jiio(max_iter=budget)
+            elapsed = time.perf_counter() - start
+            cells.append(
+                f"{budget}: ratio {value / target:.3f} {elapsed:5.2f}s ({adam_time / elapsed:.1f}x)"
+            )
+        print("  ".join(cells), flush=True)
+
+
 def main() -> None:
     """Print the sweep tables."""
+    if "--budget-only" in sys.argv:
+        _budget_check()
+        return
     if "--sixth-only" in sys.argv:
         _sixth_sweep()
         return
